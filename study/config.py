@@ -1,0 +1,205 @@
+"""Study configuration: one YAML validated into typed dataclasses before Ray starts.
+
+Every error names the file, the key (as a dotted path) and what was expected, so a typo costs
+seconds, not a failed cluster job.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from trainables.metric_names import VAL_METRICS
+
+CONFIG_DIR = Path(__file__).parent / "configs"
+DEFAULT_CONFIG = CONFIG_DIR / "default.yaml"
+SAMPLERS = ("tpe", "random", "nsga2")
+SCHEDULERS = ("none", "asha")
+
+
+class ConfigError(ValueError):
+    """A study config that cannot run; the message names the file and key."""
+
+
+@dataclass
+class Objective:
+    metric: str  # a val_* metric name (model choice never sees test data)
+    mode: str = "max"  # "max" or "min"
+
+
+@dataclass
+class SyntheticData:
+    healthy: int = 24  # healthy (HCP-layout) subjects generated from the MNI152 template
+    lesion: int = 12  # lesion (BraTS-layout) subjects with planted tumours
+    seed: int = 0  # generator seed; the cohort is regenerated only when these numbers change
+
+
+@dataclass
+class DataConfig:
+    healthy: str | None = None  # folder of healthy scans (HCP, BraTS or manifest); None = synthetic cohort
+    lesion: str | None = None  # folder of lesion scans with segmentations; None = synthetic cohort
+    root: str = "results/data"  # where the synthetic cohort and the slice cache live
+    synthetic: SyntheticData = field(default_factory=SyntheticData)
+    image_size: int = 32  # slice side after resizing (32 as in the first paper; 64 and 128 work)
+    modality: str = "t2"  # BraTS modality read for lesion subjects
+    min_brain_fraction: float = 0.2  # keep slices whose brain covers at least this share of the crop
+    split_seed: int = 0  # seed of the subject-level train/val/test split
+
+
+@dataclass
+class TrainingConfig:
+    epochs: int = 4  # epochs per trial (val metrics are computed after each)
+    workers_per_trial: int = 2  # Ray Train DDP workers per trial
+    cpus_per_worker: float = 0.5  # logical CPUs per worker; fractional so 2 workers fit on 2 cores
+    gpus_per_worker: float = 0.0  # >0 trains on GPU with NCCL
+    cpus_per_trial: float = 0.2  # logical CPUs of the Tune trial process that drives the trainer
+    threads_per_worker: int = 1  # torch intra-op threads per worker (cores are shared by workers)
+    max_failures: int = 1  # Ray Train restarts of a failed worker group, from the last checkpoint
+
+
+@dataclass
+class MlflowConfig:
+    tracking_uri: str = "sqlite:///results/mlflow.db"  # any MLflow URI; relative sqlite paths are from the cwd
+    experiment: str | None = None  # experiment name; defaults to the study name
+
+
+@dataclass
+class StudyConfig:
+    name: str = "default"  # study name: results/<name>/ and the MLflow experiment
+    families: list[str] = field(default_factory=lambda: ["vae"])  # detector families searched
+    objectives: list[Objective] = field(default_factory=lambda: [Objective("val_pixel_auroc", "max")])
+    sampler: str = "tpe"  # Optuna sampler: tpe, random or nsga2
+    scheduler: str = "none"  # trial scheduler: none (FIFO) or asha (single objective only)
+    num_samples: int = 6  # number of trials
+    max_concurrent_trials: int = 1  # trials running at once
+    seed: int = 0  # sampler and training seed
+    results_dir: str = "results"  # where trials.csv, best.json and Ray's storage go
+    ray_address: str | None = None  # None: attach to a running Ray if there is one, else start one
+    data: DataConfig = field(default_factory=DataConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    mlflow: MlflowConfig = field(default_factory=MlflowConfig)
+    source: str = "<defaults>"  # the file this config came from (set by load_config, not a YAML key)
+
+    @property
+    def study_dir(self) -> Path:
+        return Path(self.results_dir) / self.name
+
+
+def load_config(path: str | Path | None = None) -> StudyConfig:
+    """Read and validate a study YAML; raise ConfigError naming the file and key on any problem."""
+    path = Path(path) if path is not None else DEFAULT_CONFIG
+    if not path.is_file():
+        raise ConfigError(f"{path}: study config not found")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from err
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of keys at the top level, got {type(raw).__name__}")
+    raw.pop("source", None)
+    config = _build(StudyConfig, raw, str(path), "")
+    config.source = str(path)
+    validate(config)
+    return config
+
+
+def validate(config: StudyConfig) -> None:
+    """Check cross-field rules; raise ConfigError naming the offending key."""
+    from search_spaces import space_names  # lazy: keeps `import study.config` light
+    from trainables.families import family_names
+
+    where = config.source
+
+    def fail(key: str, message: str) -> None:
+        raise ConfigError(f"{where}: key '{key}': {message}")
+
+    if not config.families:
+        fail("families", "expected at least one family")
+    for name in config.families:
+        if name not in family_names():
+            fail("families", f"unknown family '{name}'; known: {', '.join(family_names())}")
+        if name not in space_names():
+            fail("families", f"family '{name}' has no search space in search_spaces/")
+    if not config.objectives:
+        fail("objectives", "expected at least one objective")
+    for i, objective in enumerate(config.objectives):
+        if objective.metric not in VAL_METRICS:
+            fail(f"objectives[{i}].metric", f"unknown metric '{objective.metric}'; expected one of {VAL_METRICS}")
+        if objective.mode not in ("max", "min"):
+            fail(f"objectives[{i}].mode", f"expected 'max' or 'min', got '{objective.mode}'")
+    if config.sampler not in SAMPLERS:
+        fail("sampler", f"unknown sampler '{config.sampler}'; expected one of {SAMPLERS}")
+    if config.scheduler not in SCHEDULERS:
+        fail("scheduler", f"unknown scheduler '{config.scheduler}'; expected one of {SCHEDULERS}")
+    if config.scheduler == "asha" and len(config.objectives) > 1:
+        fail("scheduler", "ASHA needs a single objective; use 'none' with several objectives")
+    _check_positive(config, fail)
+    for key in ("healthy", "lesion"):
+        folder = getattr(config.data, key)
+        if folder is not None and not Path(folder).exists():
+            fail(f"data.{key}", f"data folder '{folder}' does not exist")
+    if (config.data.healthy is None) != (config.data.lesion is None):
+        fail("data", "give both 'healthy' and 'lesion' folders, or neither (synthetic cohort)")
+    if config.data.image_size not in (32, 64, 128):
+        fail("data.image_size", f"expected 32, 64 or 128, got {config.data.image_size}")
+
+
+def _check_positive(config: StudyConfig, fail: Any) -> None:
+    for key, value in (
+        ("num_samples", config.num_samples),
+        ("max_concurrent_trials", config.max_concurrent_trials),
+        ("training.epochs", config.training.epochs),
+        ("training.workers_per_trial", config.training.workers_per_trial),
+        ("training.threads_per_worker", config.training.threads_per_worker),
+    ):
+        if value < 1:
+            fail(key, f"expected an integer >= 1, got {value}")
+    if config.training.cpus_per_worker <= 0:
+        fail("training.cpus_per_worker", f"expected > 0, got {config.training.cpus_per_worker}")
+
+
+def _build(cls: type, raw: dict, file: str, prefix: str) -> Any:
+    """Build dataclass `cls` from a mapping, refusing unknown keys and wrong types."""
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls) if f.name != "source"]
+    unknown = sorted(set(raw) - set(names))
+    if unknown:
+        raise ConfigError(f"{file}: unknown key '{prefix}{unknown[0]}'; expected one of: {', '.join(names)}")
+    values = {name: _coerce(hints[name], raw[name], file, f"{prefix}{name}") for name in names if name in raw}
+    return cls(**values)
+
+
+def _coerce(hint: Any, value: Any, file: str, key: str) -> Any:
+    """Check `value` against the type hint and convert it (ints for floats, nested dataclasses)."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(hint)
+        if value is None and type(None) in options:
+            return None
+        hint = next(option for option in options if option is not type(None))
+        origin = typing.get_origin(hint)
+    if hint is Objective and isinstance(value, str):
+        return Objective(metric=value)  # a bare metric name means "maximise it"
+    if dataclasses.is_dataclass(hint):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{file}: key '{key}': expected a mapping, got {value!r}")
+        return _build(hint, value, file, f"{key}.")
+    if origin is list:
+        (item,) = typing.get_args(hint)
+        items = value if isinstance(value, list) else [value]  # a single objective may be given bare
+        return [_coerce(item, v, file, f"{key}[{i}]") for i, v in enumerate(items)]
+    return _scalar(hint, value, file, key)
+
+
+def _scalar(hint: type, value: Any, file: str, key: str) -> Any:
+    if hint is float and isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, hint) and not (hint is int and isinstance(value, bool)):
+        return value
+    raise ConfigError(f"{file}: key '{key}': expected {hint.__name__}, got {value!r}")

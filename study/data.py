@@ -1,0 +1,43 @@
+"""The study's data, made ready on the driver before any trial starts (once per run, reused after)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from study.config import StudyConfig
+from trainables.data.cache import SplitConfig, prepare_slice_cache
+from trainables.data.preprocess import PreprocessConfig
+from trainables.data.synthetic import ensure_cohort
+
+
+def data_folders(config: StudyConfig) -> tuple[Path, Path]:
+    """(healthy, lesion) folders: the configured ones, or the embedded synthetic cohort (generated once)."""
+    data = config.data
+    if data.healthy is not None and data.lesion is not None:
+        return Path(data.healthy), Path(data.lesion)
+    synthetic = data.synthetic
+    folder = Path(data.root) / f"synthetic-h{synthetic.healthy}-l{synthetic.lesion}-s{synthetic.seed}"
+    print(f"synthetic cohort: {folder} ({synthetic.healthy} healthy, {synthetic.lesion} lesion subjects)", flush=True)
+    cohort = ensure_cohort(folder, synthetic.healthy, synthetic.lesion, synthetic.seed)
+    return cohort.healthy_dir, cohort.lesion_dir
+
+
+def prepare_data(config: StudyConfig) -> tuple[Path, dict[str, Any]]:
+    """Build or reuse the slice cache; return its absolute folder and the preprocessing settings."""
+    healthy, lesion = data_folders(config)
+    pre = PreprocessConfig(
+        image_size=config.data.image_size,
+        modality=config.data.modality,
+        min_brain_fraction=config.data.min_brain_fraction,
+    )
+    cache = prepare_slice_cache(
+        healthy,
+        lesion,
+        Path(config.data.root) / "cache",
+        pre,
+        SplitConfig(seed=config.data.split_seed),
+        progress=lambda message: print(message, flush=True),
+    )
+    return cache.resolve(), asdict(pre)

@@ -1,0 +1,48 @@
+"""Optuna searcher and Tune scheduler built from a study config."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import optuna
+from ray.tune.schedulers import ASHAScheduler, TrialScheduler
+from ray.tune.search.optuna import OptunaSearch
+
+from study.config import StudyConfig
+
+
+def make_sampler(config: StudyConfig) -> optuna.samplers.BaseSampler:
+    """TPE (default), random or NSGA-II, seeded from the study."""
+    samplers = {
+        "tpe": lambda: optuna.samplers.TPESampler(seed=config.seed),
+        "random": lambda: optuna.samplers.RandomSampler(seed=config.seed),
+        "nsga2": lambda: optuna.samplers.NSGAIISampler(seed=config.seed),
+    }
+    return samplers[config.sampler]()
+
+
+def make_searcher(config: StudyConfig, space_fn: Callable) -> OptunaSearch:
+    """Ray's OptunaSearch over the define-by-run space; lists of metrics/modes for several objectives."""
+    metrics = [o.metric for o in config.objectives]
+    modes = [o.mode for o in config.objectives]
+    single = len(metrics) == 1
+    return OptunaSearch(
+        space=space_fn,
+        metric=metrics[0] if single else metrics,
+        mode=modes[0] if single else modes,
+        sampler=make_sampler(config),
+    )
+
+
+def make_scheduler(config: StudyConfig) -> TrialScheduler | None:
+    """ASHA on the single objective (stops weak trials after their first epochs), or None for FIFO."""
+    if config.scheduler != "asha":
+        return None
+    objective = config.objectives[0]
+    return ASHAScheduler(
+        metric=objective.metric,
+        mode=objective.mode,
+        time_attr="training_iteration",
+        max_t=config.training.epochs + 1,  # + the final report carrying test_*
+        grace_period=1,
+    )

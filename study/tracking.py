@@ -1,0 +1,140 @@
+"""MLflow bookkeeping: one experiment per study, a parent run for the study, a child run per trial.
+
+Everything goes through `MlflowClient` with explicit run ids (no fluent "active run" state), so the
+Tune callback can log several concurrent trials from the driver. Workers never talk to MLflow.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from pathlib import Path
+from typing import Any
+
+from mlflow.entities import Metric, Param, RunStatus, RunTag
+from mlflow.tracking import MlflowClient
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
+from ray.tune import Callback
+from ray.tune.experiment import Trial
+
+from study.config import StudyConfig
+from trainables.metric_names import is_reported_metric
+
+TRIAL_ID_TAG = "trial_id"
+
+
+class TrackingError(RuntimeError):
+    """MLflow cannot be reached or written: raised before any training starts."""
+
+
+def tracking_uri(config: StudyConfig) -> str:
+    """The configured tracking URI, with a relative sqlite path made absolute (workers/UI see the same file)."""
+    uri = config.mlflow.tracking_uri
+    prefix = "sqlite:///"
+    if uri.startswith(prefix) and not uri[len(prefix) :].startswith("/"):
+        path = Path(uri[len(prefix) :]).resolve()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return f"{prefix}{path}"
+    return uri
+
+
+def start_parent_run(config: StudyConfig, search_space: str) -> tuple[MlflowClient, str]:
+    """Create (or reuse) the study's experiment and open its parent run; fail fast if MLflow is unusable."""
+    uri = tracking_uri(config)
+    try:
+        client = MlflowClient(tracking_uri=uri)
+        name = config.mlflow.experiment or config.name
+        experiment = client.get_experiment_by_name(name)
+        experiment_id = (
+            experiment.experiment_id if experiment else client.create_experiment(name, _artifacts(uri, name))
+        )
+        run = client.create_run(experiment_id, run_name=f"study-{config.name}", tags={"role": "study"})
+    except Exception as err:  # MLflow raises many types (HTTP, SQLAlchemy, MlflowException)
+        raise TrackingError(f"MLflow at '{uri}' is not usable: {err}") from err
+    run_id = run.info.run_id
+    client.log_batch(run_id, params=[Param(k, _text(v)) for k, v in _study_params(config).items()])
+    client.log_text(run_id, search_space, "search_space.py")
+    client.log_text(run_id, Path(config.source).read_text() if Path(config.source).is_file() else "", "config.yaml")
+    return client, run_id
+
+
+def _artifacts(uri: str, experiment: str) -> str | None:
+    """Artifacts beside a local SQLite store (results/mlartifacts/); a server decides its own."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    return (Path(uri[len("sqlite:///") :]).parent / "mlartifacts" / experiment).as_uri()
+
+
+def _study_params(config: StudyConfig) -> dict[str, Any]:
+    return {
+        "families": ",".join(config.families),
+        "objectives": ",".join(f"{o.metric}:{o.mode}" for o in config.objectives),
+        "sampler": config.sampler,
+        "scheduler": config.scheduler,
+        "num_samples": config.num_samples,
+        "epochs": config.training.epochs,
+        "workers_per_trial": config.training.workers_per_trial,
+        "image_size": config.data.image_size,
+    }
+
+
+class MlflowTrialLogger(Callback):
+    """Tune callback: a child run per trial with its params, per-epoch metrics, final metrics and status."""
+
+    def __init__(self, client: MlflowClient, parent_run_id: str) -> None:
+        self.client = client
+        self.parent_run_id = parent_run_id
+        self.experiment_id = client.get_run(parent_run_id).info.experiment_id
+        self.run_ids: dict[str, str] = {}  # trial_id -> run id of running trials
+        self.finished_runs: dict[str, str] = {}  # trial_id -> run id of ended trials
+
+    def on_trial_start(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
+        tags = {MLFLOW_PARENT_RUN_ID: self.parent_run_id, TRIAL_ID_TAG: trial.trial_id, "role": "trial"}
+        tags[MLFLOW_RUN_NAME] = f"{trial.config.get('family', 'trial')}-{trial.trial_id}"
+        run = self.client.create_run(self.experiment_id, tags=tags)
+        self.run_ids[trial.trial_id] = run.info.run_id
+        params = [Param(k, _text(v)) for k, v in sorted(trial.config.items())]
+        self.client.log_batch(run.info.run_id, params=params)
+
+    def on_trial_result(self, iteration: int, trials: list[Trial], trial: Trial, result: dict, **info: Any) -> None:
+        run_id = self.run_ids.get(trial.trial_id)
+        if run_id is None:
+            return
+        step = int(result.get("epoch", result.get("training_iteration", 0)))
+        if result.get("final"):
+            step = int(result.get("best_epoch", step))
+        timestamp = int(result.get("timestamp", 0) * 1000)
+        metrics = [
+            Metric(key, float(value), timestamp, step)
+            for key, value in result.items()
+            if is_reported_metric(key) and isinstance(value, numbers.Number) and math.isfinite(value)
+        ]
+        self.client.log_batch(run_id, metrics=metrics)
+
+    def on_trial_complete(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
+        self._finish(trial, "completed", RunStatus.FINISHED)
+
+    def on_trial_error(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
+        self._finish(trial, "failed", RunStatus.FAILED, reason=failure_reason(trial))
+
+    def _finish(self, trial: Trial, status: str, run_status: int, reason: str = "") -> None:
+        run_id = self.run_ids.pop(trial.trial_id, None)
+        if run_id is None:
+            return
+        self.finished_runs[trial.trial_id] = run_id
+        tags = [RunTag("status", status)] + ([RunTag("failure_reason", reason[:5000])] if reason else [])
+        self.client.log_batch(run_id, tags=tags)
+        self.client.set_terminated(run_id, RunStatus.to_string(run_status))
+
+
+def failure_reason(trial: Trial) -> str:
+    """The last line of the trial's error (the exception and its message), or a placeholder."""
+    path = trial.error_file
+    if not path or not Path(path).is_file():
+        return "unknown error (no error file)"
+    lines = [line.strip() for line in Path(path).read_text().splitlines() if line.strip()]
+    return lines[-1] if lines else "unknown error (empty error file)"
+
+
+def _text(value: Any) -> str:
+    return str(value)[:6000]  # MLflow caps param values

@@ -1,0 +1,203 @@
+"""The per-worker training loop run by Ray Train (DDP) for every detector family.
+
+Each epoch: train on this worker's shard of the healthy train slices, average the loss terms over
+workers, evaluate on the full val split (rank 0), keep the best epoch by the val objective, write a
+checkpoint (rank 0) and report. After the last epoch, rank 0 scores the test split once with the
+chosen weights and reports the final record. Test data never influences a choice.
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+import time
+from collections import defaultdict
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import ray.train
+import ray.train.torch
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, DistributedSampler
+
+from trainables.checkpoint import MODEL_FILE, BestRecord, load_state, model_record, save_checkpoint, state_dicts
+from trainables.data.dataset import SliceDataset
+from trainables.families import Family, create_family
+from trainables.families.base import unwrap
+from trainables.metrics import evaluate
+
+
+class NonFiniteLossError(RuntimeError):
+    """Training diverged: a loss term became NaN or inf."""
+
+
+@dataclass
+class TrialSpec:
+    family: str  # registered family name
+    hparams: dict[str, Any]  # the family's hyperparameters (unknown keys are an error)
+    cache_dir: str  # slice cache entry prepared by the driver (absolute path, same on every node)
+    image_size: int  # slice side in the cache
+    epochs: int  # epochs to train
+    batch_size: int  # global batch size, split evenly over the workers
+    objective: str  # val_* metric that chooses the checkpoint
+    objective_mode: str = "max"  # "max" or "min"
+    seed: int = 0  # torch seed (DDP broadcasts rank 0's initial weights)
+    threads: int = 1  # torch intra-op threads per worker
+    preprocess: dict[str, Any] = field(default_factory=dict)  # recorded in model.pt for later inference
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> None:
+    """Ray Train entry point: `config` is a TrialSpec as a dict."""
+    spec = TrialSpec(**config)
+    torch.set_num_threads(spec.threads)
+    torch.manual_seed(spec.seed)
+    rank = ray.train.get_context().get_world_rank()
+    device = ray.train.torch.get_device()
+    family = create_family(spec.family, spec.hparams)
+    nets = family.build(spec.image_size).to(device)
+    opts = family.optimizers(nets)
+    start_epoch, best, best_weights = _restore(ray.train.get_checkpoint(), nets, opts)
+    nets = _wrap_ddp(nets, device)
+    train_loader, sampler = _train_loader(spec)
+    val_loader = _eval_loader(spec, "val") if rank == 0 else None
+    for epoch in range(start_epoch, spec.epochs):
+        sampler.set_epoch(epoch)
+        started = time.perf_counter()
+        losses = _train_epoch(family, nets, opts, train_loader, device, epoch)
+        train_s = time.perf_counter() - started
+        metrics: dict[str, Any] = {"epoch": epoch + 1, **losses, "time_train_s": train_s}
+        if rank == 0:
+            val = {f"val_{k}": v for k, v in evaluate(family, _plain(nets), val_loader, device).items()}
+            metrics.update(val, time_eval_s=time.perf_counter() - started - train_s)
+            if _improves(val[spec.objective], best.score, spec.objective_mode):
+                best = BestRecord(epoch=epoch + 1, score=val[spec.objective], metrics=val)
+                best_weights = state_dicts(nets)
+        _report(metrics, spec, family, nets, opts, best, best_weights, rank, epoch + 1)
+    _report_test(spec, family, nets, best, best_weights, rank, device)
+
+
+def _train_epoch(
+    family: Family, nets: nn.ModuleDict, opts: dict, loader: DataLoader, device: torch.device, epoch: int
+) -> dict[str, float]:
+    """One pass over this worker's shard; returns loss terms averaged over steps and workers."""
+    nets.train()
+    sums: dict[str, float] = defaultdict(float)
+    steps = 0
+    for batch in loader:
+        terms = family.train_step(nets, opts, batch["image"].to(device, non_blocking=True))
+        if not all(math.isfinite(v) for v in terms.values()):
+            raise NonFiniteLossError(f"non-finite loss at epoch {epoch + 1}, step {steps + 1}: {terms}")
+        for key, value in terms.items():
+            sums[key] += value
+        steps += 1
+    means = _all_reduce_mean({k: v / max(steps, 1) for k, v in sums.items()}, device)
+    return {("train_loss" if k == "loss" else f"loss_{k}"): v for k, v in means.items()}
+
+
+def _all_reduce_mean(values: dict[str, float], device: torch.device) -> dict[str, float]:
+    """Average per-worker floats over the DDP group (one small collective per epoch)."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return values
+    keys = sorted(values)
+    tensor = torch.tensor([values[k] for k in keys], dtype=torch.float64, device=device)
+    dist.all_reduce(tensor)
+    tensor /= dist.get_world_size()
+    return dict(zip(keys, tensor.tolist(), strict=True))
+
+
+def _report(
+    metrics: dict, spec: TrialSpec, family: Family, nets: nn.ModuleDict, opts: dict,
+    best: BestRecord, best_weights: dict | None, rank: int, epoch: int,
+) -> None:  # fmt: skip
+    """Report an epoch; rank 0 attaches the checkpoint (every rank must call report)."""
+    if rank != 0:
+        ray.train.report(metrics)
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        model = model_record(family, spec.image_size, spec.preprocess, best_weights or state_dicts(nets), best)
+        save_checkpoint(Path(tmp), epoch=epoch, nets=nets, opts=opts, best=best, model=model)
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+
+
+def _report_test(
+    spec: TrialSpec, family: Family, nets: nn.ModuleDict, best: BestRecord,
+    best_weights: dict | None, rank: int, device: torch.device,
+) -> None:  # fmt: skip
+    """Score the test split once with the chosen weights and report the trial's final record."""
+    final: dict[str, Any] = {"final": True, "best_epoch": best.epoch, **best.metrics}
+    if rank == 0:
+        chosen = _plain(nets)
+        for key, weights in (best_weights or {}).items():
+            chosen[key].load_state_dict(weights)
+        threshold = best.metrics.get("val_best_threshold")
+        test = evaluate(family, chosen, _eval_loader(spec, "test"), device, threshold=threshold)
+        final.update({f"test_{k}": v for k, v in test.items()})
+    ray.train.report(final)
+
+
+def _improves(value: float, best: float, mode: str) -> bool:
+    if math.isnan(value):
+        return False
+    if math.isnan(best):
+        return True
+    return value > best if mode == "max" else value < best
+
+
+def _restore(
+    checkpoint: ray.train.Checkpoint | None, nets: nn.ModuleDict, opts: dict
+) -> tuple[int, BestRecord, dict | None]:
+    """Continue from the last checkpoint after a worker-group restart: (epochs done, best record, best weights)."""
+    if checkpoint is None:
+        return 0, BestRecord(), None
+    with checkpoint.as_directory() as folder:
+        state = load_state(Path(folder))
+        best_weights = torch.load(Path(folder) / MODEL_FILE, map_location="cpu", weights_only=False)["nets"]
+    for key, weights in state["nets"].items():
+        nets[key].load_state_dict(weights)
+    for key, opt_state in state["opts"].items():
+        opts[key].load_state_dict(opt_state)
+    return state["epoch"], BestRecord(**state["best"]), best_weights
+
+
+def _wrap_ddp(nets: nn.ModuleDict, device: torch.device) -> nn.ModuleDict:
+    """Wrap each net with trainable parameters in DDP (one wrapper per separately optimised net)."""
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return nets
+    device_ids = [device.index] if device.type == "cuda" else None
+    return nn.ModuleDict(
+        {k: DistributedDataParallel(n, device_ids=device_ids) if _has_params(n) else n for k, n in nets.items()}
+    )
+
+
+def _has_params(net: nn.Module) -> bool:
+    return any(p.requires_grad for p in net.parameters())
+
+
+def _plain(nets: nn.ModuleDict) -> nn.ModuleDict:
+    """The nets without DDP wrappers: rank 0 evaluates alone, so no collective may run."""
+    return nn.ModuleDict({k: unwrap(n) for k, n in nets.items()})
+
+
+def _train_loader(spec: TrialSpec) -> tuple[DataLoader, DistributedSampler]:
+    """This worker's shard of the healthy train slices, reshuffled every epoch."""
+    context = ray.train.get_context()
+    dataset = SliceDataset(Path(spec.cache_dir), "train")
+    world = context.get_world_size()
+    sampler = DistributedSampler(
+        dataset, num_replicas=world, rank=context.get_world_rank(), shuffle=True, seed=spec.seed, drop_last=True
+    )
+    per_worker = max(1, spec.batch_size // world)
+    return DataLoader(dataset, batch_size=per_worker, sampler=sampler, drop_last=True), sampler
+
+
+def _eval_loader(spec: TrialSpec, split: str) -> DataLoader:
+    return DataLoader(SliceDataset(Path(spec.cache_dir), split), batch_size=256, shuffle=False)
+
+
+def spec_from(config: dict[str, Any]) -> dict[str, Any]:
+    """Validate a TrialSpec dict on the driver (fails fast on a bad key) and return it as a plain dict."""
+    return asdict(TrialSpec(**config))
