@@ -1,0 +1,108 @@
+"""The smoke study end to end: Ray Tune trials, each a 2-worker Ray Train DDP run, tracked in MLflow."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import pytest
+import ray
+import torch
+from mlflow.tracking import MlflowClient
+
+from study.config import load_config
+from study.data import prepare_data
+from study.run import run_study
+from trainables.checkpoint import load_model
+from trainables.data.dataset import SliceDataset
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory: pytest.TempPathFactory, data_root: Path):
+    """Run the smoke study once for every test in this module."""
+    tmp = tmp_path_factory.mktemp("smoke")
+    config_text = (Path(__file__).parents[2] / "study/configs/smoke.yaml").read_text()
+    config_path = tmp / "smoke.yaml"
+    config_path.write_text(config_text)
+    config = load_config(config_path)
+    config.results_dir = str(tmp / "results")
+    config.data.root = str(data_root)
+    config.mlflow.tracking_uri = f"sqlite:///{tmp / 'mlflow.db'}"
+    ray.init(num_cpus=2, log_to_driver=False)
+    try:
+        outcome = run_study(config)
+    finally:
+        ray.shutdown()
+    return config, outcome
+
+
+def test_trials_csv_has_every_trial_with_metrics(smoke) -> None:
+    config, outcome = smoke
+    with (outcome.study_dir / "trials.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == config.num_samples
+    assert {r["status"] for r in rows} == {"completed"}
+    for row in rows:
+        for key in ("val_slice_auroc", "val_pixel_auroc", "test_slice_auroc", "test_pixel_auroc"):
+            assert 0.0 <= float(row[key]) <= 1.0, (key, row[key])
+        assert row["param_lr"] and row["param_latent_dim"]
+        assert 1 <= int(row["best_epoch"]) <= config.training.epochs
+        assert float(row["duration_s"]) > 0
+    best = json.loads((outcome.study_dir / "best.json").read_text())
+    chosen = best["val_pixel_auroc"]
+    assert chosen["val_pixel_auroc"] == max(float(r["val_pixel_auroc"]) for r in rows)
+
+
+def test_two_ddp_workers_each_train_their_share(smoke) -> None:
+    config, outcome = smoke
+    cache_dir, _ = prepare_data(config)  # reuses the cache the study built
+    train_size = len(SliceDataset(cache_dir, "train"))
+    client = MlflowClient(config.mlflow.tracking_uri)
+    for row in outcome.rows:
+        run = client.get_run(row["mlflow_run_id"])
+        assert run.data.metrics["workers"] == 2
+        per_worker_batch = int(row["param_batch_size"]) // 2
+        # DistributedSampler gives each worker floor(N/2) slices; each drops its last partial batch.
+        expected = 2 * (train_size // 2 // per_worker_batch) * per_worker_batch
+        history = client.get_metric_history(run.info.run_id, "train_slices")
+        assert [m.value for m in history] == [expected] * config.training.epochs
+
+
+def test_mlflow_has_parent_and_child_runs_with_epoch_metrics(smoke) -> None:
+    config, outcome = smoke
+    client = MlflowClient(config.mlflow.tracking_uri)
+    parent = client.get_run(outcome.parent_run_id)
+    assert parent.info.status == "FINISHED"
+    assert parent.data.params["families"] == "vae"
+    experiment_id = parent.info.experiment_id
+    children = client.search_runs([experiment_id], f"tags.mlflow.parentRunId = '{outcome.parent_run_id}'")
+    assert len(children) == config.num_samples
+    for child in children:
+        assert child.info.status == "FINISHED"
+        assert child.data.tags["status"] == "completed"
+        assert {"lr", "kl_weight", "latent_dim", "batch_size"} <= set(child.data.params)
+        history = {m.step: m.value for m in client.get_metric_history(child.info.run_id, "val_pixel_auroc")}
+        final_step = config.training.epochs + 1  # the chosen checkpoint's record, after the epochs
+        assert sorted(history) == list(range(1, final_step + 1))
+        assert all(0.0 <= v <= 1.0 for v in history.values())
+        best_epoch = int(child.data.metrics["best_epoch"])
+        assert history[final_step] == history[best_epoch] == max(history[e] for e in range(1, final_step))
+        assert 0.0 <= child.data.metrics["test_pixel_auroc"] <= 1.0
+        assert math.isfinite(child.data.metrics["train_loss"])
+    artifacts = {a.path for a in client.list_artifacts(outcome.parent_run_id)}
+    assert {"trials.csv", "best.json", "config.yaml", "search_space.py"} <= artifacts
+
+
+def test_checkpoint_is_a_usable_detector(smoke) -> None:
+    config, outcome = smoke
+    models = sorted((outcome.study_dir / "train").rglob("model.pt"))
+    assert len(models) == config.num_samples  # num_to_keep=1: one checkpoint per trial
+    family, nets, record = load_model(models[0])
+    assert record["family"] == "vae" and record["image_size"] == config.data.image_size
+    assert record["preprocess"]["image_size"] == config.data.image_size
+    assert 1 <= record["epoch"] <= config.training.epochs
+    x = torch.randn(3, 1, 32, 32)
+    scores = family.score(nets, x)
+    assert scores.pixel_map.shape == x.shape and scores.slice_score.shape == (3,)
