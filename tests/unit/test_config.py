@@ -1,0 +1,72 @@
+"""Study config validation: every mistake is refused before Ray starts, naming the file and key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from study.config import ConfigError, load_config
+from study.run import main
+
+
+def _write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "study.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_default_and_smoke_configs_load() -> None:
+    config = load_config()
+    assert config.families == ["vae"] and config.training.workers_per_trial == 2
+    smoke = load_config(Path(__file__).parents[2] / "study/configs/smoke.yaml")
+    assert smoke.name == "smoke" and smoke.num_samples == 2
+
+
+def test_values_are_typed(tmp_path: Path) -> None:
+    config = load_config(_write(tmp_path, "objectives: val_slice_auroc\ntraining: {cpus_per_worker: 1}\n"))
+    assert config.objectives[0].metric == "val_slice_auroc" and config.objectives[0].mode == "max"
+    assert isinstance(config.training.cpus_per_worker, float)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("famlies: [vae]\n", "unknown key 'famlies'"),
+        ("training: {epochz: 3}\n", "unknown key 'training.epochz'"),
+        ("families: [gan9000]\n", "unknown family 'gan9000'"),
+        ("objectives: [{metric: val_pixel_aurok}]\n", "key 'objectives[0].metric': unknown metric 'val_pixel_aurok'"),
+        ("objectives: [test_pixel_auroc]\n", "unknown metric 'test_pixel_auroc'"),
+        ("objectives: [{metric: val_pixel_auroc, mode: up}]\n", "key 'objectives[0].mode'"),
+        ("sampler: grid\n", "unknown sampler 'grid'"),
+        (
+            "scheduler: asha\nobjectives: [val_slice_auroc, val_pixel_auroc]\n",
+            "key 'scheduler': ASHA needs a single objective",
+        ),
+        ("num_samples: zero\n", "key 'num_samples': expected int, got 'zero'"),
+        ("training: {epochs: 0}\n", "key 'training.epochs': expected an integer >= 1"),
+        ("data: {image_size: 48}\n", "key 'data.image_size': expected 32, 64 or 128"),
+        ("data: {healthy: /nope/hcp, lesion: /nope/brats}\n", "data folder '/nope/hcp' does not exist"),
+        ("- just\n- a list\n", "expected a mapping"),
+        ("name: [unclosed\n", "not valid YAML"),
+    ],
+)
+def test_bad_config_names_file_and_key(tmp_path: Path, text: str, expected: str) -> None:
+    path = _write(tmp_path, text)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert str(path) in str(info.value)
+    assert expected in str(info.value)
+
+
+def test_cli_reports_config_error_and_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = _write(tmp_path, yaml.safe_dump({"families": ["nope"], "results_dir": str(tmp_path / "results")}))
+    assert main(["--config", str(path)]) == 2
+    assert "unknown family 'nope'" in capsys.readouterr().err
+    assert not (tmp_path / "results").exists()  # refused before anything was written
+
+
+def test_missing_config_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="study config not found"):
+        load_config(tmp_path / "absent.yaml")

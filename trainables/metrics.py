@@ -1,0 +1,162 @@
+"""Detection metrics shared by the training loop, the study and the tests, streamed over batches.
+
+Definitions (names as in DESIGN.md, without the ``val_``/``test_`` prefix):
+- a slice is positive if it has any lesion pixel; its score is ``Scores.slice_score``;
+- ``pixel_*`` use ``Scores.pixel_map`` on pixels inside the brain mask, a pixel being positive if it
+  is in the lesion mask; ``pixel_auroc_all`` uses every pixel of the slice;
+- ``healthy_*`` / ``lesion_*``: mean and (population) std of the map on healthy-brain / lesion pixels
+  inside the brain;
+- ``overlap_pct``: share (in %) of lesion pixels whose value lies inside the central 95% interval
+  of the healthy-brain values (the first paper's Table 2);
+- ``best_dice`` / ``best_threshold``: the pooled pixel Dice inside the brain at the threshold that
+  maximises it on this same split (an oracle); ``dice``: at a given threshold (chosen on val).
+A metric that is undefined on the data (a single class, no lesion pixel, no data) is NaN.
+
+Memory: the map is kept as one float32 per pixel plus two bytes of masks per pixel, on the CPU, until
+``compute``; e.g. 10,000 slices of 128x128 take ~1 GB.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score
+from torch import nn
+
+from trainables.families.base import Family, Scores
+
+NAN = float("nan")
+
+
+def _numpy(t: torch.Tensor, dtype: type) -> np.ndarray:
+    return t.detach().to("cpu").numpy().astype(dtype, copy=False).reshape(-1)
+
+
+def _cat(chunks: list[np.ndarray], dtype: type) -> np.ndarray:
+    return np.concatenate(chunks) if chunks else np.zeros(0, dtype)
+
+
+def _ranking(labels: np.ndarray, scores: np.ndarray) -> tuple[float, float]:
+    """(AUROC, average precision), or NaN for both when ``labels`` has a single class."""
+    if labels.size == 0 or labels.all() or not labels.any():
+        return NAN, NAN
+    return float(roc_auc_score(labels, scores)), float(average_precision_score(labels, scores))
+
+
+def _pixel_ranking(labels: np.ndarray, scores: np.ndarray) -> tuple[float, float, float, float]:
+    """(AUROC, AP, best Dice, its threshold) for the pixels inside the brain."""
+    ap, dice, threshold = pr_summary(labels, scores)
+    if labels.size == 0 or labels.all() or not labels.any():
+        return NAN, NAN, dice, threshold
+    return float(roc_auc_score(labels, scores)), ap, dice, threshold
+
+
+def _moments(values: np.ndarray) -> tuple[float, float]:
+    """Mean and population std, accumulated in float64; NaN when empty."""
+    if values.size == 0:
+        return NAN, NAN
+    return float(values.mean(dtype=np.float64)), float(values.std(dtype=np.float64))
+
+
+def dice_at(labels: np.ndarray, scores: np.ndarray, threshold: float) -> float:
+    """Pooled Dice of ``scores >= threshold`` against boolean ``labels``; NaN if both are empty."""
+    pred = scores >= threshold
+    denom = int(pred.sum()) + int(labels.sum())
+    return 2.0 * int((pred & labels).sum()) / denom if denom else NAN
+
+
+def pr_summary(labels: np.ndarray, scores: np.ndarray) -> tuple[float, float, float]:
+    """(average precision, best Dice, its threshold) from one precision-recall curve; NaN if no positive.
+
+    AP is computed as sklearn's ``average_precision_score`` does (equal to it); Dice is the F1 score, so the
+    best Dice over all thresholds is read off the same curve, saving a sort of every pixel.
+    """
+    if not labels.any():
+        return NAN, NAN, NAN
+    precision, recall, thresholds = precision_recall_curve(labels, scores)
+    ap = -float(np.sum(np.diff(recall) * precision[:-1]))
+    f1 = 2 * precision * recall / np.maximum(precision + recall, 1e-12)
+    i = int(np.argmax(f1[:-1]))  # the last PR point (recall 0) has no threshold
+    return ap, float(f1[i]), float(thresholds[i])
+
+
+def overlap_pct(healthy: np.ndarray, lesion: np.ndarray) -> float:
+    """Share (%) of lesion values inside the central 95% interval of healthy values."""
+    if healthy.size == 0 or lesion.size == 0:
+        return NAN
+    lo, hi = np.quantile(healthy, [0.025, 0.975])
+    return float(100.0 * np.mean((lesion >= lo) & (lesion <= hi)))
+
+
+class DetectionMetrics:
+    """Accumulate scores and masks batch by batch with ``update``; ``compute`` returns every metric."""
+
+    def __init__(self) -> None:
+        self.slice_scores: list[np.ndarray] = []
+        self.slice_labels: list[np.ndarray] = []
+        self.pixel_scores: list[np.ndarray] = []  # float32, every pixel
+        self.brain: list[np.ndarray] = []  # bool, every pixel
+        self.lesion: list[np.ndarray] = []  # bool, every pixel
+
+    def update(self, scores: Scores, brain: torch.Tensor, lesion: torch.Tensor) -> None:
+        """Add a batch: ``brain`` and ``lesion`` are (B,1,H,W) masks (bool, or float > 0.5 = inside)."""
+        lesion_b = (lesion > 0.5) if lesion.is_floating_point() else lesion.bool()
+        brain_b = (brain > 0.5) if brain.is_floating_point() else brain.bool()
+        if scores.pixel_map.shape != lesion_b.shape or brain_b.shape != lesion_b.shape:
+            raise ValueError(
+                f"shape mismatch: pixel_map {tuple(scores.pixel_map.shape)}, brain {tuple(brain_b.shape)}, "
+                f"lesion {tuple(lesion_b.shape)}"
+            )
+        self.slice_scores.append(_numpy(scores.slice_score, np.float32))
+        self.slice_labels.append(_numpy(lesion_b.flatten(1).any(1), bool))
+        self.pixel_scores.append(_numpy(scores.pixel_map, np.float32))
+        self.brain.append(_numpy(brain_b, bool))
+        self.lesion.append(_numpy(lesion_b, bool))
+
+    def compute(self, threshold: float | None = None) -> dict[str, float]:
+        """All metrics over the batches seen so far; ``dice`` is NaN unless a ``threshold`` is given."""
+        scores, brain, lesion = _cat(self.pixel_scores, np.float32), _cat(self.brain, bool), _cat(self.lesion, bool)
+        out: dict[str, float] = {}
+        out["slice_auroc"], out["slice_auprc"] = _ranking(
+            _cat(self.slice_labels, bool), _cat(self.slice_scores, np.float32)
+        )
+        in_brain, in_lesion = scores[brain], lesion[brain]
+        out["pixel_auroc"], out["pixel_auprc"], out["best_dice"], out["best_threshold"] = _pixel_ranking(
+            in_lesion, in_brain
+        )
+        out["pixel_auroc_all"], _ = _ranking(lesion, scores)
+        healthy_vals, lesion_vals = in_brain[~in_lesion], in_brain[in_lesion]
+        out["healthy_mu"], out["healthy_sigma"] = _moments(healthy_vals)
+        out["lesion_mu"], out["lesion_sigma"] = _moments(lesion_vals)
+        out["overlap_pct"] = overlap_pct(healthy_vals, lesion_vals)
+        out["dice"] = NAN if threshold is None or math.isnan(threshold) else dice_at(in_lesion, in_brain, threshold)
+        return out
+
+
+def unpack_batch(batch: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(image, brain, lesion) from a loader batch: a mapping with those keys, or a sequence in that order."""
+    if isinstance(batch, Mapping):
+        return batch["image"], batch["brain"], batch["lesion"]
+    if isinstance(batch, Sequence) and len(batch) >= 3:
+        return batch[0], batch[1], batch[2]
+    raise TypeError(f"cannot read (image, brain, lesion) from a batch of type {type(batch).__name__}")
+
+
+def evaluate(
+    family: Family,
+    nets: nn.ModuleDict,
+    loader: Iterable,
+    device: torch.device,
+    threshold: float | None = None,
+) -> dict[str, float]:
+    """Score every batch of ``loader`` with ``family`` and return ``DetectionMetrics.compute(threshold)``."""
+    metrics = DetectionMetrics()
+    for batch in loader:
+        image, brain, lesion = unpack_batch(batch)
+        scores = family.score(nets, image.to(device, non_blocking=True))
+        metrics.update(scores, brain, lesion)
+    return metrics.compute(threshold)
