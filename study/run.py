@@ -16,6 +16,7 @@ from typing import Any
 
 from study.config import ConfigError, StudyConfig, load_config
 from study.tracking import TrackingError
+from trainables.data.errors import DataError
 
 SUMMARY_COLUMNS = (
     "trial_id",
@@ -50,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = load_config(args.config)
         run_study(config, verbose=args.verbose)
-    except (ConfigError, TrackingError) as err:
+    except (ConfigError, TrackingError, DataError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     return 0
@@ -68,10 +69,10 @@ def run_study(config: StudyConfig, verbose: bool = False) -> StudyOutcome:
     study_dir = config.study_dir.resolve()
     study_dir.mkdir(parents=True, exist_ok=True)
     space_source = "\n\n".join(inspect.getsource(inspect.getmodule(family_space(f))) for f in config.families)
-    client, parent_run_id = start_parent_run(config, space_source)
     print(f"study '{config.name}': {config.num_samples} trials of {', '.join(config.families)}", flush=True)
+    cache_dir, preprocess = prepare_data(config)  # bad data fails here, before any MLflow run or trial
+    client, parent_run_id = start_parent_run(config, space_source)
     try:
-        cache_dir, preprocess = prepare_data(config)
         connect_ray(config, verbose)
         rows = _tune(config, define_by_run(config.families), cache_dir, preprocess, client, parent_run_id)
         outcome = _finish(config, rows, study_dir, client, parent_run_id)
@@ -126,7 +127,7 @@ def _tune(config, space_fn, cache_dir, preprocess, client, parent_run_id) -> lis
         threads=config.training.threads_per_worker,
         max_failures=config.training.max_failures,
     )
-    logger = MlflowTrialLogger(client, parent_run_id)
+    logger = MlflowTrialLogger(client, parent_run_id, config.training.epochs)
     recorder = TrialRecorder()
     printer = ProgressPrinter(config.num_samples, config.training.epochs, objective.metric)
     trainable = tune.with_resources(

@@ -11,6 +11,9 @@ from ray.tune.search.optuna import OptunaSearch
 from study.config import StudyConfig
 
 
+optuna.logging.set_verbosity(optuna.logging.WARNING)  # our progress lines say what each trial is
+
+
 def make_sampler(config: StudyConfig) -> optuna.samplers.BaseSampler:
     """TPE (default), random or NSGA-II, seeded from the study."""
     samplers = {

@@ -81,8 +81,9 @@ def _study_params(config: StudyConfig) -> dict[str, Any]:
 class MlflowTrialLogger(Callback):
     """Tune callback: a child run per trial with its params, per-epoch metrics, final metrics and status."""
 
-    def __init__(self, client: MlflowClient, parent_run_id: str) -> None:
+    def __init__(self, client: MlflowClient, parent_run_id: str, epochs: int) -> None:
         self.client = client
+        self.final_step = epochs + 1
         self.parent_run_id = parent_run_id
         self.experiment_id = client.get_run(parent_run_id).info.experiment_id
         self.run_ids: dict[str, str] = {}  # trial_id -> run id of running trials
@@ -100,9 +101,11 @@ class MlflowTrialLogger(Callback):
         run_id = self.run_ids.get(trial.trial_id)
         if run_id is None:
             return
+        # Epoch metrics at step = epoch. The final record (the chosen checkpoint's val_* and its test_*) goes
+        # one step past the last epoch, so the runs table shows the chosen values and the history stays clean.
         step = int(result.get("epoch", result.get("training_iteration", 0)))
         if result.get("final"):
-            step = int(result.get("best_epoch", step))
+            step = self.final_step
         timestamp = int(result.get("timestamp", 0) * 1000)
         metrics = [
             Metric(key, float(value), timestamp, step)

@@ -20,7 +20,7 @@ DETECTION_METRICS = (
 VAL_METRICS = tuple(f"val_{name}" for name in DETECTION_METRICS)
 TEST_METRICS = tuple(f"test_{name}" for name in DETECTION_METRICS)
 # Per-epoch training figures; each loss term of a family is also reported as loss_<term>.
-EPOCH_METRICS = ("epoch", "train_loss", "time_train_s", "time_eval_s")
+EPOCH_METRICS = ("epoch", "best_epoch", "train_loss", "train_slices", "workers", "time_train_s", "time_eval_s")
 
 
 def is_reported_metric(key: str) -> bool:

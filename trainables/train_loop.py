@@ -83,29 +83,40 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 def _train_epoch(
     family: Family, nets: nn.ModuleDict, opts: dict, loader: DataLoader, device: torch.device, epoch: int
 ) -> dict[str, float]:
-    """One pass over this worker's shard; returns loss terms averaged over steps and workers."""
+    """One pass over this worker's shard; loss terms averaged over all workers' steps.
+
+    Also returns `workers` and `train_slices` (slices trained on by all workers together), which show
+    that every DDP worker took its share.
+    """
     nets.train()
     sums: dict[str, float] = defaultdict(float)
-    steps = 0
     for batch in loader:
-        terms = family.train_step(nets, opts, batch["image"].to(device, non_blocking=True))
+        images = batch["image"].to(device, non_blocking=True)
+        terms = family.train_step(nets, opts, images)
         if not all(math.isfinite(v) for v in terms.values()):
-            raise NonFiniteLossError(f"non-finite loss at epoch {epoch + 1}, step {steps + 1}: {terms}")
+            raise NonFiniteLossError(f"non-finite loss at epoch {epoch + 1}, step {int(sums['steps']) + 1}: {terms}")
         for key, value in terms.items():
             sums[key] += value
-        steps += 1
-    means = _all_reduce_mean({k: v / max(steps, 1) for k, v in sums.items()}, device)
-    return {("train_loss" if k == "loss" else f"loss_{k}"): v for k, v in means.items()}
+        sums["steps"] += 1
+        sums["slices"] += len(images)
+    totals = _all_reduce_sum(dict(sums), device)
+    steps = max(totals.pop("steps", 0.0), 1.0)
+    out = {("train_loss" if k == "loss" else f"loss_{k}"): v / steps for k, v in totals.items() if k != "slices"}
+    out.update(train_slices=int(totals.get("slices", 0)), workers=_world_size())
+    return out
 
 
-def _all_reduce_mean(values: dict[str, float], device: torch.device) -> dict[str, float]:
-    """Average per-worker floats over the DDP group (one small collective per epoch)."""
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+def _world_size() -> int:
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def _all_reduce_sum(values: dict[str, float], device: torch.device) -> dict[str, float]:
+    """Sum per-worker floats over the DDP group (one small collective per epoch)."""
+    if _world_size() == 1:
         return values
     keys = sorted(values)
     tensor = torch.tensor([values[k] for k in keys], dtype=torch.float64, device=device)
     dist.all_reduce(tensor)
-    tensor /= dist.get_world_size()
     return dict(zip(keys, tensor.tolist(), strict=True))
 
 
@@ -165,7 +176,7 @@ def _restore(
 
 def _wrap_ddp(nets: nn.ModuleDict, device: torch.device) -> nn.ModuleDict:
     """Wrap each net with trainable parameters in DDP (one wrapper per separately optimised net)."""
-    if not dist.is_initialized() or dist.get_world_size() == 1:
+    if _world_size() == 1:
         return nets
     device_ids = [device.index] if device.type == "cuda" else None
     return nn.ModuleDict(
