@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from trainables.metric_names import VAL_METRICS
+from trainables.metric_names import OBJECTIVE_METRICS
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 DEFAULT_CONFIG = CONFIG_DIR / "default.yaml"
@@ -80,6 +80,7 @@ class StudyConfig:
     max_concurrent_trials: int = 1  # trials running at once
     seed: int = 0  # sampler and training seed
     results_dir: str = "results"  # where trials.csv, best.json and Ray's storage go
+    optuna_storage: str | None = None  # Optuna RDB URL or journal file; None: results/<name>/optuna.db (SQLite)
     ray_address: str | None = None  # None: attach to a running Ray if there is one, else start one
     data: DataConfig = field(default_factory=DataConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
@@ -89,6 +90,10 @@ class StudyConfig:
     @property
     def study_dir(self) -> Path:
         return Path(self.results_dir) / self.name
+
+    @property
+    def objective_names(self) -> list[str]:
+        return [o.metric for o in self.objectives]
 
 
 def load_config(path: str | Path | None = None) -> StudyConfig:
@@ -129,8 +134,9 @@ def validate(config: StudyConfig) -> None:
     if not config.objectives:
         fail("objectives", "expected at least one objective")
     for i, objective in enumerate(config.objectives):
-        if objective.metric not in VAL_METRICS:
-            fail(f"objectives[{i}].metric", f"unknown metric '{objective.metric}'; expected one of {VAL_METRICS}")
+        if objective.metric not in OBJECTIVE_METRICS:
+            expected = ", ".join(OBJECTIVE_METRICS)
+            fail(f"objectives[{i}].metric", f"unknown metric '{objective.metric}'; expected one of {expected}")
         if objective.mode not in ("max", "min"):
             fail(f"objectives[{i}].mode", f"expected 'max' or 'min', got '{objective.mode}'")
     if config.sampler not in SAMPLERS:

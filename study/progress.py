@@ -16,15 +16,15 @@ SHOWN_METRICS = ("val_slice_auroc", "val_pixel_auroc")
 class ProgressPrinter(Callback):
     """Tune callback printing trial/epoch/metric lines instead of Tune's wide status tables."""
 
-    def __init__(self, num_samples: int, epochs: int, objective: str) -> None:
+    def __init__(self, num_samples: int, epochs: int, already_done: int = 0) -> None:
         self.num_samples = num_samples
         self.epochs = epochs
-        self.objective = objective
+        self.already_done = already_done  # trials finished before a --resume
         self.started = time.monotonic()
         self.numbers: dict[str, int] = {}
 
     def _say(self, trial: Trial, text: str) -> None:
-        number = self.numbers.setdefault(trial.trial_id, len(self.numbers) + 1)
+        number = self.numbers.setdefault(trial.trial_id, self.already_done + len(self.numbers) + 1)
         elapsed = time.monotonic() - self.started
         print(f"[{elapsed:6.0f}s] trial {number}/{self.num_samples} {trial.trial_id}: {text}", flush=True)
 

@@ -1,10 +1,15 @@
-"""results/<study>/: trials.csv (one row per trial), best.json, and the closing table."""
+"""results/<study>/: trials.jsonl (the journal), trials.csv (one row per trial), best.json, the closing table.
+
+A row is written the moment its trial ends (appended to trials.jsonl, then trials.csv rewritten), so a
+killed driver loses no finished trial and `--resume` starts from what is on disk.
+"""
 
 from __future__ import annotations
 
 import csv
 import json
 import math
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -16,33 +21,71 @@ from study.config import Objective
 from study.tracking import failure_reason
 from trainables.metric_names import TEST_METRICS, VAL_METRICS
 
+JOURNAL = "trials.jsonl"
+TRIALS_CSV = "trials.csv"
+# Trial statuses: completed (all epochs, test scored), stopped_early (by the scheduler: not a fully
+# trained point), failed (error or divergence, with the reason), baseline (no training, e.g. threshold).
+STATUSES = ("completed", "stopped_early", "failed", "baseline")
+
+
+def trial_row(trial_id: str, config: dict[str, Any], last: dict[str, Any], status: str, reason: str = "") -> dict:
+    """One trials.csv row from a trial's config and its last reported result."""
+    row: dict[str, Any] = {"trial_id": trial_id, "family": config.get("family"), "status": status}
+    row.update({f"param_{k}": v for k, v in sorted(config.items()) if k != "family"})
+    row.update({k: last.get(k) for k in (*VAL_METRICS, *TEST_METRICS)})
+    row["train_seconds"] = last.get("train_seconds")
+    row["best_epoch"] = last.get("best_epoch")
+    row["failure_reason"] = reason
+    return row
+
 
 class TrialRecorder(Callback):
-    """Tune callback keeping one row per finished trial: id, family, status, params, final metrics, duration."""
+    """Tune callback writing each trial's row to the study folder as soon as the trial ends."""
 
-    def __init__(self, mlflow_runs: dict[str, str] | None = None) -> None:
-        self.rows: list[dict[str, Any]] = []
-        self.mlflow_runs = mlflow_runs  # trial_id -> MLflow run id, filled by the MLflow callback
+    def __init__(self, study_dir: Path, run_ids: dict[str, str]) -> None:
+        self.study_dir = study_dir
+        self.run_ids = run_ids  # trial_id -> MLflow run id, shared with the MLflow callback
+        self.rows = load_rows(study_dir)
         self._started: dict[str, float] = {}
 
     def on_trial_start(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
         self._started[trial.trial_id] = time.monotonic()
 
     def on_trial_complete(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
-        self._record(trial, "completed", "")
+        last = trial.last_result or {}
+        self.record(trial, "completed" if last.get("final") else "stopped_early")
 
     def on_trial_error(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
-        self._record(trial, "failed", failure_reason(trial))
+        self.record(trial, "failed", failure_reason(trial))
 
-    def _record(self, trial: Trial, status: str, reason: str) -> None:
-        last = trial.last_result or {}
-        row: dict[str, Any] = {"trial_id": trial.trial_id, "family": trial.config.get("family"), "status": status}
-        row.update({f"param_{k}": v for k, v in sorted(trial.config.items()) if k != "family"})
-        row.update({k: last.get(k) for k in (*VAL_METRICS, *TEST_METRICS)})
-        row["best_epoch"] = last.get("best_epoch")
-        row["duration_s"] = round(time.monotonic() - self._started.get(trial.trial_id, time.monotonic()), 1)
-        row["failure_reason"] = reason
-        self.rows.append(row)
+    def record(self, trial: Trial, status: str, reason: str = "") -> None:
+        row = trial_row(trial.trial_id, trial.config, trial.last_result or {}, status, reason)
+        started = self._started.get(trial.trial_id)
+        row["duration_s"] = round(time.monotonic() - started, 1) if started else None
+        row["mlflow_run_id"] = self.run_ids.get(trial.trial_id, "")
+        self.add(row)
+
+    def add(self, row: dict[str, Any]) -> None:
+        """Append a row to the journal (durably) and rewrite trials.csv."""
+        self.rows = [r for r in self.rows if r["trial_id"] != row["trial_id"]] + [row]
+        with (self.study_dir / JOURNAL).open("a") as handle:
+            handle.write(json.dumps(row, default=str) + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        write_trials_csv(self.rows, self.study_dir / TRIALS_CSV)
+
+
+def load_rows(study_dir: Path) -> list[dict[str, Any]]:
+    """Rows journalled so far (the last row of a trial wins); [] for a new study."""
+    path = study_dir / JOURNAL
+    if not path.is_file():
+        return []
+    rows: dict[str, dict[str, Any]] = {}
+    for line in path.read_text().splitlines():
+        if line.strip():
+            row = json.loads(line)
+            rows[row["trial_id"]] = row
+    return list(rows.values())
 
 
 def write_trials_csv(rows: list[dict[str, Any]], path: Path) -> None:
@@ -59,18 +102,31 @@ def write_trials_csv(rows: list[dict[str, Any]], path: Path) -> None:
     tmp.replace(path)
 
 
+def read_trials_csv(path: Path) -> list[dict[str, Any]]:
+    """trials.csv back as rows, numbers parsed (empty cells become None)."""
+    with path.open() as handle:
+        return [{k: _parse(v) for k, v in row.items()} for row in csv.DictReader(handle)]
+
+
 def best_trial(rows: list[dict[str, Any]], objective: Objective) -> dict[str, Any] | None:
-    """The completed trial with the best final value of the objective (a val_* metric), or None."""
-    scored = [r for r in rows if r["status"] == "completed" and _finite(r.get(objective.metric))]
+    """The completed trial with the best final value of the objective (chosen on val), or None."""
+    scored = [r for r in rows if r["status"] == "completed" and finite(r.get(objective.metric))]
     if not scored:
         return None
     pick = max if objective.mode == "max" else min
     return pick(scored, key=lambda r: r[objective.metric])
 
 
+def best_by_family(rows: list[dict[str, Any]], objective: Objective) -> dict[str, dict[str, Any]]:
+    """For each family, its best completed trial on the objective."""
+    families = sorted({r["family"] for r in rows if r.get("family")})
+    best = {f: best_trial([r for r in rows if r["family"] == f], objective) for f in families}
+    return {f: row for f, row in best.items() if row is not None}
+
+
 def write_best_json(rows: list[dict[str, Any]], objectives: list[Objective], path: Path) -> dict[str, Any]:
-    """best.json: for each objective, the best trial chosen on val, with its test metrics alongside."""
-    best = {o.metric: best_trial(rows, o) for o in objectives}
+    """best.json: per objective, the best trial overall and per family (chosen on val; test alongside)."""
+    best = {o.metric: {"overall": best_trial(rows, o), "by_family": best_by_family(rows, o)} for o in objectives}
     path.write_text(json.dumps(best, indent=2, default=str))
     return best
 
@@ -84,8 +140,21 @@ def format_table(rows: list[dict[str, Any]], columns: tuple[str, ...]) -> str:
     return "\n".join(lines)
 
 
-def _finite(value: Any) -> bool:
-    return isinstance(value, int | float) and math.isfinite(value)
+def finite(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _parse(text: str) -> Any:
+    if text == "":
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        return float(text)
+    except ValueError:
+        return text
 
 
 def _cell(value: Any) -> str:

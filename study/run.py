@@ -1,14 +1,16 @@
 """python -m study.run: the hyperparameter study (Ray Tune + Optuna over Ray Train DDP trials, MLflow).
 
 With no arguments it runs the embedded default: a small real study on a synthetic cohort, local Ray,
-MLflow in results/mlflow.db. `--config` names another study YAML.
+MLflow in results/mlflow.db. `--config` names another study YAML; `--resume` continues an interrupted one.
 """
 
 from __future__ import annotations
 
 import argparse
 import inspect
+import json
 import os
+import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,19 +31,23 @@ SUMMARY_COLUMNS = (
     "test_pixel_auroc",
     "duration_s",
 )
+STATE_FILE = "study.json"  # the study's MLflow parent run, for --resume
+# What a fresh run of a study replaces (MLflow keeps earlier runs; the data cache is shared and kept).
+STUDY_STATE = ("tune", "train", "optuna.db", "trials.jsonl", STATE_FILE)
 
 
 @dataclass
 class StudyOutcome:
     rows: list[dict[str, Any]]  # one per finished trial, as in trials.csv
-    best: dict[str, Any]  # objective -> best trial row (chosen on val)
     study_dir: Path  # results/<study>/
     parent_run_id: str  # MLflow parent run of the study
+    interrupted: bool  # the study stopped before all trials finished (resume with --resume)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m study.run", description=__doc__.splitlines()[0])
     parser.add_argument("--config", default=None, help="study YAML (default: study/configs/default.yaml)")
+    parser.add_argument("--resume", action="store_true", help="continue the interrupted study of this config")
     parser.add_argument("--verbose", action="store_true", help="show Ray's own worker and controller logs")
     return parser.parse_args(argv)
 
@@ -50,37 +56,57 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         config = load_config(args.config)
-        run_study(config, verbose=args.verbose)
+        outcome = run_study(config, resume=args.resume, verbose=args.verbose)
     except (ConfigError, TrackingError, DataError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    return 0
+    return 130 if outcome.interrupted else 0
 
 
-def run_study(config: StudyConfig, verbose: bool = False) -> StudyOutcome:
-    """Run the whole study: data, MLflow parent run, Tune over Train trials, results files."""
-    # Heavy imports here so `--help` and config errors answer instantly.
+def run_study(config: StudyConfig, resume: bool = False, verbose: bool = False) -> StudyOutcome:
+    """Run (or resume) the whole study: data, MLflow parent run, Tune over Train trials, results files."""
     from mlflow.entities import RunStatus
 
-    from search_spaces import define_by_run, family_space
+    from search_spaces import family_space
     from study.data import prepare_data
-    from study.tracking import start_parent_run
+    from study.tracking import open_parent_run
 
     study_dir = config.study_dir.resolve()
-    study_dir.mkdir(parents=True, exist_ok=True)
-    space_source = "\n\n".join(inspect.getsource(inspect.getmodule(family_space(f))) for f in config.families)
+    previous = _start_state(config, study_dir, resume)
     print(f"study '{config.name}': {config.num_samples} trials of {', '.join(config.families)}", flush=True)
     cache_dir, preprocess = prepare_data(config)  # bad data fails here, before any MLflow run or trial
-    client, parent_run_id = start_parent_run(config, space_source)
+    space_source = "\n\n".join(inspect.getsource(inspect.getmodule(family_space(f))) for f in config.families)
+    client, parent_run_id = open_parent_run(config, space_source, previous)
+    (study_dir / STATE_FILE).write_text(json.dumps({"parent_run_id": parent_run_id}))
     try:
         connect_ray(config, verbose)
-        rows = _tune(config, define_by_run(config.families), cache_dir, preprocess, client, parent_run_id)
+        rows = _tune(config, cache_dir, preprocess, parent_run_id, resume)
         outcome = _finish(config, rows, study_dir, client, parent_run_id)
-    except BaseException:
-        client.set_terminated(parent_run_id, RunStatus.to_string(RunStatus.FAILED))
+    except BaseException as err:
+        status = RunStatus.KILLED if isinstance(err, KeyboardInterrupt) else RunStatus.FAILED
+        client.set_terminated(parent_run_id, RunStatus.to_string(status))
         raise
-    client.set_terminated(parent_run_id, RunStatus.to_string(RunStatus.FINISHED))
+    status = RunStatus.KILLED if outcome.interrupted else RunStatus.FINISHED
+    client.set_terminated(parent_run_id, RunStatus.to_string(status))
     return outcome
+
+
+def _start_state(config: StudyConfig, study_dir: Path, resume: bool) -> str | None:
+    """For --resume, the parent run to continue; for a fresh run, clear the study's previous state."""
+    from study.tuning import can_resume
+
+    if resume:
+        state = study_dir / STATE_FILE
+        if not (state.is_file() and can_resume(config)):
+            raise ConfigError(f"{config.source}: nothing to resume in {study_dir} (run without --resume to start)")
+        return json.loads(state.read_text())["parent_run_id"]
+    existing = [study_dir / name for name in STUDY_STATE if (study_dir / name).exists()]
+    if existing:
+        print(f"starting '{config.name}' afresh: replacing the previous run's state in {study_dir}", flush=True)
+    for path in existing:
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+    study_dir.mkdir(parents=True, exist_ok=True)
+    return None
 
 
 def connect_ray(config: StudyConfig, verbose: bool) -> None:
@@ -101,73 +127,43 @@ def connect_ray(config: StudyConfig, verbose: bool) -> None:
     print(f"Ray: {ray.cluster_resources()}", flush=True)
 
 
-def _tune(config, space_fn, cache_dir, preprocess, client, parent_run_id) -> list[dict[str, Any]]:  # noqa: ANN001
-    from ray import tune
-
+def _tune(config: StudyConfig, cache_dir: Path, preprocess: dict, parent_run_id: str, resume: bool) -> list[dict]:
     from study.progress import ProgressPrinter
     from study.results import TrialRecorder
-    from study.search import make_scheduler, make_searcher
-    from study.tracking import MlflowTrialLogger
-    from study.trial import TrialSetup, run_trial
+    from study.tracking import MlflowTrialLogger, tracking_uri
+    from study.tuning import make_tuner, trial_setup
 
-    objective = config.objectives[0]
-    setup = TrialSetup(
-        study=config.name,
-        storage_path=str((config.study_dir / "train").resolve()),
-        cache_dir=str(cache_dir),
-        image_size=config.data.image_size,
-        preprocess=preprocess,
-        epochs=config.training.epochs,
-        objective=objective.metric,
-        objective_mode=objective.mode,
-        seed=config.seed,
-        workers=config.training.workers_per_trial,
-        cpus_per_worker=config.training.cpus_per_worker,
-        gpus_per_worker=config.training.gpus_per_worker,
-        threads=config.training.threads_per_worker,
-        max_failures=config.training.max_failures,
-    )
-    logger = MlflowTrialLogger(client, parent_run_id, config.training.epochs)
-    recorder = TrialRecorder()
-    printer = ProgressPrinter(config.num_samples, config.training.epochs, objective.metric)
-    trainable = tune.with_resources(
-        tune.with_parameters(run_trial, setup=setup), {"cpu": config.training.cpus_per_trial}
-    )
-    tuner = tune.Tuner(
-        trainable,
-        tune_config=tune.TuneConfig(
-            search_alg=make_searcher(config, space_fn),
-            scheduler=make_scheduler(config),
-            num_samples=config.num_samples,
-            max_concurrent_trials=config.max_concurrent_trials,
-        ),
-        run_config=tune.RunConfig(
-            name=config.name,
-            storage_path=str((config.study_dir / "tune").resolve()),
-            callbacks=[logger, recorder, printer],
-            verbose=0,
-        ),
-    )
-    tuner.fit()
-    for row in recorder.rows:
-        row["mlflow_run_id"] = logger.finished_runs.get(row["trial_id"], "")
+    run_ids: dict[str, str] = {}
+    recorder = TrialRecorder(config.study_dir.resolve(), run_ids)
+    callbacks = [
+        MlflowTrialLogger(tracking_uri(config), parent_run_id, config.training.epochs, run_ids),
+        recorder,
+        ProgressPrinter(config.num_samples, config.training.epochs, already_done=len(recorder.rows)),
+    ]
+    if resume:
+        print(f"resuming: {len(recorder.rows)} of {config.num_samples} trials already finished", flush=True)
+    make_tuner(config, trial_setup(config, cache_dir, preprocess), callbacks, resume).fit()
     return recorder.rows
 
 
-def _finish(config: StudyConfig, rows, study_dir: Path, client, parent_run_id: str) -> StudyOutcome:  # noqa: ANN001
-    from study.results import format_table, write_best_json, write_trials_csv
+def _finish(config: StudyConfig, rows: list[dict], study_dir: Path, client: Any, parent_run_id: str) -> StudyOutcome:
+    from study.report import log_study_report, write_study_report
+    from study.results import best_trial, format_table
 
-    write_trials_csv(rows, study_dir / "trials.csv")
-    best = write_best_json(rows, config.objectives, study_dir / "best.json")
-    for name in ("trials.csv", "best.json"):
-        client.log_artifact(parent_run_id, str(study_dir / name))
+    files = write_study_report(config, rows, study_dir)
+    log_study_report(client, parent_run_id, config, rows, files)
+    interrupted = len(rows) < config.num_samples
     print("\n" + format_table(rows, SUMMARY_COLUMNS))
-    for metric, row in best.items():
+    for objective in config.objectives:
+        row = best_trial(rows, objective)
         chosen = f"trial {row['trial_id']} ({row['family']})" if row else "no completed trial"
-        print(f"best by {metric}: {chosen}")
-    print(f"\nresults: {study_dir}/ (trials.csv, best.json)")
+        print(f"best by {objective.metric} ({objective.mode}, chosen on val): {chosen}")
+    if interrupted:
+        print(f"\ninterrupted after {len(rows)} of {config.num_samples} trials; continue with:")
+        print(f"  python -m study.run --config {config.source} --resume")
+    print(f"\nresults: {study_dir}/ (trials.csv, best.json, pareto.csv, plots)")
     print(f"MLflow:  mlflow ui --backend-store-uri {config.mlflow.tracking_uri}")
-    return StudyOutcome(rows=rows, best=best, study_dir=study_dir, parent_run_id=parent_run_id)
+    return StudyOutcome(rows=rows, study_dir=study_dir, parent_run_id=parent_run_id, interrupted=interrupted)
 
 
 if __name__ == "__main__":

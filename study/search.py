@@ -10,7 +10,6 @@ from ray.tune.search.optuna import OptunaSearch
 
 from study.config import StudyConfig
 
-
 optuna.logging.set_verbosity(optuna.logging.WARNING)  # our progress lines say what each trial is
 
 
@@ -24,6 +23,21 @@ def make_sampler(config: StudyConfig) -> optuna.samplers.BaseSampler:
     return samplers[config.sampler]()
 
 
+def optuna_storage_url(config: StudyConfig) -> str:
+    """Where the Optuna study lives: the configured RDB URL or journal file, else results/<study>/optuna.db."""
+    if config.optuna_storage:
+        return config.optuna_storage
+    return f"sqlite:///{(config.study_dir / 'optuna.db').resolve()}"
+
+
+def make_storage(config: StudyConfig) -> optuna.storages.BaseStorage:
+    """An RDB storage for URLs (sqlite:///, postgresql://, ...), a journal storage for a plain file path."""
+    url = optuna_storage_url(config)
+    if "://" in url:
+        return optuna.storages.RDBStorage(url)
+    return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(url))
+
+
 def make_searcher(config: StudyConfig, space_fn: Callable) -> OptunaSearch:
     """Ray's OptunaSearch over the define-by-run space; lists of metrics/modes for several objectives."""
     metrics = [o.metric for o in config.objectives]
@@ -34,6 +48,8 @@ def make_searcher(config: StudyConfig, space_fn: Callable) -> OptunaSearch:
         metric=metrics[0] if single else metrics,
         mode=modes[0] if single else modes,
         sampler=make_sampler(config),
+        storage=make_storage(config),
+        study_name=config.name,
     )
 
 

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import math
 import numbers
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+import yaml
 from mlflow.entities import Metric, Param, RunStatus, RunTag
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
@@ -38,24 +40,37 @@ def tracking_uri(config: StudyConfig) -> str:
     return uri
 
 
-def start_parent_run(config: StudyConfig, search_space: str) -> tuple[MlflowClient, str]:
-    """Create (or reuse) the study's experiment and open its parent run; fail fast if MLflow is unusable."""
+def open_parent_run(
+    config: StudyConfig, search_space: str, resume_run_id: str | None = None
+) -> tuple[MlflowClient, str]:
+    """Open the study's parent run (a new one, or `resume_run_id` again); fail fast if MLflow is unusable."""
     uri = tracking_uri(config)
     try:
         client = MlflowClient(tracking_uri=uri)
-        name = config.mlflow.experiment or config.name
-        experiment = client.get_experiment_by_name(name)
-        experiment_id = (
-            experiment.experiment_id if experiment else client.create_experiment(name, _artifacts(uri, name))
-        )
+        if resume_run_id is not None:
+            client.update_run(resume_run_id, status=RunStatus.to_string(RunStatus.RUNNING))
+            return client, resume_run_id
+        experiment_id = _experiment_id(client, config.mlflow.experiment or config.name, uri)
         run = client.create_run(experiment_id, run_name=f"study-{config.name}", tags={"role": "study"})
     except Exception as err:  # MLflow raises many types (HTTP, SQLAlchemy, MlflowException)
         raise TrackingError(f"MLflow at '{uri}' is not usable: {err}") from err
     run_id = run.info.run_id
     client.log_batch(run_id, params=[Param(k, _text(v)) for k, v in _study_params(config).items()])
     client.log_text(run_id, search_space, "search_space.py")
-    client.log_text(run_id, Path(config.source).read_text() if Path(config.source).is_file() else "", "config.yaml")
+    client.log_text(run_id, yaml.safe_dump(resolved_config(config), sort_keys=False), "config.yaml")
     return client, run_id
+
+
+def resolved_config(config: StudyConfig) -> dict[str, Any]:
+    """The study config with every default filled in, as logged to MLflow."""
+    return {k: v for k, v in asdict(config).items() if k != "source"}
+
+
+def _experiment_id(client: MlflowClient, name: str, uri: str) -> str:
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    return client.create_experiment(name, artifact_location=_artifacts(uri, name))
 
 
 def _artifacts(uri: str, experiment: str) -> str | None:
@@ -79,23 +94,47 @@ def _study_params(config: StudyConfig) -> dict[str, Any]:
 
 
 class MlflowTrialLogger(Callback):
-    """Tune callback: a child run per trial with its params, per-epoch metrics, final metrics and status."""
+    """Tune callback: a child run per trial with its params, per-epoch metrics, final metrics and status.
 
-    def __init__(self, client: MlflowClient, parent_run_id: str, epochs: int) -> None:
-        self.client = client
-        self.final_step = epochs + 1
+    A trial resumed after an interruption gets its own child run back (found by the trial_id tag), so
+    a resumed study has one child run per trial, never two.
+    """
+
+    def __init__(self, uri: str, parent_run_id: str, epochs: int, run_ids: dict[str, str]) -> None:
+        self.uri = uri
         self.parent_run_id = parent_run_id
-        self.experiment_id = client.get_run(parent_run_id).info.experiment_id
-        self.run_ids: dict[str, str] = {}  # trial_id -> run id of running trials
-        self.finished_runs: dict[str, str] = {}  # trial_id -> run id of ended trials
+        self.final_step = epochs + 1
+        self.run_ids = run_ids  # trial_id -> MLflow run id, shared with the trial recorder
+        self._client: MlflowClient | None = None
+
+    @property
+    def client(self) -> MlflowClient:
+        if self._client is None:
+            self._client = MlflowClient(tracking_uri=self.uri)
+        return self._client
+
+    def __getstate__(self) -> dict[str, Any]:  # Tune pickles callbacks with its experiment state
+        return {**self.__dict__, "_client": None}
 
     def on_trial_start(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
+        run_id = self.run_ids.get(trial.trial_id) or self._existing_run(trial.trial_id)
+        if run_id is not None:
+            self.client.update_run(run_id, status=RunStatus.to_string(RunStatus.RUNNING))
+            self.run_ids[trial.trial_id] = run_id
+            return
         tags = {MLFLOW_PARENT_RUN_ID: self.parent_run_id, TRIAL_ID_TAG: trial.trial_id, "role": "trial"}
         tags[MLFLOW_RUN_NAME] = f"{trial.config.get('family', 'trial')}-{trial.trial_id}"
-        run = self.client.create_run(self.experiment_id, tags=tags)
+        experiment_id = self.client.get_run(self.parent_run_id).info.experiment_id
+        run = self.client.create_run(experiment_id, tags=tags)
         self.run_ids[trial.trial_id] = run.info.run_id
         params = [Param(k, _text(v)) for k, v in sorted(trial.config.items())]
         self.client.log_batch(run.info.run_id, params=params)
+
+    def _existing_run(self, trial_id: str) -> str | None:
+        experiment_id = self.client.get_run(self.parent_run_id).info.experiment_id
+        query = f"tags.{TRIAL_ID_TAG} = '{trial_id}' and tags.{MLFLOW_PARENT_RUN_ID} = '{self.parent_run_id}'"
+        runs = self.client.search_runs([experiment_id], query, max_results=1)
+        return runs[0].info.run_id if runs else None
 
     def on_trial_result(self, iteration: int, trials: list[Trial], trial: Trial, result: dict, **info: Any) -> None:
         run_id = self.run_ids.get(trial.trial_id)
@@ -113,18 +152,31 @@ class MlflowTrialLogger(Callback):
             if is_reported_metric(key) and isinstance(value, numbers.Number) and math.isfinite(value)
         ]
         self.client.log_batch(run_id, metrics=metrics)
+        if result.get("final"):
+            self._log_checkpoint(run_id, result.get("checkpoint_path"))
+
+    def _log_checkpoint(self, run_id: str, path: str | None) -> None:
+        """Attach the chosen detector (model.pt) and the trial's figures to its run."""
+        folder = Path(path) if path else None
+        if folder is None or not folder.is_dir():
+            return  # remote checkpoint storage: the model stays there, referenced by the trial's tag
+        self.client.set_tag(run_id, "checkpoint_path", str(folder))
+        if (folder / "model.pt").is_file():
+            self.client.log_artifact(run_id, str(folder / "model.pt"), "model")
+        if (folder / "figures").is_dir():
+            self.client.log_artifacts(run_id, str(folder / "figures"), "figures")
 
     def on_trial_complete(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
-        self._finish(trial, "completed", RunStatus.FINISHED)
+        status = "completed" if (trial.last_result or {}).get("final") else "stopped_early"
+        self._finish(trial, status, RunStatus.FINISHED)
 
     def on_trial_error(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
         self._finish(trial, "failed", RunStatus.FAILED, reason=failure_reason(trial))
 
     def _finish(self, trial: Trial, status: str, run_status: int, reason: str = "") -> None:
-        run_id = self.run_ids.pop(trial.trial_id, None)
+        run_id = self.run_ids.get(trial.trial_id)
         if run_id is None:
             return
-        self.finished_runs[trial.trial_id] = run_id
         tags = [RunTag("status", status)] + ([RunTag("failure_reason", reason[:5000])] if reason else [])
         self.client.log_batch(run_id, tags=tags)
         self.client.set_terminated(run_id, RunStatus.to_string(run_status))

@@ -40,23 +40,39 @@ def _cpu_copy(weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu().clone() for k, v in weights.items()}
 
 
+@dataclass
+class TrainingProgress:
+    epoch: int = 0  # epochs completed
+    best: BestRecord = field(default_factory=BestRecord)  # the epoch chosen on val so far
+    best_weights: dict | None = None  # its weights (CPU state dicts); None before the first epoch
+    train_seconds: float = 0.0  # seconds spent in training epochs, summed over worker-group restarts
+
+
 def save_checkpoint(
-    directory: Path, *, epoch: int, nets: nn.ModuleDict, opts: dict, best: BestRecord, model: dict[str, Any]
+    directory: Path, *, nets: nn.ModuleDict, opts: dict, progress: TrainingProgress, model: dict[str, Any]
 ) -> None:
     """Write state.pt (resumable) and model.pt (the chosen detector) into `directory`."""
     state = {
-        "epoch": epoch,
+        "epoch": progress.epoch,
         "nets": state_dicts(nets),
         "opts": {k: o.state_dict() for k, o in opts.items()},
-        "best": asdict(best),
+        "best": asdict(progress.best),
+        "train_seconds": progress.train_seconds,
     }
     _atomic_save(state, directory / STATE_FILE)
     _atomic_save(model, directory / MODEL_FILE)
 
 
-def load_state(directory: Path) -> dict[str, Any]:
-    """Read state.pt of a checkpoint directory."""
-    return torch.load(Path(directory) / STATE_FILE, map_location="cpu", weights_only=False)
+def load_progress(directory: Path, nets: nn.ModuleDict, opts: dict) -> TrainingProgress:
+    """Load state.pt into `nets` and `opts` (in place) and return the progress it records."""
+    directory = Path(directory)
+    state = torch.load(directory / STATE_FILE, map_location="cpu", weights_only=False)
+    for key, weights in state["nets"].items():
+        nets[key].load_state_dict(weights)
+    for key, opt_state in state["opts"].items():
+        opts[key].load_state_dict(opt_state)
+    best_weights = torch.load(directory / MODEL_FILE, map_location="cpu", weights_only=False)["nets"]
+    return TrainingProgress(state["epoch"], BestRecord(**state["best"]), best_weights, state["train_seconds"])
 
 
 def model_record(family: Family, image_size: int, preprocess: dict, weights: dict, best: BestRecord) -> dict[str, Any]:

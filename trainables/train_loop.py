@@ -24,7 +24,14 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 
-from trainables.checkpoint import MODEL_FILE, BestRecord, load_state, model_record, save_checkpoint, state_dicts
+from trainables.checkpoint import (
+    BestRecord,
+    TrainingProgress,
+    load_progress,
+    model_record,
+    save_checkpoint,
+    state_dicts,
+)
 from trainables.data.dataset import SliceDataset
 from trainables.families import Family, create_family
 from trainables.families.base import unwrap
@@ -60,24 +67,26 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     family = create_family(spec.family, spec.hparams)
     nets = family.build(spec.image_size).to(device)
     opts = family.optimizers(nets)
-    start_epoch, best, best_weights = _restore(ray.train.get_checkpoint(), nets, opts)
+    progress = _restore(ray.train.get_checkpoint(), nets, opts)
     nets = _wrap_ddp(nets, device)
     train_loader, sampler = _train_loader(spec)
     val_loader = _eval_loader(spec, "val") if rank == 0 else None
-    for epoch in range(start_epoch, spec.epochs):
+    for epoch in range(progress.epoch, spec.epochs):
         sampler.set_epoch(epoch)
         started = time.perf_counter()
         losses = _train_epoch(family, nets, opts, train_loader, device, epoch)
         train_s = time.perf_counter() - started
+        progress.epoch, progress.train_seconds = epoch + 1, progress.train_seconds + train_s
         metrics: dict[str, Any] = {"epoch": epoch + 1, **losses, "time_train_s": train_s}
+        metrics["train_seconds"] = progress.train_seconds
         if rank == 0:
             val = {f"val_{k}": v for k, v in evaluate(family, _plain(nets), val_loader, device).items()}
             metrics.update(val, time_eval_s=time.perf_counter() - started - train_s)
-            if _improves(val[spec.objective], best.score, spec.objective_mode):
-                best = BestRecord(epoch=epoch + 1, score=val[spec.objective], metrics=val)
-                best_weights = state_dicts(nets)
-        _report(metrics, spec, family, nets, opts, best, best_weights, rank, epoch + 1)
-    _report_test(spec, family, nets, best, best_weights, rank, device)
+            if _improves(val[spec.objective], progress.best.score, spec.objective_mode):
+                progress.best = BestRecord(epoch=epoch + 1, score=val[spec.objective], metrics=val)
+                progress.best_weights = state_dicts(nets)
+        _report(metrics, spec, family, nets, opts, progress, rank)
+    _report(_final_record(spec, family, nets, progress, rank, device), spec, family, nets, opts, progress, rank)
 
 
 def _train_epoch(
@@ -121,33 +130,36 @@ def _all_reduce_sum(values: dict[str, float], device: torch.device) -> dict[str,
 
 
 def _report(
-    metrics: dict, spec: TrialSpec, family: Family, nets: nn.ModuleDict, opts: dict,
-    best: BestRecord, best_weights: dict | None, rank: int, epoch: int,
+    metrics: dict, spec: TrialSpec, family: Family, nets: nn.ModuleDict, opts: dict, progress: TrainingProgress,
+    rank: int,
 ) -> None:  # fmt: skip
-    """Report an epoch; rank 0 attaches the checkpoint (every rank must call report)."""
+    """Report; rank 0 attaches a checkpoint (state.pt, model.pt). Every rank must call report."""
     if rank != 0:
         ray.train.report(metrics)
         return
     with tempfile.TemporaryDirectory() as tmp:
-        model = model_record(family, spec.image_size, spec.preprocess, best_weights or state_dicts(nets), best)
-        save_checkpoint(Path(tmp), epoch=epoch, nets=nets, opts=opts, best=best, model=model)
+        weights = progress.best_weights or state_dicts(nets)
+        model = model_record(family, spec.image_size, spec.preprocess, weights, progress.best)
+        save_checkpoint(Path(tmp), nets=nets, opts=opts, progress=progress, model=model)
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
 
 
-def _report_test(
-    spec: TrialSpec, family: Family, nets: nn.ModuleDict, best: BestRecord,
-    best_weights: dict | None, rank: int, device: torch.device,
-) -> None:  # fmt: skip
-    """Score the test split once with the chosen weights and report the trial's final record."""
-    final: dict[str, Any] = {"final": True, "best_epoch": best.epoch, **best.metrics}
+def _final_record(
+    spec: TrialSpec, family: Family, nets: nn.ModuleDict, progress: TrainingProgress, rank: int,
+    device: torch.device,
+) -> dict[str, Any]:  # fmt: skip
+    """The trial's last report: the chosen epoch's val_*, and (rank 0) test_* scored once with its weights."""
+    best = progress.best
+    final: dict[str, Any] = {"final": True, "best_epoch": best.epoch, "train_seconds": progress.train_seconds}
+    final.update(best.metrics)
     if rank == 0:
         chosen = _plain(nets)
-        for key, weights in (best_weights or {}).items():
+        for key, weights in (progress.best_weights or {}).items():
             chosen[key].load_state_dict(weights)
         threshold = best.metrics.get("val_best_threshold")
         test = evaluate(family, chosen, _eval_loader(spec, "test"), device, threshold=threshold)
         final.update({f"test_{k}": v for k, v in test.items()})
-    ray.train.report(final)
+    return final
 
 
 def _improves(value: float, best: float, mode: str) -> bool:
@@ -158,20 +170,12 @@ def _improves(value: float, best: float, mode: str) -> bool:
     return value > best if mode == "max" else value < best
 
 
-def _restore(
-    checkpoint: ray.train.Checkpoint | None, nets: nn.ModuleDict, opts: dict
-) -> tuple[int, BestRecord, dict | None]:
-    """Continue from the last checkpoint after a worker-group restart: (epochs done, best record, best weights)."""
+def _restore(checkpoint: ray.train.Checkpoint | None, nets: nn.ModuleDict, opts: dict) -> TrainingProgress:
+    """Continue from the last checkpoint after a worker-group or trial restart; fresh progress otherwise."""
     if checkpoint is None:
-        return 0, BestRecord(), None
+        return TrainingProgress()
     with checkpoint.as_directory() as folder:
-        state = load_state(Path(folder))
-        best_weights = torch.load(Path(folder) / MODEL_FILE, map_location="cpu", weights_only=False)["nets"]
-    for key, weights in state["nets"].items():
-        nets[key].load_state_dict(weights)
-    for key, opt_state in state["opts"].items():
-        opts[key].load_state_dict(opt_state)
-    return state["epoch"], BestRecord(**state["best"]), best_weights
+        return load_progress(Path(folder), nets, opts)
 
 
 def _wrap_ddp(nets: nn.ModuleDict, device: torch.device) -> nn.ModuleDict:

@@ -51,7 +51,8 @@ def test_trials_csv_has_every_trial_with_metrics(smoke) -> None:
         assert 1 <= int(row["best_epoch"]) <= config.training.epochs
         assert float(row["duration_s"]) > 0
     best = json.loads((outcome.study_dir / "best.json").read_text())
-    chosen = best["val_pixel_auroc"]
+    chosen = best["val_pixel_auroc"]["overall"]
+    assert best["val_pixel_auroc"]["by_family"]["vae"]["trial_id"] == chosen["trial_id"]
     assert chosen["val_pixel_auroc"] == max(float(r["val_pixel_auroc"]) for r in rows)
 
 
@@ -92,7 +93,10 @@ def test_mlflow_has_parent_and_child_runs_with_epoch_metrics(smoke) -> None:
         assert 0.0 <= child.data.metrics["test_pixel_auroc"] <= 1.0
         assert math.isfinite(child.data.metrics["train_loss"])
     artifacts = {a.path for a in client.list_artifacts(outcome.parent_run_id)}
-    assert {"trials.csv", "best.json", "config.yaml", "search_space.py"} <= artifacts
+    assert {"trials.csv", "best.json", "config.yaml", "search_space.py", "pareto.csv", "best_so_far.png"} <= artifacts
+    assert "optuna_history_val_pixel_auroc.png" in artifacts
+    model_artifacts = {a.path for a in client.list_artifacts(children[0].info.run_id, "model")}
+    assert model_artifacts == {"model/model.pt"}
 
 
 def test_checkpoint_is_a_usable_detector(smoke) -> None:

@@ -1,0 +1,482 @@
+"""python -m study.stage: S3-compatible storage <-> the per-node local data cache.
+
+    python -m study.stage --cluster cluster/gpu.yaml                # stage both cohorts into cache_dir
+    python -m study.stage --cluster cluster/gpu.yaml --upload DIR   # seed the bucket from DIR/hcp and DIR/brats
+
+Objects keep the bucket's layout under ``<cache>/<bucket>/<key>``, so the staged folders are the dataset
+folders the study reads. Credentials come from the environment or the instance role, never the YAML.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import random
+import sys
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any
+from uuid import uuid4
+
+from filelock import FileLock
+
+from study.cluster import ClusterConfigError, ClusterStudy, default_cluster_yaml, parse_s3_uri, read_study_block
+from trainables.data.errors import DataError
+from trainables.data.layouts import discover_subjects
+
+DEFAULT_CONCURRENCY = 8
+MANIFEST = ".stage-manifest.json"  # {"bucket/key": {"size": n, "etag": "..."}} of every file staged here
+LOCK = ".stage.lock"  # one stager per node: every other trial on the node waits, then finds all cached
+CHUNK = 1 << 20
+OBJECT_ATTEMPTS = 4  # our own retries around each object, on top of botocore's retries per request
+BACKOFF_S = 0.5
+TRANSIENT_CODES = {"SlowDown", "RequestTimeout", "InternalError", "ServiceUnavailable", "Throttling"}
+CREDENTIAL_CODES = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "ExpiredToken", "403"}
+COHORT_DIRS = {"healthy": ("hcp", "healthy"), "lesion": ("brats", "lesion")}  # --upload DIR's sub-folders
+
+Progress = Callable[[str], None]
+
+
+class StageError(RuntimeError):
+    """Staging cannot proceed; the message names the endpoint, bucket, prefix or file and what is wrong."""
+
+
+@dataclass(frozen=True)
+class StagedData:
+    healthy_dir: Path  # <cache>/<bucket>/<prefix> of data.healthy
+    lesion_dir: Path  # <cache>/<bucket>/<prefix> of data.lesion
+    downloaded_bytes: int
+    downloaded_files: int
+    skipped_files: int  # already cached with the bucket's size and ETag
+
+
+@dataclass(frozen=True)
+class RemoteObject:
+    bucket: str
+    key: str
+    size: int
+    etag: str  # without quotes
+
+    @property
+    def id(self) -> str:
+        return f"{self.bucket}/{self.key}"
+
+
+class _ShortRead(IOError):
+    """The body ended before Content-Length: a dropped connection, worth another try."""
+
+
+def s3_client(study: ClusterStudy, probe: bool = False, concurrency: int = DEFAULT_CONCURRENCY) -> Any:
+    """A boto3 S3 client for the study's store. ``probe`` fails fast: short timeouts and a single attempt."""
+    import boto3
+    from botocore.config import Config
+
+    if probe:  # first call: an unreachable endpoint or bad key should answer in seconds, not minutes
+        config = Config(connect_timeout=3, read_timeout=10, retries={"mode": "standard", "total_max_attempts": 1})
+    else:
+        config = Config(
+            connect_timeout=10,
+            read_timeout=60,
+            retries={"mode": "standard", "total_max_attempts": 5},
+            max_pool_connections=concurrency + 2,
+        )
+    region = study.region
+    if study.endpoint_url is not None:
+        # MinIO/Ceph serve buckets as paths, not as DNS names; SigV4 still needs some region
+        config = config.merge(Config(s3={"addressing_style": "path"}))
+        region = region or "us-east-1"
+    session = boto3.session.Session()  # one per client: sessions are not thread-safe, clients are
+    return session.client("s3", endpoint_url=study.endpoint_url, region_name=region, config=config)
+
+
+def endpoint_label(study: ClusterStudy) -> str:
+    return study.endpoint_url or f"AWS S3 ({study.region or 'default region'})"
+
+
+def _explain(err: Exception, where: str) -> StageError:
+    """A StageError naming ``where`` for a boto3/botocore error, with the likely cause in words."""
+    from botocore import exceptions as bce
+
+    if isinstance(err, bce.NoCredentialsError):
+        why = "no S3 credentials: set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or AWS_PROFILE, or use an instance role"
+    elif isinstance(err, bce.EndpointConnectionError | bce.ConnectTimeoutError):
+        why = f"cannot reach the endpoint ({err}); is the server up and the URL right?"
+    elif isinstance(err, bce.ClientError):
+        code = err.response.get("Error", {}).get("Code", "")
+        message = err.response.get("Error", {}).get("Message", "")
+        if code == "NoSuchBucket":
+            why = "no such bucket"
+        elif code in CREDENTIAL_CODES:
+            why = f"credentials rejected ({code}: {message}); check AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY "
+            why += "or the instance role, and that they may read this bucket"
+        else:
+            why = f"{code or type(err).__name__}: {message or err}"
+    else:
+        why = f"{type(err).__name__}: {err}"
+    return StageError(f"{where}: {why}")
+
+
+def _transient(err: Exception) -> bool:
+    """Worth retrying: dropped or slow connections, short bodies, server-side 5xx and throttling."""
+    from botocore import exceptions as bce
+
+    if isinstance(err, _ShortRead | bce.ConnectionClosedError | bce.ReadTimeoutError):
+        return True
+    if isinstance(err, bce.ResponseStreamingError | bce.IncompleteReadError | bce.EndpointConnectionError):
+        return True
+    if isinstance(err, bce.ClientError):
+        status = err.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+        return status >= 500 or err.response.get("Error", {}).get("Code") in TRANSIENT_CODES
+    return False
+
+
+def _retrying(action: Callable[[], int], where: str) -> int:
+    """Run ``action`` with exponential backoff and jitter on transient errors; StageError naming ``where``."""
+    for attempt in range(1, OBJECT_ATTEMPTS + 1):
+        try:
+            return action()
+        except Exception as err:
+            if attempt == OBJECT_ATTEMPTS or not _transient(err):
+                raise _explain(err, where) from err
+            time.sleep(min(BACKOFF_S * 2 ** (attempt - 1), 8.0) * random.uniform(0.5, 1.5))
+    raise AssertionError("unreachable")
+
+
+def check_buckets(study: ClusterStudy, buckets: Iterable[str], create: bool = False) -> None:
+    """The first call to the store, failing fast: each bucket exists and these credentials may use it."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    client = s3_client(study, probe=True)
+    for bucket in sorted(set(buckets)):
+        where = f"{endpoint_label(study)}, bucket '{bucket}' (from {study.source})"
+        try:
+            client.head_bucket(Bucket=bucket)
+        except ClientError as err:
+            if err.response.get("Error", {}).get("Code") not in ("404", "NoSuchBucket"):
+                raise _explain(err, where) from err
+            if not create:
+                raise StageError(f"{where}: no such bucket (create it, or pass --create-bucket with --upload)") from err
+            _create_bucket(client, bucket, study.region, where)
+        except BotoCoreError as err:
+            raise _explain(err, where) from err
+
+
+def _create_bucket(client: Any, bucket: str, region: str | None, where: str) -> None:
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    extra = {"CreateBucketConfiguration": {"LocationConstraint": region}} if region not in (None, "us-east-1") else {}
+    try:
+        client.create_bucket(Bucket=bucket, **extra)
+    except (BotoCoreError, ClientError) as err:
+        raise _explain(err, f"{where}: cannot create it") from err
+
+
+def list_prefix(client: Any, study: ClusterStudy, uri: str, allow_empty: bool = False) -> list[RemoteObject]:
+    """Every object under ``uri`` (paginated), skipping folder markers; StageError if there are none."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    bucket, prefix = parse_s3_uri(uri)
+    where = f"{endpoint_label(study)}, bucket '{bucket}', prefix '{prefix}'"
+    objects = []
+    try:
+        for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+            for item in page.get("Contents", []):
+                if not item["Key"].endswith("/"):  # zero-byte "folders" some tools create
+                    objects.append(RemoteObject(bucket, item["Key"], int(item["Size"]), item["ETag"].strip('"')))
+    except (BotoCoreError, ClientError) as err:
+        raise _explain(err, where) from err
+    if not objects and not allow_empty:
+        raise StageError(f"{where}: no objects under this prefix (a typo in {study.source}, or not uploaded yet?)")
+    return objects
+
+
+def local_path(cache_dir: Path, bucket: str, key: str) -> Path:
+    """``<cache>/<bucket>/<key>``; refuses keys that would land outside the cache (``..``, absolute)."""
+    parts = PurePosixPath(key).parts
+    if not parts or key.startswith("/") or any(part in ("..", ".") for part in parts):
+        raise StageError(f"s3://{bucket}/{key}: refusing a key that does not map to a file under {cache_dir}")
+    return cache_dir.joinpath(bucket, *parts)
+
+
+def _load_manifest(cache_dir: Path) -> dict[str, dict[str, Any]]:
+    try:
+        manifest = json.loads((cache_dir / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return {}  # missing or unreadable: files are fetched again, never trusted unchecked
+    return manifest if isinstance(manifest, dict) else {}
+
+
+def _save_manifest(cache_dir: Path, manifest: dict[str, dict[str, Any]]) -> None:
+    """Atomic: a reader sees the old or the new manifest, never half of one."""
+    tmp = cache_dir / f".{MANIFEST}.{uuid4().hex[:8]}.tmp"
+    tmp.write_text(json.dumps(manifest, indent=0, sort_keys=True))
+    os.replace(tmp, cache_dir / MANIFEST)
+
+
+def _is_cached(obj: RemoteObject, path: Path, manifest: dict[str, dict[str, Any]]) -> bool:
+    entry = manifest.get(obj.id)
+    return path.is_file() and path.stat().st_size == obj.size and entry == {"size": obj.size, "etag": obj.etag}
+
+
+def _fetch(client: Any, obj: RemoteObject, path: Path) -> int:
+    """One GET into a temporary sibling, renamed into place only when complete (no half file is ever read)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid4().hex[:8]}.part")
+    try:
+        # IfMatch: an object replaced since the listing fails (412) instead of mixing two versions
+        response = client.get_object(Bucket=obj.bucket, Key=obj.key, IfMatch=f'"{obj.etag}"')
+        written = 0
+        with open(tmp, "wb") as handle:
+            for chunk in response["Body"].iter_chunks(CHUNK):
+                handle.write(chunk)
+                written += len(chunk)
+        if written != obj.size:
+            raise _ShortRead(f"got {written} of {obj.size} bytes")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return written
+
+
+class _Meter:
+    """Files and bytes done, said at most once a second and at the end, so a person can follow."""
+
+    def __init__(self, verb: str, files: int, total_bytes: int, say: Progress) -> None:
+        self.verb, self.files, self.total, self.say = verb, files, total_bytes, say
+        self.done = self.bytes = 0
+        self.start = self.last = time.monotonic()
+
+    def add(self, nbytes: int) -> None:
+        self.done += 1
+        self.bytes += nbytes
+        if time.monotonic() - self.last >= 1.0 or self.done == self.files:
+            self.last = time.monotonic()
+            self.say(self.line())
+
+    def line(self) -> str:
+        seconds = max(time.monotonic() - self.start, 1e-6)
+        return (
+            f"{self.verb} {self.done}/{self.files} files, {self.bytes / 1e6:.1f}/{self.total / 1e6:.1f} MB, "
+            f"{self.bytes / 1e6 / seconds:.1f} MB/s"
+        )
+
+
+def _run_parallel(jobs: list[tuple[Callable[[], int], Any]], concurrency: int, meter: _Meter) -> list[Any]:
+    """Run each job (returning bytes moved) on a thread pool; return the tags of the finished ones in order done.
+
+    On the first error the queued jobs are cancelled and the error is raised after the running ones end.
+    """
+    finished = []
+    pool = ThreadPoolExecutor(max_workers=max(1, concurrency), thread_name_prefix="stage")
+    try:
+        futures = {pool.submit(job): tag for job, tag in jobs}
+        for future in as_completed(futures):
+            meter.add(future.result())
+            finished.append(futures[future])
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+    return finished
+
+
+def _prune(cache_dir: Path, prefixes: set[str], listed: set[str], manifest: dict[str, dict[str, Any]]) -> None:
+    """Drop files this tool staged under ``prefixes`` that the bucket no longer has (never anything else)."""
+    for object_id in [i for i in manifest if i not in listed and any(i.startswith(p) for p in prefixes)]:
+        bucket, _, key = object_id.partition("/")
+        local_path(cache_dir, bucket, key).unlink(missing_ok=True)
+        del manifest[object_id]
+
+
+def _verify(cache_dir: Path, objects: list[RemoteObject], manifest: dict[str, dict[str, Any]]) -> None:
+    """Every listed object is on disk with the listed size and ETag; StageError listing the first misfits."""
+    bad = [o for o in objects if not _is_cached(o, local_path(cache_dir, o.bucket, o.key), manifest)]
+    if bad:
+        names = ", ".join(str(local_path(cache_dir, o.bucket, o.key)) for o in bad[:3])
+        raise StageError(f"{cache_dir}: {len(bad)} of {len(objects)} staged files do not match the bucket: {names}")
+
+
+def _sync(
+    client: Any, cache_dir: Path, objects: list[RemoteObject], concurrency: int, say: Progress
+) -> tuple[int, int, int, dict[str, dict[str, Any]]]:
+    """Download what is missing or changed; return (bytes, files downloaded, files skipped, manifest)."""
+    manifest = _load_manifest(cache_dir)
+    for stale in cache_dir.rglob(".*.part"):  # left by a killed stager; we hold the node's lock
+        stale.unlink(missing_ok=True)
+    unique = list({o.id: o for o in objects}.values())  # healthy and lesion prefixes may overlap
+    todo = [o for o in unique if not _is_cached(o, local_path(cache_dir, o.bucket, o.key), manifest)]
+    total = sum(o.size for o in unique)
+    say(f"{len(unique)} objects, {total / 1e6:.1f} MB: {len(unique) - len(todo)} cached, {len(todo)} to download")
+    meter = _Meter("downloaded", len(todo), sum(o.size for o in todo), say)
+    jobs = [(_download_job(client, o, local_path(cache_dir, o.bucket, o.key)), o) for o in todo]
+    try:
+        for obj in _run_parallel(jobs, concurrency, meter):
+            manifest[obj.id] = {"size": obj.size, "etag": obj.etag}
+    finally:
+        _save_manifest(cache_dir, manifest)  # keep what finished even when something failed
+    return meter.bytes, len(todo), len(unique) - len(todo), manifest
+
+
+def _download_job(client: Any, obj: RemoteObject, path: Path) -> Callable[[], int]:
+    return lambda: _retrying(lambda: _fetch(client, obj, path), f"s3://{obj.bucket}/{obj.key}")
+
+
+def _check_layout(folder: Path, uri: str, modality: str, lesion: bool) -> None:
+    """The staged (or to-be-uploaded) folder is a dataset the study can read; StageError otherwise."""
+    try:
+        discover_subjects(folder, modality, require_lesion_mask=lesion)
+    except DataError as err:
+        raise StageError(f"{uri} (local {folder}): layout not recognised: {err}") from err
+
+
+def stage_dataset(
+    study: ClusterStudy,
+    cache_dir: Path,
+    progress: Progress | None = None,
+    *,
+    concurrency: int = DEFAULT_CONCURRENCY,
+    modality: str = "t2",
+) -> StagedData:
+    """Mirror ``data.healthy`` and ``data.lesion`` into ``cache_dir/<bucket>/<prefix>`` on this node.
+
+    Once per node: a file lock in ``cache_dir`` makes concurrent callers wait, and files already cached
+    with the bucket's size and ETag (the manifest ``.stage-manifest.json``) are not fetched again.
+    Downloads run ``concurrency`` at a time, each written to a temporary name and renamed when complete,
+    retried with backoff. At the end every file's size and ETag is checked and both folders must hold a
+    known dataset layout. Raises StageError naming the endpoint, bucket, prefix or file.
+    """
+    say = progress or (lambda message: None)
+    cache_dir = Path(cache_dir).expanduser().resolve()
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    uris = {"healthy": study.healthy_uri, "lesion": study.lesion_uri}
+    dirs = {role: cache_dir.joinpath(*parse_s3_uri(uri)) for role, uri in uris.items()}
+    say(f"staging {' and '.join(uris.values())} from {endpoint_label(study)} into {cache_dir}")
+    with FileLock(str(cache_dir / LOCK)):
+        check_buckets(study, [parse_s3_uri(uri)[0] for uri in uris.values()])
+        client = s3_client(study, concurrency=concurrency)
+        objects = [o for uri in uris.values() for o in list_prefix(client, study, uri)]
+        nbytes, fetched, skipped, manifest = _sync(client, cache_dir, objects, concurrency, say)
+        prefixes = {"/".join(parse_s3_uri(uri)) for uri in uris.values()}
+        _prune(cache_dir, prefixes, {o.id for o in objects}, manifest)
+        _save_manifest(cache_dir, manifest)
+        _verify(cache_dir, objects, manifest)
+        for role, uri in uris.items():
+            _check_layout(dirs[role], uri, modality, lesion=role == "lesion")
+    return StagedData(dirs["healthy"], dirs["lesion"], nbytes, fetched, skipped)
+
+
+def _md5(path: Path) -> str:
+    digest = hashlib.md5(usedforsecurity=False)
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(CHUNK), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _cohort_dir(folder: Path, role: str) -> Path:
+    for name in COHORT_DIRS[role]:
+        if (folder / name).is_dir():
+            return folder / name
+    raise StageError(f"{folder}: --upload needs a sub-folder {' or '.join(COHORT_DIRS[role])}/ for the {role} cohort")
+
+
+def _upload_plan(client: Any, study: ClusterStudy, local: Path, uri: str) -> list[tuple[Path, str, str]]:
+    """(file, bucket, key) for every visible file under ``local`` not already in the bucket unchanged."""
+    bucket, prefix = parse_s3_uri(uri)
+    remote = {o.key: o for o in list_prefix(client, study, uri, allow_empty=True)}
+    plan = []
+    for path in sorted(p for p in local.rglob("*") if p.is_file()):
+        rel = path.relative_to(local)
+        if any(part.startswith(".") for part in rel.parts):
+            continue  # locks, temporary files and editor litter are not data
+        key = prefix + rel.as_posix()
+        known = remote.get(key)
+        if known is None or known.size != path.stat().st_size or known.etag != _md5(path):
+            plan.append((path, bucket, key))
+    return plan
+
+
+def upload_cohort(
+    study: ClusterStudy,
+    folder: Path,
+    progress: Progress | None = None,
+    *,
+    concurrency: int = DEFAULT_CONCURRENCY,
+    create_bucket: bool = False,
+    modality: str = "t2",
+) -> int:
+    """Seed the store from ``folder/hcp`` (or ``healthy``) and ``folder/brats`` (or ``lesion``), same layout.
+
+    Files already in the bucket with the same size and MD5 ETag are left alone. Returns files uploaded.
+    """
+    from boto3.s3.transfer import TransferConfig
+
+    say = progress or (lambda message: None)
+    folder = Path(folder).expanduser()
+    uris = {"healthy": study.healthy_uri, "lesion": study.lesion_uri}
+    sources = {role: (_cohort_dir(folder, role), uri) for role, uri in uris.items()}
+    for role, (local, uri) in sources.items():
+        _check_layout(local, uri, modality, lesion=role == "lesion")  # refuse before anything is sent
+    check_buckets(study, [parse_s3_uri(uri)[0] for _, uri in sources.values()], create=create_bucket)
+    client = s3_client(study, concurrency=concurrency)
+    plan = [item for local, uri in sources.values() for item in _upload_plan(client, study, local, uri)]
+    say(f"uploading {len(plan)} files to {endpoint_label(study)}")
+    transfer = TransferConfig(use_threads=False, multipart_threshold=64 * 1024 * 1024)  # our pool is the parallelism
+
+    def job(path: Path, bucket: str, key: str) -> Callable[[], int]:
+        def put() -> int:
+            client.upload_file(str(path), bucket, key, Config=transfer)
+            return path.stat().st_size
+
+        return lambda: _retrying(put, f"s3://{bucket}/{key}")
+
+    meter = _Meter("uploaded", len(plan), sum(p.stat().st_size for p, _, _ in plan), say)
+    _run_parallel([(job(*item), item) for item in plan], concurrency, meter)
+    return len(plan)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m study.stage", description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--cluster", type=Path, default=None, help="cluster YAML (default: ~/ray_bootstrap_config.yaml)"
+    )
+    parser.add_argument("--cache", type=Path, default=None, help="cache folder (default: metadata.study.cache_dir)")
+    parser.add_argument("--upload", type=Path, default=None, help="seed the bucket from DIR/hcp and DIR/brats instead")
+    parser.add_argument("--create-bucket", action="store_true", help="with --upload: create a missing bucket")
+    parser.add_argument("--concurrency", type=int, default=DEFAULT_CONCURRENCY, help="parallel transfers (default 8)")
+    parser.add_argument("--modality", default="t2", help="modality whose files the layout check expects (default t2)")
+    args = parser.parse_args(argv)
+    args.cluster = args.cluster or default_cluster_yaml()
+    if args.cluster is None:
+        parser.error("--cluster YAML is required here (~/ray_bootstrap_config.yaml exists only on a `ray up` head)")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command line: stage into the node's cache, or (``--upload``) seed the bucket."""
+    args = parse_args(argv)
+    say = lambda message: print(message, flush=True)  # noqa: E731
+    start = time.monotonic()
+    try:
+        study = read_study_block(args.cluster)
+        options = {"concurrency": args.concurrency, "modality": args.modality}
+        if args.upload is not None:
+            count = upload_cohort(study, args.upload, say, create_bucket=args.create_bucket, **options)
+            print(f"uploaded {count} files in {time.monotonic() - start:.1f} s")
+            return 0
+        staged = stage_dataset(study, args.cache or study.cache_dir, say, **options)
+    except (StageError, ClusterConfigError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(
+        f"staged in {time.monotonic() - start:.1f} s: {staged.downloaded_files} downloaded, {staged.skipped_files} cached"
+    )
+    print(f"healthy: {staged.healthy_dir}\nlesion:  {staged.lesion_dir}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

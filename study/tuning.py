@@ -1,0 +1,72 @@
+"""The Tune side of a study: the trial setup, and a Tuner that is new or restored from disk (--resume)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ray import tune
+from ray.tune import Callback
+
+from search_spaces import define_by_run
+from study.config import StudyConfig
+from study.search import make_scheduler, make_searcher
+from study.trial import TrialSetup, run_trial
+
+
+def trial_setup(config: StudyConfig, cache_dir: Path, preprocess: dict[str, Any]) -> TrialSetup:
+    """What every trial of the study shares."""
+    objective = config.objectives[0]
+    training = config.training
+    return TrialSetup(
+        study=config.name,
+        storage_path=str((config.study_dir / "train").resolve()),
+        cache_dir=str(cache_dir),
+        image_size=config.data.image_size,
+        preprocess=preprocess,
+        epochs=training.epochs,
+        objective=objective.metric,
+        objective_mode=objective.mode,
+        seed=config.seed,
+        workers=training.workers_per_trial,
+        cpus_per_worker=training.cpus_per_worker,
+        gpus_per_worker=training.gpus_per_worker,
+        threads=training.threads_per_worker,
+        max_failures=training.max_failures,
+    )
+
+
+def tune_dir(config: StudyConfig) -> Path:
+    """Tune's experiment folder of the study (what --resume restores)."""
+    return (config.study_dir / "tune" / config.name).resolve()
+
+
+def can_resume(config: StudyConfig) -> bool:
+    return tune.Tuner.can_restore(str(tune_dir(config)))
+
+
+def make_tuner(config: StudyConfig, setup: TrialSetup, callbacks: list[Callback], resume: bool) -> tune.Tuner:
+    """A new Tuner, or the interrupted one restored: finished trials kept, unfinished ones continued."""
+    trainable = tune.with_resources(
+        tune.with_parameters(run_trial, setup=setup), {"cpu": config.training.cpus_per_trial}
+    )
+    if resume:
+        tuner = tune.Tuner.restore(str(tune_dir(config)), trainable, resume_unfinished=True, resume_errored=False)
+        # Tune restores the callbacks it pickled at the start; ours carry this run's state instead.
+        tuner._local_tuner.get_run_config().callbacks = callbacks
+        return tuner
+    return tune.Tuner(
+        trainable,
+        tune_config=tune.TuneConfig(
+            search_alg=make_searcher(config, define_by_run(config.families)),
+            scheduler=make_scheduler(config),
+            num_samples=config.num_samples,
+            max_concurrent_trials=config.max_concurrent_trials,
+        ),
+        run_config=tune.RunConfig(
+            name=config.name,
+            storage_path=str(tune_dir(config).parent),
+            callbacks=callbacks,
+            verbose=0,
+        ),
+    )
