@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 
 import optuna
@@ -11,6 +12,8 @@ from ray.tune.search.optuna import OptunaSearch
 from study.config import StudyConfig
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)  # our progress lines say what each trial is
+# A trial restarted by --resume reports its last epoch again; Optuna keeps the first value, as it should.
+warnings.filterwarnings("ignore", message="The reported value is ignored", category=UserWarning)
 
 
 def make_sampler(config: StudyConfig) -> optuna.samplers.BaseSampler:

@@ -11,6 +11,8 @@ import yaml
 
 # Tests run on 2 cores: keep torch in each process to one thread so Ray workers do not fight.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+# Studies under test start their own local Ray rather than attaching to one a developer left running.
+os.environ["RAY_ADDRESS"] = "local"
 
 
 @pytest.fixture(scope="session")

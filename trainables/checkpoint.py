@@ -46,6 +46,7 @@ class TrainingProgress:
     best: BestRecord = field(default_factory=BestRecord)  # the epoch chosen on val so far
     best_weights: dict | None = None  # its weights (CPU state dicts); None before the first epoch
     train_seconds: float = 0.0  # seconds spent in training epochs, summed over worker-group restarts
+    final: dict[str, Any] | None = None  # the final record (chosen val_*, test_*) once test has been scored
 
 
 def save_checkpoint(
@@ -58,6 +59,7 @@ def save_checkpoint(
         "opts": {k: o.state_dict() for k, o in opts.items()},
         "best": asdict(progress.best),
         "train_seconds": progress.train_seconds,
+        "final": progress.final,
     }
     _atomic_save(state, directory / STATE_FILE)
     _atomic_save(model, directory / MODEL_FILE)
@@ -72,7 +74,8 @@ def load_progress(directory: Path, nets: nn.ModuleDict, opts: dict) -> TrainingP
     for key, opt_state in state["opts"].items():
         opts[key].load_state_dict(opt_state)
     best_weights = torch.load(directory / MODEL_FILE, map_location="cpu", weights_only=False)["nets"]
-    return TrainingProgress(state["epoch"], BestRecord(**state["best"]), best_weights, state["train_seconds"])
+    best = BestRecord(**state["best"])
+    return TrainingProgress(state["epoch"], best, best_weights, state["train_seconds"], state.get("final"))
 
 
 def model_record(family: Family, image_size: int, preprocess: dict, weights: dict, best: BestRecord) -> dict[str, Any]:

@@ -86,7 +86,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 progress.best = BestRecord(epoch=epoch + 1, score=val[spec.objective], metrics=val)
                 progress.best_weights = state_dicts(nets)
         _report(metrics, spec, family, nets, opts, progress, rank)
-    _report(_final_record(spec, family, nets, progress, rank, device), spec, family, nets, opts, progress, rank)
+    if progress.final is None:  # a trial restarted after its test was scored reports that record again
+        progress.final = _final_record(spec, family, nets, progress, rank, device)
+    _report(progress.final, spec, family, nets, opts, progress, rank)
 
 
 def _train_epoch(
