@@ -16,20 +16,28 @@ import os
 import random
 import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor, as_completed
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 from uuid import uuid4
 
-from filelock import FileLock
+from filelock import FileLock, Timeout
 
-from study.cluster import ClusterConfigError, ClusterStudy, default_cluster_yaml, parse_s3_uri, read_study_block
+from study.cluster import (
+    DEFAULT_CONCURRENCY,
+    ClusterConfigError,
+    ClusterStudy,
+    default_cluster_yaml,
+    parse_s3_uri,
+    read_study_block,
+    s3_client,
+)
 from trainables.data.errors import DataError
 from trainables.data.layouts import discover_subjects
 
-DEFAULT_CONCURRENCY = 8
 MANIFEST = ".stage-manifest.json"  # {"bucket/key": {"size": n, "etag": "..."}} of every file staged here
 LOCK = ".stage.lock"  # one stager per node: every other trial on the node waits, then finds all cached
 CHUNK = 1 << 20
@@ -67,37 +75,6 @@ class RemoteObject:
         return f"{self.bucket}/{self.key}"
 
 
-class _ShortRead(IOError):
-    """The body ended before Content-Length: a dropped connection, worth another try."""
-
-
-def s3_client(study: ClusterStudy, probe: bool = False, concurrency: int = DEFAULT_CONCURRENCY) -> Any:
-    """A boto3 S3 client for the study's store. ``probe`` fails fast: short timeouts and a single attempt."""
-    import boto3
-    from botocore.config import Config
-
-    if probe:  # first call: an unreachable endpoint or bad key should answer in seconds, not minutes
-        config = Config(connect_timeout=3, read_timeout=10, retries={"mode": "standard", "total_max_attempts": 1})
-    else:
-        config = Config(
-            connect_timeout=10,
-            read_timeout=60,
-            retries={"mode": "standard", "total_max_attempts": 5},
-            max_pool_connections=concurrency + 2,
-        )
-    region = study.region
-    if study.endpoint_url is not None:
-        # MinIO/Ceph serve buckets as paths, not as DNS names; SigV4 still needs some region
-        config = config.merge(Config(s3={"addressing_style": "path"}))
-        region = region or "us-east-1"
-    session = boto3.session.Session()  # one per client: sessions are not thread-safe, clients are
-    return session.client("s3", endpoint_url=study.endpoint_url, region_name=region, config=config)
-
-
-def endpoint_label(study: ClusterStudy) -> str:
-    return study.endpoint_url or f"AWS S3 ({study.region or 'default region'})"
-
-
 def _explain(err: Exception, where: str) -> StageError:
     """A StageError naming ``where`` for a boto3/botocore error, with the likely cause in words."""
     from botocore import exceptions as bce
@@ -125,9 +102,8 @@ def _transient(err: Exception) -> bool:
     """Worth retrying: dropped or slow connections, short bodies, server-side 5xx and throttling."""
     from botocore import exceptions as bce
 
-    if isinstance(err, _ShortRead | bce.ConnectionClosedError | bce.ReadTimeoutError):
-        return True
-    if isinstance(err, bce.ResponseStreamingError | bce.IncompleteReadError | bce.EndpointConnectionError):
+    dropped = (bce.ConnectionClosedError, bce.ReadTimeoutError, bce.ResponseStreamingError, bce.IncompleteReadError)
+    if isinstance(err, (*dropped, bce.EndpointConnectionError)):
         return True
     if isinstance(err, bce.ClientError):
         status = err.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
@@ -148,32 +124,25 @@ def _retrying(action: Callable[[], int], where: str) -> int:
 
 
 def check_buckets(study: ClusterStudy, buckets: Iterable[str], create: bool = False) -> None:
-    """The first call to the store, failing fast: each bucket exists and these credentials may use it."""
+    """The first calls to the store, failing fast: each bucket exists (or is created) and the keys may use it."""
     from botocore.exceptions import BotoCoreError, ClientError
 
     client = s3_client(study, probe=True)
+    # AWS wants the region named when creating a bucket anywhere but us-east-1
+    location = {"LocationConstraint": study.region} if study.region not in (None, "us-east-1") else None
     for bucket in sorted(set(buckets)):
-        where = f"{endpoint_label(study)}, bucket '{bucket}' (from {study.source})"
+        where = f"{study.label}, bucket '{bucket}' (from {study.source})"
         try:
-            client.head_bucket(Bucket=bucket)
-        except ClientError as err:
-            if err.response.get("Error", {}).get("Code") not in ("404", "NoSuchBucket"):
-                raise _explain(err, where) from err
-            if not create:
-                raise StageError(f"{where}: no such bucket (create it, or pass --create-bucket with --upload)") from err
-            _create_bucket(client, bucket, study.region, where)
-        except BotoCoreError as err:
+            try:
+                client.head_bucket(Bucket=bucket)
+            except ClientError as err:
+                if err.response.get("Error", {}).get("Code") not in ("404", "NoSuchBucket"):
+                    raise
+                if not create:
+                    raise StageError(f"{where}: no such bucket (create it, or use --upload --create-bucket)") from err
+                client.create_bucket(Bucket=bucket, **({"CreateBucketConfiguration": location} if location else {}))
+        except (BotoCoreError, ClientError) as err:
             raise _explain(err, where) from err
-
-
-def _create_bucket(client: Any, bucket: str, region: str | None, where: str) -> None:
-    from botocore.exceptions import BotoCoreError, ClientError
-
-    extra = {"CreateBucketConfiguration": {"LocationConstraint": region}} if region not in (None, "us-east-1") else {}
-    try:
-        client.create_bucket(Bucket=bucket, **extra)
-    except (BotoCoreError, ClientError) as err:
-        raise _explain(err, f"{where}: cannot create it") from err
 
 
 def list_prefix(client: Any, study: ClusterStudy, uri: str, allow_empty: bool = False) -> list[RemoteObject]:
@@ -181,7 +150,7 @@ def list_prefix(client: Any, study: ClusterStudy, uri: str, allow_empty: bool = 
     from botocore.exceptions import BotoCoreError, ClientError
 
     bucket, prefix = parse_s3_uri(uri)
-    where = f"{endpoint_label(study)}, bucket '{bucket}', prefix '{prefix}'"
+    where = f"{study.label}, bucket '{bucket}', prefix '{prefix}'"
     objects = []
     try:
         for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
@@ -225,6 +194,8 @@ def _is_cached(obj: RemoteObject, path: Path, manifest: dict[str, dict[str, Any]
 
 def _fetch(client: Any, obj: RemoteObject, path: Path) -> int:
     """One GET into a temporary sibling, renamed into place only when complete (no half file is ever read)."""
+    from botocore.exceptions import IncompleteReadError
+
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{uuid4().hex[:8]}.part")
     try:
@@ -236,7 +207,7 @@ def _fetch(client: Any, obj: RemoteObject, path: Path) -> int:
                 handle.write(chunk)
                 written += len(chunk)
         if written != obj.size:
-            raise _ShortRead(f"got {written} of {obj.size} bytes")
+            raise IncompleteReadError(actual_bytes=written, expected_bytes=obj.size)  # a dropped connection
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
@@ -266,21 +237,21 @@ class _Meter:
         )
 
 
-def _run_parallel(jobs: list[tuple[Callable[[], int], Any]], concurrency: int, meter: _Meter) -> list[Any]:
-    """Run each job (returning bytes moved) on a thread pool; return the tags of the finished ones in order done.
+def _run_parallel(
+    jobs: list[tuple[Callable[[], int], Any]], concurrency: int, meter: _Meter, done: Callable[[Any], None]
+) -> None:
+    """Run each job (returning bytes moved) on a thread pool, calling ``done(tag)`` here as each one ends.
 
     On the first error the queued jobs are cancelled and the error is raised after the running ones end.
     """
-    finished = []
     pool = ThreadPoolExecutor(max_workers=max(1, concurrency), thread_name_prefix="stage")
     try:
         futures = {pool.submit(job): tag for job, tag in jobs}
         for future in as_completed(futures):
             meter.add(future.result())
-            finished.append(futures[future])
+            done(futures[future])
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
-    return finished
 
 
 def _prune(cache_dir: Path, prefixes: set[str], listed: set[str], manifest: dict[str, dict[str, Any]]) -> None:
@@ -313,8 +284,7 @@ def _sync(
     meter = _Meter("downloaded", len(todo), sum(o.size for o in todo), say)
     jobs = [(_download_job(client, o, local_path(cache_dir, o.bucket, o.key)), o) for o in todo]
     try:
-        for obj in _run_parallel(jobs, concurrency, meter):
-            manifest[obj.id] = {"size": obj.size, "etag": obj.etag}
+        _run_parallel(jobs, concurrency, meter, lambda o: manifest.update({o.id: {"size": o.size, "etag": o.etag}}))
     finally:
         _save_manifest(cache_dir, manifest)  # keep what finished even when something failed
     return meter.bytes, len(todo), len(unique) - len(todo), manifest
@@ -330,6 +300,21 @@ def _check_layout(folder: Path, uri: str, modality: str, lesion: bool) -> None:
         discover_subjects(folder, modality, require_lesion_mask=lesion)
     except DataError as err:
         raise StageError(f"{uri} (local {folder}): layout not recognised: {err}") from err
+
+
+@contextmanager
+def _node_lock(cache_dir: Path, say: Progress) -> Iterator[None]:
+    """One stager per cache folder (per node): the others wait here, then find everything cached."""
+    lock = FileLock(str(cache_dir / LOCK))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        say(f"waiting for another process staging into {cache_dir}")
+        lock.acquire()
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def stage_dataset(
@@ -353,8 +338,8 @@ def stage_dataset(
     cache_dir.mkdir(parents=True, exist_ok=True)
     uris = {"healthy": study.healthy_uri, "lesion": study.lesion_uri}
     dirs = {role: cache_dir.joinpath(*parse_s3_uri(uri)) for role, uri in uris.items()}
-    say(f"staging {' and '.join(uris.values())} from {endpoint_label(study)} into {cache_dir}")
-    with FileLock(str(cache_dir / LOCK)):
+    say(f"staging {' and '.join(uris.values())} from {study.label} into {cache_dir}")
+    with _node_lock(cache_dir, say):
         check_buckets(study, [parse_s3_uri(uri)[0] for uri in uris.values()])
         client = s3_client(study, concurrency=concurrency)
         objects = [o for uri in uris.values() for o in list_prefix(client, study, uri)]
@@ -423,7 +408,7 @@ def upload_cohort(
     check_buckets(study, [parse_s3_uri(uri)[0] for _, uri in sources.values()], create=create_bucket)
     client = s3_client(study, concurrency=concurrency)
     plan = [item for local, uri in sources.values() for item in _upload_plan(client, study, local, uri)]
-    say(f"uploading {len(plan)} files to {endpoint_label(study)}")
+    say(f"uploading {len(plan)} files to {study.label}")
     transfer = TransferConfig(use_threads=False, multipart_threshold=64 * 1024 * 1024)  # our pool is the parallelism
 
     def job(path: Path, bucket: str, key: str) -> Callable[[], int]:
@@ -434,19 +419,17 @@ def upload_cohort(
         return lambda: _retrying(put, f"s3://{bucket}/{key}")
 
     meter = _Meter("uploaded", len(plan), sum(p.stat().st_size for p, _, _ in plan), say)
-    _run_parallel([(job(*item), item) for item in plan], concurrency, meter)
+    _run_parallel([(job(*item), item) for item in plan], concurrency, meter, lambda item: None)
     return len(plan)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m study.stage", description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--cluster", type=Path, default=None, help="cluster YAML (default: ~/ray_bootstrap_config.yaml)"
-    )
-    parser.add_argument("--cache", type=Path, default=None, help="cache folder (default: metadata.study.cache_dir)")
-    parser.add_argument("--upload", type=Path, default=None, help="seed the bucket from DIR/hcp and DIR/brats instead")
+    parser.add_argument("--cluster", type=Path, metavar="YAML", help="default: ~/ray_bootstrap_config.yaml")
+    parser.add_argument("--cache", type=Path, metavar="DIR", help="cache folder (default: metadata.study.cache_dir)")
+    parser.add_argument("--upload", type=Path, metavar="DIR", help="seed the bucket from DIR/hcp and DIR/brats instead")
     parser.add_argument("--create-bucket", action="store_true", help="with --upload: create a missing bucket")
-    parser.add_argument("--concurrency", type=int, default=DEFAULT_CONCURRENCY, help="parallel transfers (default 8)")
+    parser.add_argument("--concurrency", type=int, default=DEFAULT_CONCURRENCY, metavar="N", help="default 8")
     parser.add_argument("--modality", default="t2", help="modality whose files the layout check expects (default t2)")
     args = parser.parse_args(argv)
     args.cluster = args.cluster or default_cluster_yaml()
@@ -471,9 +454,8 @@ def main(argv: list[str] | None = None) -> int:
     except (StageError, ClusterConfigError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    print(
-        f"staged in {time.monotonic() - start:.1f} s: {staged.downloaded_files} downloaded, {staged.skipped_files} cached"
-    )
+    counts = f"{staged.downloaded_files} downloaded, {staged.skipped_files} already cached"
+    print(f"staged in {time.monotonic() - start:.1f} s ({counts})")
     print(f"healthy: {staged.healthy_dir}\nlesion:  {staged.lesion_dir}")
     return 0
 

@@ -1,0 +1,301 @@
+"""The on-disk slice cache: preprocessed slices per split, built once, memory-mapped by every trial.
+
+Layout of one entry, ``cache_root/<key>/``::
+
+    meta.json          configs, counts, per-subject role/split/crop box/affine (written last: marks completeness)
+    splits.json        {"train": [ids], "val": [ids], "test": [ids]}
+    <split>/images.npy      (N, S, S) float32
+    <split>/brain.npy       (N, S, S) uint8
+    <split>/lesion.npy      (N, S, S) uint8
+    <split>/subject.npy     (N,) int32, index into the split's subject ids (splits.json order)
+    <split>/slice_index.npy (N,) int32, axial index in the subject's canonical volume
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+from filelock import FileLock, Timeout
+
+from trainables.data.errors import DataError
+from trainables.data.layouts import SubjectRecord, discover_subjects
+from trainables.data.preprocess import PreprocessConfig, SubjectSlices, subject_slices
+
+SPLITS = ("train", "val", "test")
+ARRAYS = {"images": np.float32, "brain": np.uint8, "lesion": np.uint8, "subject": np.int32, "slice_index": np.int32}
+CACHE_VERSION = 1  # bump when the entry layout changes
+
+Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class SplitConfig:
+    """Seeded subject-level split. Healthy subjects go to train/val/test, lesion subjects to val/test."""
+
+    seed: int = 0
+    val_healthy: float = 0.15  # share of healthy subjects in val
+    test_healthy: float = 0.15  # share of healthy subjects held out for test
+    val_lesion: float = 0.5  # share of lesion subjects in val; the rest are test
+
+    def __post_init__(self) -> None:
+        if not (0 <= self.val_healthy < 1 and 0 <= self.test_healthy < 1 and self.val_healthy + self.test_healthy < 1):
+            raise ValueError(f"SplitConfig: val_healthy + test_healthy must be in [0, 1), got {self}")
+        if not 0 < self.val_lesion < 1:
+            raise ValueError(f"SplitConfig.val_lesion must be in (0, 1), got {self.val_lesion}")
+
+
+@dataclass(frozen=True)
+class SliceArrays:
+    """One split's slices (read-only memory maps) and its subjects.
+
+    ``subject[i]`` indexes ``subject_ids``; ``lesion_subject[j]`` says whether ``subject_ids[j]`` came from
+    the lesion cohort (its slices may still have empty lesion masks).
+    """
+
+    images: np.ndarray
+    brain: np.ndarray
+    lesion: np.ndarray
+    subject: np.ndarray
+    slice_index: np.ndarray
+    subject_ids: list[str]
+    lesion_subject: np.ndarray
+
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
+
+def prepare_slice_cache(
+    healthy_root: Path,
+    lesion_root: Path,
+    cache_root: Path,
+    pre: PreprocessConfig,
+    split: SplitConfig,
+    progress: Progress | None = None,
+) -> Path:
+    """Build (once) or reuse the slice cache entry for these inputs and settings; return its folder.
+
+    The entry is ``cache_root/<key>``, the key hashing ``pre``, ``split`` and every input file's path, size
+    and mtime. Concurrent callers (trials on one node) serialise on ``cache_root/<key>.lock``; the entry is
+    built in a temporary sibling and renamed into place, so an entry without ``meta.json`` is never read
+    (it is rebuilt).
+    """
+    say = progress or (lambda message: None)
+    healthy, lesion = _discover(Path(healthy_root), Path(lesion_root), pre.modality)
+    assignment = assign_splits([r.subject_id for r in healthy], [r.subject_id for r in lesion], split)
+    key = cache_key(healthy, lesion, pre, split)
+    cache_root = Path(cache_root)
+    cache_root.mkdir(parents=True, exist_ok=True)
+    entry = cache_root / key
+    if (entry / "meta.json").is_file():
+        say(f"reusing slice cache {entry}")
+        return entry
+    lock = FileLock(str(cache_root / f"{key}.lock"))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        say(f"waiting for another process building slice cache {entry}")
+        lock.acquire()
+    try:
+        if (entry / "meta.json").is_file():  # built by another process while we waited
+            say(f"reusing slice cache {entry}")
+            return entry
+        _clear_leftovers(cache_root, key, say)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{key}.tmp-", dir=cache_root))
+        try:
+            _build(tmp, healthy, lesion, assignment, pre, split, say)
+            os.rename(tmp, entry)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    finally:
+        lock.release()
+    say(f"slice cache ready: {entry}")
+    return entry
+
+
+def _discover(healthy_root: Path, lesion_root: Path, modality: str) -> tuple[list[SubjectRecord], list[SubjectRecord]]:
+    """Both cohorts; healthy subjects must carry no lesion mask, lesion subjects must carry one."""
+    healthy = discover_subjects(healthy_root, modality)
+    lesion = discover_subjects(lesion_root, modality)
+    with_masks = [r.subject_id for r in healthy if r.lesion_mask is not None]
+    if with_masks:
+        raise DataError(f"{healthy_root}: healthy cohort has lesion masks (subjects {with_masks[:3]}...)")
+    without = [r.subject_id for r in lesion if r.lesion_mask is None]
+    if without:
+        raise DataError(f"{lesion_root}: lesion cohort lacks lesion masks for subjects {without[:3]}")
+    shared = sorted({r.subject_id for r in healthy} & {r.subject_id for r in lesion})
+    if shared:
+        raise DataError(f"{healthy_root} and {lesion_root} share subject ids {shared[:3]}")
+    return healthy, lesion
+
+
+def cache_key(
+    healthy: list[SubjectRecord], lesion: list[SubjectRecord], pre: PreprocessConfig, split: SplitConfig
+) -> str:
+    """Hash of settings and input files (path, size, mtime): any change makes a new cache entry."""
+    files = []
+    for role, records in (("healthy", healthy), ("lesion", lesion)):
+        for r in records:
+            for path in (r.image, r.brain_mask, r.lesion_mask):
+                if path is not None:
+                    stat = Path(path).stat()
+                    files.append([role, r.subject_id, str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns])
+    payload = {"version": CACHE_VERSION, "pre": pre.key(), "split": asdict(split), "files": files}
+    return hashlib.sha1(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def assign_splits(healthy_ids: list[str], lesion_ids: list[str], split: SplitConfig) -> dict[str, str]:
+    """Map every subject id to "train", "val" or "test" (seeded, subject-level).
+
+    Each of val and test gets at least one healthy and one lesion subject and train at least one healthy
+    subject, so at least 3 healthy and 2 lesion subjects are needed (DataError naming the counts otherwise).
+    """
+    n_h, n_l = len(healthy_ids), len(lesion_ids)
+    if n_h < 3 or n_l < 2:
+        raise DataError(f"too few subjects to split: {n_h} healthy (need >= 3) and {n_l} lesion (need >= 2)")
+    n_test_h = max(1, round(split.test_healthy * n_h))
+    n_val_h = max(1, round(split.val_healthy * n_h))
+    if n_h - n_test_h - n_val_h < 1:
+        raise DataError(f"{n_h} healthy subjects leave none for train after {n_val_h} val and {n_test_h} test")
+    n_val_l = min(max(1, round(split.val_lesion * n_l)), n_l - 1)
+    rng = np.random.default_rng(split.seed)
+    healthy = [healthy_ids[i] for i in rng.permutation(n_h)]
+    lesion = [lesion_ids[i] for i in rng.permutation(n_l)]
+    assignment = {s: "test" for s in healthy[:n_test_h]}
+    assignment.update({s: "val" for s in healthy[n_test_h : n_test_h + n_val_h]})
+    assignment.update({s: "train" for s in healthy[n_test_h + n_val_h :]})
+    assignment.update({s: "val" for s in lesion[:n_val_l]})
+    assignment.update({s: "test" for s in lesion[n_val_l:]})
+    return assignment
+
+
+def _clear_leftovers(cache_root: Path, key: str, say: Progress) -> None:
+    """Remove a partial entry (no meta.json) and temporary folders left by crashed builds of this key."""
+    entry = cache_root / key
+    if entry.exists():
+        say(f"removing incomplete slice cache {entry}")
+        shutil.rmtree(entry)
+    for stale in cache_root.glob(f".{key}.tmp-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+
+
+def _build(
+    tmp: Path,
+    healthy: list[SubjectRecord],
+    lesion: list[SubjectRecord],
+    assignment: dict[str, str],
+    pre: PreprocessConfig,
+    split: SplitConfig,
+    say: Progress,
+) -> None:
+    """Preprocess every subject into ``tmp/subjects``, then gather them into per-split arrays."""
+    records = sorted(healthy + lesion, key=lambda r: r.subject_id)
+    lesion_ids = {r.subject_id for r in lesion}
+    staging = tmp / "subjects"
+    staging.mkdir()
+    subjects: dict[str, dict] = {}
+    for done, record in enumerate(records, start=1):
+        # one subject at a time on disk keeps memory bounded by a single volume, whatever the cohort size
+        slices = subject_slices(record, pre)
+        _stage(staging / f"{done:06d}", slices)
+        subjects[record.subject_id] = {
+            "staged": done,
+            "role": "lesion" if record.subject_id in lesion_ids else "healthy",
+            "split": assignment[record.subject_id],
+            "image": str(record.image),
+            "n_slices": int(len(slices.slice_index)),
+            "lesion_slices": int(slices.lesion.any(axis=(1, 2)).sum()),
+            "crop": slices.crop.to_dict(),
+            "affine": np.round(slices.affine, 6).tolist(),
+        }
+        say(f"preprocessed {done}/{len(records)} subjects")
+    splits = {name: sorted(s for s, a in assignment.items() if a == name) for name in SPLITS}
+    for name in SPLITS:
+        _gather(tmp / name, staging, splits[name], subjects, pre.image_size)
+    shutil.rmtree(staging)
+    for info in subjects.values():
+        del info["staged"]
+    (tmp / "splits.json").write_text(json.dumps(splits, indent=1))
+    meta = {
+        "version": CACHE_VERSION,
+        "preprocess": asdict(pre),
+        "preprocess_key": pre.key(),
+        "split": asdict(split),
+        "counts": {name: _counts(splits[name], subjects) for name in SPLITS},
+        "subjects": subjects,
+    }
+    # meta.json last: its presence is what marks an entry complete
+    (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
+
+
+def _stage(stem: Path, slices: SubjectSlices) -> None:
+    """Write one subject's arrays to ``<stem>.npz`` (named by position: subject ids may hold any character)."""
+    np.savez(
+        stem.with_suffix(".npz"),
+        images=slices.images,
+        brain=slices.brain,
+        lesion=slices.lesion,
+        slice_index=slices.slice_index.astype(np.int32),
+    )
+
+
+def _gather(folder: Path, staging: Path, ids: list[str], subjects: dict[str, dict], size: int) -> None:
+    """Concatenate the staged subjects of one split into .npy files written through memory maps."""
+    folder.mkdir()
+    total = sum(subjects[s]["n_slices"] for s in ids)
+    out = {
+        name: np.lib.format.open_memmap(folder / f"{name}.npy", mode="w+", dtype=dtype, shape=_shape(name, total, size))
+        for name, dtype in ARRAYS.items()
+    }
+    start = 0
+    for index, subject_id in enumerate(ids):
+        n = subjects[subject_id]["n_slices"]
+        with np.load(staging / f"{subjects[subject_id]['staged']:06d}.npz") as staged:
+            for name in ("images", "brain", "lesion", "slice_index"):
+                out[name][start : start + n] = staged[name]
+        out["subject"][start : start + n] = index
+        start += n
+    for array in out.values():
+        array.flush()
+    del out
+
+
+def _shape(name: str, total: int, size: int) -> tuple[int, ...]:
+    return (total, size, size) if name in ("images", "brain", "lesion") else (total,)
+
+
+def _counts(ids: list[str], subjects: dict[str, dict]) -> dict[str, int]:
+    """Subject and slice counts of one split, for meta.json and logs."""
+    return {
+        "healthy_subjects": sum(subjects[s]["role"] == "healthy" for s in ids),
+        "lesion_subjects": sum(subjects[s]["role"] == "lesion" for s in ids),
+        "slices": sum(subjects[s]["n_slices"] for s in ids),
+        "lesion_slices": sum(subjects[s]["lesion_slices"] for s in ids),
+    }
+
+
+def read_meta(cache_dir: Path) -> dict:
+    """The entry's meta.json; DataError if the entry is missing or incomplete."""
+    path = Path(cache_dir) / "meta.json"
+    if not path.is_file():
+        raise DataError(f"{cache_dir}: not a complete slice cache (no meta.json); run prepare_slice_cache")
+    return json.loads(path.read_text())
+
+
+def load_split(cache_dir: Path, split: str) -> SliceArrays:
+    """Open one split of a cache entry; the arrays are read-only memory maps shared between processes."""
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    cache_dir = Path(cache_dir)
+    meta = read_meta(cache_dir)
+    ids = json.loads((cache_dir / "splits.json").read_text())[split]
+    arrays = {name: np.load(cache_dir / split / f"{name}.npy", mmap_mode="r") for name in ARRAYS}
+    lesion_subject = np.array([meta["subjects"][s]["role"] == "lesion" for s in ids], dtype=bool)
+    return SliceArrays(subject_ids=ids, lesion_subject=lesion_subject, **arrays)
