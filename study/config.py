@@ -81,6 +81,7 @@ class StudyConfig:
     seed: int = 0  # sampler and training seed
     results_dir: str = "results"  # where trials.csv, best.json and Ray's storage go
     optuna_storage: str | None = None  # Optuna RDB URL or journal file; None: results/<name>/optuna.db (SQLite)
+    ray_storage: str | None = None  # shared storage for Ray's Tune/Train state on clusters (s3://..., NFS)
     ray_address: str | None = None  # None: attach to a running Ray if there is one, else start one
     data: DataConfig = field(default_factory=DataConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)

@@ -14,11 +14,16 @@ import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from study.cluster import ClusterStudy, apply_cluster, default_cluster_yaml, read_study_block
 from study.config import ConfigError, StudyConfig, load_config
+from study.stage import StageError
 from study.tracking import TrackingError
 from trainables.data.errors import DataError
+
+if TYPE_CHECKING:
+    from study.trial import TrialSetup
 
 SUMMARY_COLUMNS = (
     "trial_id",
@@ -47,6 +52,13 @@ class StudyOutcome:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m study.run", description=__doc__.splitlines()[0])
     parser.add_argument("--config", default=None, help="study YAML (default: study/configs/default.yaml)")
+    parser.add_argument(
+        "--cluster",
+        default=None,
+        metavar="YAML",
+        help="cluster YAML whose metadata.study names the S3 data and MLflow (default on a `ray up` head: "
+        "~/ray_bootstrap_config.yaml)",
+    )
     parser.add_argument("--resume", action="store_true", help="continue the interrupted study of this config")
     parser.add_argument("--verbose", action="store_true", help="show Ray's own worker and controller logs")
     return parser.parse_args(argv)
@@ -56,20 +68,29 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         config = load_config(args.config)
-        outcome = run_study(config, resume=args.resume, verbose=args.verbose)
-    except (ConfigError, TrackingError, DataError) as err:
+        cluster = None
+        cluster_yaml = args.cluster or default_cluster_yaml()
+        if cluster_yaml is not None:
+            print(f"cluster: {cluster_yaml}", flush=True)
+            cluster = read_study_block(cluster_yaml)
+            config = apply_cluster(config, cluster_yaml)  # stage on this node; data.* and MLflow from the YAML
+        outcome = run_study(config, resume=args.resume, verbose=args.verbose, cluster=cluster)
+    except (ConfigError, TrackingError, DataError, StageError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     return 130 if outcome.interrupted else 0
 
 
-def run_study(config: StudyConfig, resume: bool = False, verbose: bool = False) -> StudyOutcome:
+def run_study(
+    config: StudyConfig, resume: bool = False, verbose: bool = False, cluster: ClusterStudy | None = None
+) -> StudyOutcome:
     """Run (or resume) the whole study: data, MLflow parent run, Tune over Train trials, results files."""
     from mlflow.entities import RunStatus
 
     from search_spaces import family_space
     from study.data import prepare_data
     from study.tracking import open_parent_run
+    from study.tuning import trial_setup
 
     study_dir = config.study_dir.resolve()
     previous = _start_state(config, study_dir, resume)
@@ -80,7 +101,8 @@ def run_study(config: StudyConfig, resume: bool = False, verbose: bool = False) 
     (study_dir / STATE_FILE).write_text(json.dumps({"parent_run_id": parent_run_id}))
     try:
         connect_ray(config, verbose)
-        rows = _tune(config, cache_dir, preprocess, parent_run_id, resume)
+        setup = trial_setup(config, cache_dir, preprocess, cluster)
+        rows = _tune(config, setup, parent_run_id, resume)
         outcome = _finish(config, rows, study_dir, client, parent_run_id)
     except BaseException as err:
         status = RunStatus.KILLED if isinstance(err, KeyboardInterrupt) else RunStatus.FAILED
@@ -127,11 +149,11 @@ def connect_ray(config: StudyConfig, verbose: bool) -> None:
     print(f"Ray: {ray.cluster_resources()}", flush=True)
 
 
-def _tune(config: StudyConfig, cache_dir: Path, preprocess: dict, parent_run_id: str, resume: bool) -> list[dict]:
+def _tune(config: StudyConfig, setup: TrialSetup, parent_run_id: str, resume: bool) -> list[dict]:
     from study.progress import ProgressPrinter
     from study.results import TrialRecorder
     from study.tracking import MlflowTrialLogger, tracking_uri
-    from study.tuning import make_tuner, trial_setup
+    from study.tuning import make_tuner
 
     run_ids: dict[str, str] = {}
     recorder = TrialRecorder(config.study_dir.resolve(), run_ids)
@@ -142,7 +164,7 @@ def _tune(config: StudyConfig, cache_dir: Path, preprocess: dict, parent_run_id:
     ]
     if resume:
         print(f"resuming: {len(recorder.rows)} of {config.num_samples} trials already finished", flush=True)
-    make_tuner(config, trial_setup(config, cache_dir, preprocess), callbacks, resume).fit()
+    make_tuner(config, setup, callbacks, resume).fit()
     return recorder.rows
 
 

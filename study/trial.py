@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,6 +37,7 @@ class TrialSetup:
     gpus_per_worker: float  # GPUs per worker (0: CPU with gloo)
     threads: int  # torch threads per worker
     max_failures: int  # worker-group restarts from the last checkpoint
+    node_data: Callable[[], str] | None = None  # gives each worker its node's slice cache (study.node_data)
 
 
 def split_params(config: dict[str, Any]) -> tuple[str, dict[str, Any], dict[str, Any]]:
@@ -66,6 +68,7 @@ def run_trial(config: dict[str, Any], setup: TrialSetup) -> None:
             "seed": setup.seed,
             "threads": setup.threads,
             "preprocess": setup.preprocess,
+            "node_data": setup.node_data,
         }
     )
     trainer = TorchTrainer(

@@ -9,18 +9,29 @@ from ray import tune
 from ray.tune import Callback
 
 from search_spaces import define_by_run
+from study.cluster import ClusterStudy
 from study.config import StudyConfig
+from study.node_data import NodeData
 from study.search import make_scheduler, make_searcher
 from study.trial import TrialSetup, run_trial
 
 
-def trial_setup(config: StudyConfig, cache_dir: Path, preprocess: dict[str, Any]) -> TrialSetup:
+def trial_setup(
+    config: StudyConfig, cache_dir: Path, preprocess: dict[str, Any], cluster: ClusterStudy | None = None
+) -> TrialSetup:
     """What every trial of the study shares."""
     objective = config.objectives[0]
     training = config.training
+    node_data = NodeData(
+        cache_dir=str(cache_dir),
+        cache_root=str(cache_dir.parent),
+        preprocess=preprocess,
+        split_seed=config.data.split_seed,
+        cluster=cluster,
+    )
     return TrialSetup(
         study=config.name,
-        storage_path=str((config.study_dir / "train").resolve()),
+        storage_path=storage_root(config, "train"),
         cache_dir=str(cache_dir),
         image_size=config.data.image_size,
         preprocess=preprocess,
@@ -33,16 +44,24 @@ def trial_setup(config: StudyConfig, cache_dir: Path, preprocess: dict[str, Any]
         gpus_per_worker=training.gpus_per_worker,
         threads=training.threads_per_worker,
         max_failures=training.max_failures,
+        node_data=node_data,
     )
 
 
-def tune_dir(config: StudyConfig) -> Path:
+def storage_root(config: StudyConfig, part: str) -> str:
+    """Where Ray keeps the study's Tune or Train state: `ray_storage` (shared, for clusters) or results/<study>/."""
+    if config.ray_storage:
+        return f"{config.ray_storage.rstrip('/')}/{config.name}/{part}"
+    return str((config.study_dir / part).resolve())
+
+
+def tune_dir(config: StudyConfig) -> str:
     """Tune's experiment folder of the study (what --resume restores)."""
-    return (config.study_dir / "tune" / config.name).resolve()
+    return f"{storage_root(config, 'tune')}/{config.name}"
 
 
 def can_resume(config: StudyConfig) -> bool:
-    return tune.Tuner.can_restore(str(tune_dir(config)))
+    return tune.Tuner.can_restore(tune_dir(config))
 
 
 def make_tuner(config: StudyConfig, setup: TrialSetup, callbacks: list[Callback], resume: bool) -> tune.Tuner:
@@ -51,7 +70,7 @@ def make_tuner(config: StudyConfig, setup: TrialSetup, callbacks: list[Callback]
         tune.with_parameters(run_trial, setup=setup), {"cpu": config.training.cpus_per_trial}
     )
     if resume:
-        tuner = tune.Tuner.restore(str(tune_dir(config)), trainable, resume_unfinished=True, resume_errored=False)
+        tuner = tune.Tuner.restore(tune_dir(config), trainable, resume_unfinished=True, resume_errored=False)
         # Tune restores the callbacks it pickled at the start; ours carry this run's state instead.
         tuner._local_tuner.get_run_config().callbacks = callbacks
         return tuner
@@ -65,7 +84,7 @@ def make_tuner(config: StudyConfig, setup: TrialSetup, callbacks: list[Callback]
         ),
         run_config=tune.RunConfig(
             name=config.name,
-            storage_path=str(tune_dir(config).parent),
+            storage_path=storage_root(config, "tune"),
             callbacks=callbacks,
             verbose=0,
         ),

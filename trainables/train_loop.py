@@ -12,7 +12,8 @@ import math
 import tempfile
 import time
 from collections import defaultdict
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +56,7 @@ class TrialSpec:
     seed: int = 0  # torch seed (DDP broadcasts rank 0's initial weights)
     threads: int = 1  # torch intra-op threads per worker
     preprocess: dict[str, Any] = field(default_factory=dict)  # recorded in model.pt for later inference
+    node_data: Callable[[], str] | None = None  # returns this node's cache folder (stages it on other nodes)
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
@@ -68,6 +70,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     nets = family.build(spec.image_size).to(device)
     opts = family.optimizers(nets)
     progress = _restore(ray.train.get_checkpoint(), nets, opts)
+    if spec.node_data is not None:
+        spec.cache_dir = spec.node_data()
     nets = _wrap_ddp(nets, device)
     train_loader, sampler = _train_loader(spec)
     val_loader = _eval_loader(spec, "val") if rank == 0 else None
@@ -217,4 +221,5 @@ def _eval_loader(spec: TrialSpec, split: str) -> DataLoader:
 
 def spec_from(config: dict[str, Any]) -> dict[str, Any]:
     """Validate a TrialSpec dict on the driver (fails fast on a bad key) and return it as a plain dict."""
-    return asdict(TrialSpec(**config))
+    spec = TrialSpec(**config)
+    return {f.name: getattr(spec, f.name) for f in fields(spec)}  # shallow: node_data stays a callable

@@ -1,0 +1,42 @@
+"""Data on the node a Train worker runs on: the driver's slice cache when this node has it, else staged here.
+
+On one machine (or a shared file system) every worker finds the cache the driver built. On a cluster
+a worker on another node stages the datasets from S3 into that node's cache folder and preprocesses
+them there, once per node: staging and the slice cache both hold per-node file locks, so the other
+trials and workers on the node wait and then reuse the result.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from study.cluster import ClusterStudy
+from trainables.data.cache import SplitConfig, prepare_slice_cache
+from trainables.data.preprocess import PreprocessConfig
+
+
+@dataclass(frozen=True)
+class NodeData:
+    """A picklable callable handed to each Train worker; returns this node's slice-cache folder."""
+
+    cache_dir: str  # the driver's slice-cache entry (used when this node can see it)
+    cache_root: str  # where a node builds its own entry (the same relative settings as the driver's)
+    preprocess: dict[str, Any]  # PreprocessConfig fields
+    split_seed: int  # SplitConfig seed: same subjects, same splits on every node
+    cluster: ClusterStudy | None = None  # the cluster's S3 block; None when the data is local
+
+    def __call__(self) -> str:
+        if (Path(self.cache_dir) / "meta.json").is_file():
+            return self.cache_dir
+        if self.cluster is None:
+            raise FileNotFoundError(f"{self.cache_dir}: slice cache not on this node and no cluster storage to stage")
+        from study.stage import stage_dataset  # boto3 only where staging happens
+
+        pre = PreprocessConfig(**self.preprocess)
+        staged = stage_dataset(self.cluster, self.cluster.cache_dir, modality=pre.modality)
+        cache = prepare_slice_cache(
+            staged.healthy_dir, staged.lesion_dir, Path(self.cache_root), pre, SplitConfig(seed=self.split_seed)
+        )
+        return str(cache)
