@@ -130,6 +130,8 @@ def validate(config: StudyConfig) -> None:
     for name in config.families:
         if name not in family_names():
             fail("families", f"unknown family '{name}'; known: {', '.join(family_names())}")
+        if name == "threshold":
+            fail("families", "'threshold' has nothing to tune: every study reports it as its baseline row")
         if name not in space_names():
             fail("families", f"family '{name}' has no search space in search_spaces/")
     if not config.objectives:

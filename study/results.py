@@ -66,13 +66,24 @@ class TrialRecorder(Callback):
         self.add(row)
 
     def add(self, row: dict[str, Any]) -> None:
-        """Append a row to the journal (durably) and rewrite trials.csv."""
-        self.rows = [r for r in self.rows if r["trial_id"] != row["trial_id"]] + [row]
-        with (self.study_dir / JOURNAL).open("a") as handle:
-            handle.write(json.dumps(row, default=str) + "\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        write_trials_csv(self.rows, self.study_dir / TRIALS_CSV)
+        """Journal a row and rewrite trials.csv."""
+        self.rows = append_row(self.study_dir, row)
+
+    @property
+    def trial_rows(self) -> list[dict[str, Any]]:
+        """Rows of Tune trials (not the baseline)."""
+        return [r for r in self.rows if r["status"] != "baseline"]
+
+
+def append_row(study_dir: Path, row: dict[str, Any]) -> list[dict[str, Any]]:
+    """Append a row to the journal (durably), rewrite trials.csv, and return every row so far."""
+    with (study_dir / JOURNAL).open("a") as handle:
+        handle.write(json.dumps(row, default=str) + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+    rows = load_rows(study_dir)
+    write_trials_csv(rows, study_dir / TRIALS_CSV)
+    return rows
 
 
 def load_rows(study_dir: Path) -> list[dict[str, Any]]:

@@ -88,6 +88,7 @@ def run_study(
     from mlflow.entities import RunStatus
 
     from search_spaces import family_space
+    from study.baseline import baseline_row
     from study.data import prepare_data
     from study.tracking import open_parent_run
     from study.tuning import trial_setup
@@ -101,6 +102,7 @@ def run_study(
     (study_dir / STATE_FILE).write_text(json.dumps({"parent_run_id": parent_run_id}))
     try:
         connect_ray(config, verbose)
+        baseline_row(study_dir, cache_dir, client, parent_run_id)
         setup = trial_setup(config, cache_dir, preprocess, cluster)
         rows = _tune(config, setup, parent_run_id, resume)
         outcome = _finish(config, rows, study_dir, client, parent_run_id)
@@ -160,10 +162,10 @@ def _tune(config: StudyConfig, setup: TrialSetup, parent_run_id: str, resume: bo
     callbacks = [
         MlflowTrialLogger(tracking_uri(config), parent_run_id, config.training.epochs, run_ids),
         recorder,
-        ProgressPrinter(config.num_samples, config.training.epochs, already_done=len(recorder.rows)),
+        ProgressPrinter(config.num_samples, config.training.epochs, already_done=len(recorder.trial_rows)),
     ]
     if resume:
-        print(f"resuming: {len(recorder.rows)} of {config.num_samples} trials already finished", flush=True)
+        print(f"resuming: {len(recorder.trial_rows)} of {config.num_samples} trials already finished", flush=True)
     make_tuner(config, setup, callbacks, resume).fit()
     return recorder.rows
 
@@ -174,14 +176,15 @@ def _finish(config: StudyConfig, rows: list[dict], study_dir: Path, client: Any,
 
     files = write_study_report(config, rows, study_dir)
     log_study_report(client, parent_run_id, config, rows, files)
-    interrupted = len(rows) < config.num_samples
+    trials = [r for r in rows if r["status"] != "baseline"]
+    interrupted = len(trials) < config.num_samples
     print("\n" + format_table(rows, SUMMARY_COLUMNS))
     for objective in config.objectives:
         row = best_trial(rows, objective)
         chosen = f"trial {row['trial_id']} ({row['family']})" if row else "no completed trial"
         print(f"best by {objective.metric} ({objective.mode}, chosen on val): {chosen}")
     if interrupted:
-        print(f"\ninterrupted after {len(rows)} of {config.num_samples} trials; continue with:")
+        print(f"\ninterrupted after {len(trials)} of {config.num_samples} trials; continue with:")
         print(f"  python -m study.run --config {config.source} --resume")
     print(f"\nresults: {study_dir}/ (trials.csv, best.json, pareto.csv, plots)")
     print(f"MLflow:  mlflow ui --backend-store-uri {config.mlflow.tracking_uri}")

@@ -42,6 +42,9 @@ def test_trials_csv_has_every_trial_with_metrics(smoke) -> None:
     config, outcome = smoke
     with (outcome.study_dir / "trials.csv").open() as handle:
         rows = list(csv.DictReader(handle))
+    (baseline,) = [r for r in rows if r["status"] == "baseline"]  # every study reports the threshold row
+    assert baseline["family"] == "threshold" and 0.5 < float(baseline["test_pixel_auroc"]) <= 1.0
+    rows = [r for r in rows if r["status"] != "baseline"]
     assert len(rows) == config.num_samples
     assert {r["status"] for r in rows} == {"completed"}
     for row in rows:
@@ -61,7 +64,7 @@ def test_two_ddp_workers_each_train_their_share(smoke) -> None:
     cache_dir, _ = prepare_data(config)  # reuses the cache the study built
     train_size = len(SliceDataset(cache_dir, "train"))
     client = MlflowClient(config.mlflow.tracking_uri)
-    for row in outcome.rows:
+    for row in [r for r in outcome.rows if r["status"] != "baseline"]:
         run = client.get_run(row["mlflow_run_id"])
         assert run.data.metrics["workers"] == 2
         per_worker_batch = int(row["param_batch_size"]) // 2
@@ -79,7 +82,8 @@ def test_mlflow_has_parent_and_child_runs_with_epoch_metrics(smoke) -> None:
     assert parent.data.params["families"] == "vae"
     experiment_id = parent.info.experiment_id
     children = client.search_runs([experiment_id], f"tags.mlflow.parentRunId = '{outcome.parent_run_id}'")
-    assert len(children) == config.num_samples
+    assert sorted(c.data.tags["role"] for c in children) == ["baseline"] + ["trial"] * config.num_samples
+    children = [c for c in children if c.data.tags["role"] == "trial"]
     for child in children:
         assert child.info.status == "FINISHED"
         assert child.data.tags["status"] == "completed"

@@ -1,0 +1,38 @@
+"""The `threshold` baseline row every study gets: no training, the same evaluation, its own MLflow run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from mlflow.entities import Metric, RunStatus
+from mlflow.tracking import MlflowClient
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
+
+from study.results import append_row, load_rows, trial_row
+from study.tracking import TRIAL_ID_TAG
+from trainables.baseline import evaluate_untrained
+
+BASELINE_FAMILY = "threshold"
+BASELINE_ID = f"baseline-{BASELINE_FAMILY}"
+
+
+def baseline_row(study_dir: Path, cache_dir: Path, client: MlflowClient, parent_run_id: str) -> dict[str, Any]:
+    """Evaluate the baseline once per study (kept across --resume), journal its row and log its child run."""
+    done = [r for r in load_rows(study_dir) if r["trial_id"] == BASELINE_ID]
+    if done:
+        return done[0]
+    metrics = evaluate_untrained(BASELINE_FAMILY, cache_dir)
+    row = trial_row(BASELINE_ID, {"family": BASELINE_FAMILY}, metrics, "baseline")
+    experiment_id = client.get_run(parent_run_id).info.experiment_id
+    tags = {MLFLOW_PARENT_RUN_ID: parent_run_id, TRIAL_ID_TAG: BASELINE_ID, "role": "baseline"}
+    tags.update({MLFLOW_RUN_NAME: BASELINE_ID, "status": "baseline"})
+    run = client.create_run(experiment_id, tags=tags)
+    finite = {k: v for k, v in metrics.items() if v == v}  # NaN where a split lacks a class
+    client.log_batch(run.info.run_id, metrics=[Metric(k, float(v), 0, 0) for k, v in finite.items()])
+    client.set_terminated(run.info.run_id, RunStatus.to_string(RunStatus.FINISHED))
+    row["mlflow_run_id"] = run.info.run_id
+    append_row(study_dir, row)
+    shown = " ".join(f"{k}={metrics[k]:.4f}" for k in ("val_slice_auroc", "val_pixel_auroc", "test_pixel_auroc"))
+    print(f"baseline {BASELINE_FAMILY} (no training): {shown}", flush=True)
+    return row

@@ -1,0 +1,31 @@
+"""Untrained baselines through the same evaluation as every trial (the `threshold` row of each study)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader
+
+from trainables.data.dataset import SliceDataset
+from trainables.families import create_family
+from trainables.metrics import evaluate
+
+EVAL_BATCH = 256
+
+
+def evaluate_untrained(family_name: str, cache_dir: Path, params: dict[str, Any] | None = None) -> dict[str, float]:
+    """val_* and test_* of a family without learned weights; `dice` on test uses the threshold chosen on val."""
+    family = create_family(family_name, params)
+    if family.trainable:
+        raise ValueError(f"family '{family_name}' must be trained; only untrained families are baselines")
+    nets = family.build(0)
+    device = torch.device("cpu")
+
+    def loader(split: str) -> DataLoader:
+        return DataLoader(SliceDataset(cache_dir, split), batch_size=EVAL_BATCH, shuffle=False)
+
+    val = evaluate(family, nets, loader("val"), device)
+    test = evaluate(family, nets, loader("test"), device, threshold=val["best_threshold"])
+    return {**{f"val_{k}": v for k, v in val.items()}, **{f"test_{k}": v for k, v in test.items()}}
