@@ -77,6 +77,7 @@ class StudyConfig:
     sampler: str = "tpe"  # Optuna sampler: tpe, random or nsga2
     scheduler: str = "none"  # trial scheduler: none (FIFO) or asha (single objective only)
     num_samples: int = 6  # number of trials
+    points_to_evaluate: list[dict[str, Any]] = field(default_factory=list)  # configs tried first (e.g. papers')
     max_concurrent_trials: int = 1  # trials running at once
     seed: int = 0  # sampler and training seed
     results_dir: str = "results"  # where trials.csv, best.json and Ray's storage go
@@ -149,6 +150,10 @@ def validate(config: StudyConfig) -> None:
     if config.scheduler == "asha" and len(config.objectives) > 1:
         fail("scheduler", "ASHA needs a single objective; use 'none' with several objectives")
     _check_positive(config, fail)
+    for i, point in enumerate(config.points_to_evaluate):
+        family = point.get("family", config.families[0] if len(config.families) == 1 else None)
+        if family not in config.families:
+            fail(f"points_to_evaluate[{i}].family", f"expected one of the study's families {config.families}")
     for key in ("healthy", "lesion"):
         folder = getattr(config.data, key)
         if folder is not None and not Path(folder).exists():
@@ -199,6 +204,10 @@ def _coerce(hint: Any, value: Any, file: str, key: str) -> Any:
         if not isinstance(value, dict):
             raise ConfigError(f"{file}: key '{key}': expected a mapping, got {value!r}")
         return _build(hint, value, file, f"{key}.")
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{file}: key '{key}': expected a mapping, got {value!r}")
+        return value
     if origin is list:
         (item,) = typing.get_args(hint)
         items = value if isinstance(value, list) else [value]  # a single objective may be given bare

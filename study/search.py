@@ -52,6 +52,7 @@ def make_searcher(config: StudyConfig, space_fn: Callable) -> OptunaSearch:
         mode=modes[0] if single else modes,
         sampler=make_sampler(config),
         storage=make_storage(config),
+        points_to_evaluate=[dict(p) for p in config.points_to_evaluate] or None,
         study_name=config.name,
     )
 
