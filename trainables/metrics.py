@@ -1,19 +1,29 @@
-"""Detection metrics shared by the training loop, the study and the tests, streamed over batches.
+"""Detection metrics shared by the training loop, the study, the CLIs and the tests, streamed over batches.
 
 Definitions (names as in DESIGN.md, without the ``val_``/``test_`` prefix):
-- a slice is positive if it has any lesion pixel; its score is ``Scores.slice_score``;
+- a slice is positive if it has any lesion pixel (a lesion subject's lesion-free slices are negatives);
+  its score is ``Scores.slice_score``;
 - ``pixel_*`` use ``Scores.pixel_map`` on pixels inside the brain mask, a pixel being positive if it
   is in the lesion mask; ``pixel_auroc_all`` uses every pixel of the slice;
 - ``healthy_*`` / ``lesion_*``: mean and (population) std of the map on healthy-brain / lesion pixels
   inside the brain;
-- ``overlap_pct``: share (in %) of lesion pixels whose value lies inside the central 95% interval
-  of the healthy-brain values (the first paper's Table 2);
+- ``overlap_pct``: share (in %) of lesion pixels whose value lies inside the 95% interval of the
+  healthy-brain values (the first paper's Table 2), taken as the empirical central interval between the
+  2.5th and 97.5th percentiles (numpy's linear interpolation), bounds included. Not ``mu +- 1.96 sigma``:
+  residual magnitudes ``|x - x'|`` are skewed and bounded below by 0, so a Gaussian interval reaches below 0
+  and misplaces its upper end, while the empirical one holds 95% of healthy pixels by construction. The
+  Gaussian fits the paper drew (its Figure 5) are drawn by ``trainables.figures``;
 - ``best_dice`` / ``best_threshold``: the pooled pixel Dice inside the brain at the threshold that
-  maximises it on this same split (an oracle); ``dice``: at a given threshold (chosen on val).
+  maximises it on this same split (an oracle); ``dice``: at a given threshold (chosen on val), a pixel being
+  predicted positive when its value is ``>= threshold``.
 A metric that is undefined on the data (a single class, no lesion pixel, no data) is NaN.
 
-Memory: the map is kept as one float32 per pixel plus two bytes of masks per pixel, on the CPU, until
-``compute``; e.g. 10,000 slices of 128x128 take ~1 GB.
+Memory: exact metrics need every value, so ``DetectionMetrics`` keeps, on the CPU until ``compute``, one
+float32 score plus one uint8 mask code (brain, lesion) per pixel, i.e. 5 bytes per pixel (e.g. 10,000 slices
+of 128x128: ~0.8 GB), and 5 bytes per slice. ``compute`` joins the batches once and sorts the scores (inside
+scikit-learn), which needs transiently about 25 more bytes per pixel. Fixed-bin histograms would bound
+memory but not give exact AUROC/AP: family maps have no known range (residuals are unbounded, the threshold
+baseline's map is signed), so the exact form is kept.
 """
 
 from __future__ import annotations
@@ -24,7 +34,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score
+from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score, roc_curve
 from torch import nn
 
 from trainables.families.base import Family, Scores
@@ -85,22 +95,38 @@ def pr_summary(labels: np.ndarray, scores: np.ndarray) -> tuple[float, float, fl
 
 
 def overlap_pct(healthy: np.ndarray, lesion: np.ndarray) -> float:
-    """Share (%) of lesion values inside the central 95% interval of healthy values."""
+    """Share (%) of lesion values inside ``[q2.5, q97.5]`` of the healthy values (empirical percentiles).
+
+    See the module docstring for why the empirical interval and not a Gaussian ``mu +- 1.96 sigma``.
+    NaN when either set is empty.
+    """
     if healthy.size == 0 or lesion.size == 0:
         return NAN
-    lo, hi = np.quantile(healthy, [0.025, 0.975])
+    lo, hi = healthy_interval(healthy)
     return float(100.0 * np.mean((lesion >= lo) & (lesion <= hi)))
 
 
+def healthy_interval(healthy: np.ndarray) -> tuple[float, float]:
+    """The 95% interval of healthy values used by ``overlap_pct``: their 2.5th and 97.5th percentiles."""
+    lo, hi = np.quantile(healthy, [0.025, 0.975])
+    return float(lo), float(hi)
+
+
+BRAIN, LESION = 1, 2  # bits of the per-pixel mask code kept by DetectionMetrics
+
+
 class DetectionMetrics:
-    """Accumulate scores and masks batch by batch with ``update``; ``compute`` returns every metric."""
+    """Accumulate scores and masks batch by batch with ``update``; ``compute`` returns every metric.
+
+    ``roc_curves`` and ``pixel_values`` read the same accumulated values (for figures), so one pass over a
+    split gives both the metrics and its pictures.
+    """
 
     def __init__(self) -> None:
         self.slice_scores: list[np.ndarray] = []
         self.slice_labels: list[np.ndarray] = []
         self.pixel_scores: list[np.ndarray] = []  # float32, every pixel
-        self.brain: list[np.ndarray] = []  # bool, every pixel
-        self.lesion: list[np.ndarray] = []  # bool, every pixel
+        self.pixel_codes: list[np.ndarray] = []  # uint8, every pixel: BRAIN | LESION bits
 
     def update(self, scores: Scores, brain: torch.Tensor, lesion: torch.Tensor) -> None:
         """Add a batch: ``brain`` and ``lesion`` are (B,1,H,W) masks (bool, or float > 0.5 = inside)."""
@@ -114,16 +140,41 @@ class DetectionMetrics:
         self.slice_scores.append(_numpy(scores.slice_score, np.float32))
         self.slice_labels.append(_numpy(lesion_b.flatten(1).any(1), bool))
         self.pixel_scores.append(_numpy(scores.pixel_map, np.float32))
-        self.brain.append(_numpy(brain_b, bool))
-        self.lesion.append(_numpy(lesion_b, bool))
+        code = _numpy(brain_b, np.uint8) | (_numpy(lesion_b, np.uint8) << 1)
+        self.pixel_codes.append(code)
+
+    @property
+    def n_slices(self) -> int:
+        """Slices seen so far."""
+        return sum(len(chunk) for chunk in self.slice_labels)
+
+    def _slices(self) -> tuple[np.ndarray, np.ndarray]:
+        """(labels, scores) of every slice seen."""
+        return _cat(self.slice_labels, bool), _cat(self.slice_scores, np.float32)
+
+    def _pixels(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(scores, brain, lesion) of every pixel seen; batches are joined once and kept joined."""
+        if len(self.pixel_scores) > 1:  # later calls (curves, histograms) reuse the joined arrays
+            self.pixel_scores = [_cat(self.pixel_scores, np.float32)]
+            self.pixel_codes = [_cat(self.pixel_codes, np.uint8)]
+        scores, code = _cat(self.pixel_scores, np.float32), _cat(self.pixel_codes, np.uint8)
+        return scores, (code & BRAIN).astype(bool), (code & LESION).astype(bool)
+
+    def pixel_values(self) -> tuple[np.ndarray, np.ndarray]:
+        """(healthy, lesion) map values of the pixels inside the brain, for histograms."""
+        scores, brain, lesion = self._pixels()
+        return scores[brain & ~lesion], scores[brain & lesion]
+
+    def roc_curves(self) -> dict[str, tuple[np.ndarray, np.ndarray] | None]:
+        """``{"slice": (fpr, tpr), "pixel": (fpr, tpr)}`` (pixels inside the brain); None where one class only."""
+        scores, brain, lesion = self._pixels()
+        return {"slice": _roc(*self._slices()), "pixel": _roc(lesion[brain], scores[brain])}
 
     def compute(self, threshold: float | None = None) -> dict[str, float]:
         """All metrics over the batches seen so far; ``dice`` is NaN unless a ``threshold`` is given."""
-        scores, brain, lesion = _cat(self.pixel_scores, np.float32), _cat(self.brain, bool), _cat(self.lesion, bool)
+        scores, brain, lesion = self._pixels()
         out: dict[str, float] = {}
-        out["slice_auroc"], out["slice_auprc"] = _ranking(
-            _cat(self.slice_labels, bool), _cat(self.slice_scores, np.float32)
-        )
+        out["slice_auroc"], out["slice_auprc"] = _ranking(*self._slices())
         in_brain, in_lesion = scores[brain], lesion[brain]
         out["pixel_auroc"], out["pixel_auprc"], out["best_dice"], out["best_threshold"] = _pixel_ranking(
             in_lesion, in_brain
@@ -135,6 +186,14 @@ class DetectionMetrics:
         out["overlap_pct"] = overlap_pct(healthy_vals, lesion_vals)
         out["dice"] = NAN if threshold is None or math.isnan(threshold) else dice_at(in_lesion, in_brain, threshold)
         return out
+
+
+def _roc(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """(fpr, tpr) of scikit-learn's ROC curve (collinear points dropped), or None for a single class."""
+    if labels.size == 0 or labels.all() or not labels.any():
+        return None
+    fpr, tpr, _ = roc_curve(labels, scores)
+    return fpr, tpr
 
 
 def unpack_batch(batch: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

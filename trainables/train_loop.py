@@ -105,8 +105,10 @@ def _train_epoch(
     """
     nets.train()
     sums: dict[str, float] = defaultdict(float)
+    first_step_at = None  # wall clock (time.time) of the epoch's first step: study.bench's trial start cost
     for batch in loader:
         images = batch["image"].to(device, non_blocking=True)
+        first_step_at = first_step_at or time.time()
         terms = family.train_step(nets, opts, images)
         if not all(math.isfinite(v) for v in terms.values()):
             raise NonFiniteLossError(f"non-finite loss at epoch {epoch + 1}, step {int(sums['steps']) + 1}: {terms}")
@@ -118,6 +120,8 @@ def _train_epoch(
     steps = max(totals.pop("steps", 0.0), 1.0)
     out = {("train_loss" if k == "loss" else f"loss_{k}"): v / steps for k, v in totals.items() if k != "slices"}
     out.update(train_slices=int(totals.get("slices", 0)), workers=_world_size())
+    if epoch == 0 and first_step_at is not None:
+        out["first_step_at"] = first_step_at  # only in the first epoch's metrics (Tune forwards it; MLflow skips it)
     return out
 
 
@@ -139,7 +143,7 @@ def _report(
     metrics: dict, spec: TrialSpec, family: Family, nets: nn.ModuleDict, opts: dict, progress: TrainingProgress,
     rank: int,
 ) -> None:  # fmt: skip
-    """Report; rank 0 attaches a checkpoint (state.pt, model.pt). Every rank must call report."""
+    """Report; rank 0 attaches a checkpoint (state.pt, model.pt; figures/ with the final record). Every rank reports."""
     if rank != 0:
         ray.train.report(metrics)
         return
@@ -147,7 +151,28 @@ def _report(
         weights = progress.best_weights or state_dicts(nets)
         model = model_record(family, spec.image_size, spec.preprocess, weights, progress.best)
         save_checkpoint(Path(tmp), nets=nets, opts=opts, progress=progress, model=model)
+        if metrics.get("final"):
+            _write_figures(spec, family, nets, weights, progress.best, Path(tmp) / "figures")
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+
+
+def _write_figures(
+    spec: TrialSpec, family: Family, nets: nn.ModuleDict, weights: dict, best: BestRecord, out_dir: Path
+) -> None:
+    """Rank 0, final record: the chosen detector's test figures (ROC, examples, histograms) beside its model.pt.
+
+    A plotting failure is printed, not raised: the trial's metrics are already computed and reported.
+    """
+    from trainables.figures import write_figures  # matplotlib takes ~1 s to import: only the final report pays
+
+    chosen = _plain(nets)
+    for key, w in weights.items():
+        chosen[key].load_state_dict(w)
+    device, threshold = ray.train.torch.get_device(), best.metrics.get("val_best_threshold")
+    try:
+        write_figures(family, chosen, _eval_loader(spec, "test"), device, out_dir, split="test", threshold=threshold)
+    except Exception as err:  # matplotlib, fonts, disk: many types, none worth losing a trained trial for
+        print(f"figures not written: {type(err).__name__}: {err}", flush=True)
 
 
 def _final_record(

@@ -95,6 +95,10 @@ def test_mlflow_has_parent_and_child_runs_with_epoch_metrics(smoke) -> None:
         best_epoch = int(child.data.metrics["best_epoch"])
         assert history[final_step] == history[best_epoch] == max(history[e] for e in range(1, final_step))
         assert 0.0 <= child.data.metrics["test_pixel_auroc"] <= 1.0
+        # test_* is scored once, after the epochs, with the checkpoint chosen on val
+        assert [m.step for m in client.get_metric_history(child.info.run_id, "test_pixel_auroc")] == [final_step]
+        figures = {a.path for a in client.list_artifacts(child.info.run_id, "figures")}
+        assert {"figures/test_roc.png", "figures/test_examples.png", "figures/test_histograms.png"} <= figures
         assert math.isfinite(child.data.metrics["train_loss"])
     artifacts = {a.path for a in client.list_artifacts(outcome.parent_run_id)}
     assert {"trials.csv", "best.json", "config.yaml", "search_space.py", "pareto.csv", "best_so_far.png"} <= artifacts

@@ -1,4 +1,4 @@
-"""DetectionMetrics against sklearn, edge cases, streaming, and evaluate() over a loader."""
+"""DetectionMetrics against sklearn, known values (perfect, constant, overlap, dice), streaming, evaluate()."""
 
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ import math
 import numpy as np
 import pytest
 import torch
-from sklearn.metrics import average_precision_score, roc_auc_score
+from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 
 from trainables.families import Scores, create_family
-from trainables.metrics import DetectionMetrics, dice_at, evaluate, unpack_batch
+from trainables.metrics import DetectionMetrics, dice_at, evaluate, overlap_pct, unpack_batch
 
 B, S = 6, 8
 
@@ -132,3 +132,96 @@ def test_evaluate_runs_a_family_over_a_loader():
     out = evaluate(family, nets, loader, torch.device("cpu"))
     assert 0.0 <= out["pixel_auroc"] <= 1.0 and 0.0 <= out["slice_auroc"] <= 1.0
     assert nets.training  # evaluate leaves the nets' mode as it found it
+
+
+def _row(values: np.ndarray) -> torch.Tensor:
+    """Values as a (1,1,1,n) map: one slice holding every pixel."""
+    return torch.as_tensor(np.asarray(values, dtype=np.float32)).reshape(1, 1, 1, -1)
+
+
+def test_matches_sklearn_with_many_ties():
+    # quantised scores: ties are where hand-written ROC/PR code usually departs from sklearn
+    g = torch.Generator().manual_seed(5)
+    pixel_map = torch.randint(0, 6, (B, 1, S, S), generator=g).float() / 5
+    brain = torch.rand(B, 1, S, S, generator=g) < 0.8
+    lesion = (torch.rand(B, 1, S, S, generator=g) < 0.2) & brain
+    m = DetectionMetrics()
+    m.update(_scores(pixel_map), brain, lesion)
+    out = m.compute()
+    p, b, les = pixel_map.numpy().ravel(), brain.numpy().ravel(), lesion.numpy().ravel()
+    assert out["pixel_auroc"] == pytest.approx(roc_auc_score(les[b], p[b]))
+    assert out["pixel_auprc"] == pytest.approx(average_precision_score(les[b], p[b]))
+    assert out["best_dice"] == pytest.approx(max(dice_at(les[b], p[b], t) for t in np.unique(p[b])))
+
+
+def test_constant_map_and_slice_score_give_one_half():
+    _, brain, lesion = _random_batch(6)
+    m = DetectionMetrics()
+    m.update(_scores(torch.full_like(lesion, 0.7), torch.full((B,), 0.7)), brain, lesion)
+    out = m.compute()
+    for key in ("slice_auroc", "pixel_auroc", "pixel_auroc_all"):
+        assert out[key] == pytest.approx(0.5), key
+
+
+def test_perfect_map_gives_one_everywhere():
+    _, brain, lesion = _random_batch(7)
+    slice_score = lesion.flatten(1).amax(1)
+    m = DetectionMetrics()
+    m.update(_scores(lesion * 3.0, slice_score), brain, lesion)
+    out = m.compute(threshold=3.0)
+    for key in ("slice_auroc", "slice_auprc", "pixel_auroc", "pixel_auprc", "pixel_auroc_all", "best_dice", "dice"):
+        assert out[key] == pytest.approx(1.0), key
+    assert out["best_threshold"] == pytest.approx(3.0)
+
+
+def test_overlap_pct_on_constructed_distributions():
+    # healthy 0, 0.001, ..., 1: its 2.5th and 97.5th percentiles are exactly 0.025 and 0.975
+    healthy = np.linspace(0.0, 1.0, 1001)
+    lesion = np.array([0.0, 0.02, 0.025, 0.5, 0.9, 0.975, 0.98, 2.0])  # 4 of 8 inside [0.025, 0.975]
+    assert overlap_pct(healthy, lesion) == pytest.approx(50.0)
+    assert overlap_pct(healthy, lesion + 10) == 0.0
+    assert math.isnan(overlap_pct(healthy, np.zeros(0)))
+    # the same through the accumulator: healthy and lesion pixels of one slice, plus background that must not count
+    values = np.concatenate([healthy, lesion, np.full(5, 0.5)])
+    lesion_mask = np.r_[np.zeros(healthy.size), np.ones(lesion.size), np.zeros(5)]
+    brain_mask = np.r_[np.ones(healthy.size + lesion.size), np.zeros(5)]
+    m = DetectionMetrics()
+    m.update(_scores(_row(values)), _row(brain_mask), _row(lesion_mask))
+    out = m.compute()
+    assert out["overlap_pct"] == pytest.approx(50.0)
+    assert out["healthy_mu"] == pytest.approx(0.5) and out["lesion_mu"] == pytest.approx(lesion.mean())
+
+
+def test_dice_uses_exactly_the_given_threshold():
+    scores = np.array([0.1, 0.5, 0.5, 0.9, 0.3], dtype=np.float32)
+    labels = np.array([0, 1, 0, 1, 1], dtype=bool)
+    # >= 0.5: predicted {0.5, 0.5, 0.9}, true positives 2 -> 2*2 / (3 + 3)
+    assert dice_at(labels, scores, 0.5) == pytest.approx(4 / 6)
+    # just above 0.5: predicted {0.9} -> 2*1 / (1 + 3)
+    assert dice_at(labels, scores, np.nextafter(np.float32(0.5), np.float32(1))) == pytest.approx(2 / 4)
+    m = DetectionMetrics()
+    m.update(_scores(_row(scores)), _row(np.ones(5)), _row(labels))
+    assert m.compute(threshold=0.5)["dice"] == pytest.approx(4 / 6)
+    assert m.compute(threshold=0.95)["dice"] == pytest.approx(0.0)
+
+
+def test_roc_curves_and_pixel_values_read_the_accumulator():
+    batches = [_random_batch(seed) for seed in (8, 9)]
+    m = DetectionMetrics()
+    for b in batches:
+        m.update(*b)
+    p = torch.cat([b[0].pixel_map for b in batches]).numpy().ravel()
+    br = torch.cat([b[1] for b in batches]).numpy().ravel() > 0
+    les = torch.cat([b[2] for b in batches]).numpy().ravel() > 0
+    fpr, tpr = m.roc_curves()["pixel"]
+    ref_fpr, ref_tpr, _ = roc_curve(les[br], p[br])
+    np.testing.assert_allclose(fpr, ref_fpr)
+    np.testing.assert_allclose(tpr, ref_tpr)
+    assert np.trapezoid(tpr, fpr) == pytest.approx(m.compute()["pixel_auroc"])
+    healthy, lesion = m.pixel_values()
+    np.testing.assert_array_equal(np.sort(healthy), np.sort(p[br & ~les]))
+    np.testing.assert_array_equal(np.sort(lesion), np.sort(p[br & les]))
+    assert m.n_slices == 2 * B
+    one_class = DetectionMetrics()
+    one_class.update(_scores(torch.rand(2, 1, S, S)), torch.ones(2, 1, S, S), torch.zeros(2, 1, S, S))
+    assert one_class.roc_curves() == {"slice": None, "pixel": None}
