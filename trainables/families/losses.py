@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 
 def l2_recon(x: torch.Tensor, xr: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
@@ -32,3 +33,51 @@ def latent_l2(z: torch.Tensor, z2: torch.Tensor) -> torch.Tensor:
 def kl_divergence(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     """``KL(N(mu, exp(logvar)) || N(0, I))`` summed over latent dimensions, averaged over the batch."""
     return (-0.5 * (1 + logvar - mu.square() - logvar.exp())).sum(1).mean()
+
+
+def gradient_penalty(scores: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
+    """WGAN-GP penalty ``mean((||d score / d input||_2 - 1)^2)`` over a batch (Gulrajani et al. 2017).
+
+    ``scores`` (B,) or (B,1) are a critic's outputs on ``inputs`` (B,...) that require grad (points
+    between real and fake samples). The graph is kept so the penalty itself can be back-propagated.
+    Only ``inputs`` receive this gradient (no ``.grad`` of any parameter is touched), which keeps it
+    compatible with DistributedDataParallel.
+    """
+    (grad,) = torch.autograd.grad(scores.sum(), inputs, create_graph=True)
+    return (grad.flatten(1).norm(dim=1) - 1).square().mean()
+
+
+def wasserstein_estimate(real_scores: torch.Tensor, fake_scores: torch.Tensor) -> torch.Tensor:
+    """The critic's estimate of the Wasserstein-1 distance: ``mean(C(real)) - mean(C(fake))``."""
+    return real_scores.mean() - fake_scores.mean()
+
+
+def bce_logits(logits: torch.Tensor, target: float) -> torch.Tensor:
+    """Binary cross-entropy of ``logits`` against a constant label (1 real, 0 fake), stable in logit space."""
+    return F.binary_cross_entropy_with_logits(logits, torch.full_like(logits, target))
+
+
+def feature_matching(real_features: torch.Tensor, fake_features: torch.Tensor) -> torch.Tensor:
+    """Mean squared difference of discriminator features of real and reconstructed images (GANomaly's
+    adversarial loss for its generator; Salimans et al. 2016)."""
+    return (real_features - fake_features).square().mean()
+
+
+def rank_energy(z: torch.Tensor, rank: int, eps: float = 1e-8) -> torch.Tensor:
+    """Share of the batch's latent energy outside its ``rank`` leading singular directions, in [0, 1].
+
+    ``z`` (B,D) is centred over the batch, then ``sum_{i>rank} s_i^2 / sum_i s_i^2`` of its singular
+    values ``s``: zero exactly when the codes lie in an affine subspace of dimension ``rank``.
+    Why this form rather than the nuclear norm ``sum_i s_i``: the nuclear norm also shrinks the
+    leading directions, so an encoder lowers it by scaling every code down (which also shrinks
+    ``||z - z'||`` and the anomaly score with it) instead of becoming low-rank. The ratio is invariant
+    to that scale and, thanks to centring, to a common offset (which would otherwise inflate the
+    first singular value and hide the tail), so only the shape of the code cloud is penalised.
+    ``svdvals`` has numerically stable gradients even for repeated singular values (unlike ``svd``).
+    A ``rank`` at or above ``min(B, D)`` leaves no tail: the term is 0.
+    """
+    zc = z - z.mean(0, keepdim=True)
+    if not torch.isfinite(zc).all():  # svdvals raises on NaN/inf; a NaN term lets the loop report divergence
+        return zc.sum() * float("nan")
+    s2 = torch.linalg.svdvals(zc).square()
+    return s2[rank:].sum() / (s2.sum() + eps)

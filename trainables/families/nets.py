@@ -1,4 +1,5 @@
-"""Shared building blocks: the small ResNet encoder/decoder of the first paper's official code.
+"""Shared building blocks: the small ResNet encoder/decoder of the first paper's official code, its latent
+critic, and the DCGAN-style encoder/decoder/discriminator of the second paper (at the end of the file).
 
 Encoder: a 3x3 conv to ``width`` channels, then ``n`` down-sampling residual blocks (channels double
 each block: 16 -> 32 -> 64 -> 128 -> 256 at the default width), then a linear layer to ``out_dim``.
@@ -95,3 +96,96 @@ class Decoder(nn.Module):
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return self.out(self.blocks(self.fc(z).view(-1, *self.shape)))
+
+
+class Critic(nn.Module):
+    """WGAN critic on latent codes: an MLP ``latent_dim -> 200 -> 400 -> 1`` with leaky ReLUs, as in the
+    first paper's official code. No normalisation layer: the gradient penalty is defined per sample,
+    which batch statistics would break (Gulrajani et al. 2017)."""
+
+    def __init__(self, latent_dim: int, hidden: tuple[int, int] = (200, 400), slope: float = 0.2) -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Linear(latent_dim, hidden[0]),
+            nn.LeakyReLU(slope),
+            nn.Linear(hidden[0], hidden[1]),
+            nn.LeakyReLU(slope),
+            nn.Linear(hidden[1], 1, bias=False),  # a WGAN loss and its penalty are blind to an output offset
+        )
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.net(z).squeeze(1)
+
+
+# DCGAN-style nets (Radford et al. 2016) as used by GANomaly and the second paper: strided 4x4 convs,
+# BatchNorm (not on the first conv), leaky ReLU in encoders/discriminator, transposed convs and ReLU in
+# the decoder, tanh output; weights drawn from N(0, 0.02) (BatchNorm scales from N(1, 0.02)).
+
+
+def dcgan_stages(image_size: int) -> int:
+    """Stride-2 stages between a square image of side ``image_size`` (power of 2, >= 16) and a 4x4 map."""
+    if image_size < 16 or image_size & (image_size - 1):
+        raise ValueError(f"image size must be a power of 2 and at least 16, got {image_size}")
+    return int(math.log2(image_size)) - 2
+
+
+def _dcgan_init(m: nn.Module) -> None:
+    if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
+        nn.init.normal_(m.weight, 0.0, 0.02)
+    elif isinstance(m, nn.BatchNorm2d):
+        nn.init.normal_(m.weight, 1.0, 0.02)
+        nn.init.zeros_(m.bias)
+
+
+def _dcgan_trunk(image_size: int, channels: int) -> tuple[nn.Sequential, int]:
+    """Convs from (B,1,S,S) down to (B,C,4,4), doubling channels per stage; returns the trunk and C."""
+    layers: list[nn.Module] = [nn.Conv2d(1, channels, 4, 2, 1, bias=False), nn.LeakyReLU(0.2)]
+    c = channels
+    for _ in range(dcgan_stages(image_size) - 1):
+        layers += [nn.Conv2d(c, 2 * c, 4, 2, 1, bias=False), nn.BatchNorm2d(2 * c), nn.LeakyReLU(0.2)]
+        c *= 2
+    return nn.Sequential(*layers), c
+
+
+class DCGANEncoder(nn.Module):
+    """(B,1,S,S) image in about [-1, 1] -> (B,out_dim) code: the DCGAN trunk, then a 4x4 valid conv."""
+
+    def __init__(self, image_size: int, out_dim: int, channels: int = 64) -> None:
+        super().__init__()
+        self.features, c = _dcgan_trunk(image_size, channels)
+        self.head = nn.Conv2d(c, out_dim, 4, 1, 0, bias=False)
+        self.apply(_dcgan_init)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x)).flatten(1)
+
+
+class DCGANDiscriminator(DCGANEncoder):
+    """DCGAN image discriminator: returns ``(logits (B,), features (B,C,4,4))`` from one forward, so a
+    feature-matching loss and the real/fake logits never need a second call."""
+
+    def __init__(self, image_size: int, channels: int = 64) -> None:
+        super().__init__(image_size, 1, channels)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # type: ignore[override]
+        features = self.features(x)
+        return self.head(features).flatten(), features
+
+
+class DCGANDecoder(nn.Module):
+    """(B,latent_dim) code -> (B,1,S,S) image in (-1, 1): transposed convs halving channels, BN, ReLU, tanh."""
+
+    def __init__(self, image_size: int, latent_dim: int, channels: int = 64) -> None:
+        super().__init__()
+        n = dcgan_stages(image_size)
+        c = channels << (n - 1)
+        layers: list[nn.Module] = [nn.ConvTranspose2d(latent_dim, c, 4, 1, 0, bias=False), nn.BatchNorm2d(c), nn.ReLU()]
+        for _ in range(n - 1):
+            layers += [nn.ConvTranspose2d(c, c // 2, 4, 2, 1, bias=False), nn.BatchNorm2d(c // 2), nn.ReLU()]
+            c //= 2
+        layers += [nn.ConvTranspose2d(c, 1, 4, 2, 1, bias=False), nn.Tanh()]
+        self.net = nn.Sequential(*layers)
+        self.apply(_dcgan_init)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.net(z[:, :, None, None])
