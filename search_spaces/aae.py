@@ -2,7 +2,7 @@
 
 Shared names keep the distribution they have in every family (see search_spaces/ae.py):
 - latent_dim: 32, 64 or 128 (official code: 128).
-- lr: 1e-5..3e-3 (log, shared by every family so one study can compare them); contains the official 2e-5. The critic's rate follows it (critic_lr_ratio 1, as
+- lr: 1e-5..3e-3 (log, shared); contains the official 2e-5. The critic's rate follows it (critic_lr_ratio 1, as
   in the official code), so one number moves both players together.
 - batch_size: 32 or 64 (official: 64).
 - width: 8 or 16 (official: 16).

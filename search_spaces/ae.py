@@ -3,7 +3,7 @@
 Names shared with other families keep one distribution in every family (one Optuna study may hold
 several families, and a name must mean one distribution there; tests/unit/test_search_spaces.py checks):
 - latent_dim: 32, 64 or 128 (as the VAE); the official code's 128 at 32x32 is generous.
-- lr: 1e-5..3e-3 (log, shared by every family so one study can compare them), as the VAE's; contains the official 2e-5 and our default 1e-4.
+- lr: 1e-5..3e-3 (log, shared by all families), as the VAE's; contains the official 2e-5 and our default 1e-4.
 - batch_size: 32 or 64 (the papers' 64).
 - width: 8 or 16 channels at the first block (16 in the official code).
 - latent_weight: 0..2 in steps of 0.25 (as the constrained AAE's lambda): 0 is the plain AE, 0.5 and 1.0

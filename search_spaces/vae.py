@@ -3,7 +3,7 @@
 The paper fixed these by hand (latent 128, batch 64, Adam); we search around those choices:
 - latent_dim: 32..128; the paper's 128 at 32x32 is generous, smaller codes regularise more.
 - kl_weight: 1e-3..1 (log); the KL's weight trades reconstruction sharpness for a smooth latent.
-- lr: 1e-5..3e-3 (log, shared by every family so one study can compare them); the official code used 2e-5 for its adversarial models, VAEs tolerate more.
+- lr: 1e-5..3e-3 (log, shared by all families); the official code used 2e-5 for adversarial models.
 - batch_size: 32 or 64 (the paper's).
 - width: 8 or 16 channels at the first block (16 in the official code).
 """
