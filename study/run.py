@@ -100,8 +100,9 @@ def run_study(
     space_source = "\n\n".join(inspect.getsource(inspect.getmodule(family_space(f))) for f in config.families)
     client, parent_run_id = open_parent_run(config, space_source, previous)
     (study_dir / STATE_FILE).write_text(json.dumps({"parent_run_id": parent_run_id}))
+    started_ray = False
     try:
-        connect_ray(config, verbose)
+        started_ray = connect_ray(config, verbose)
         baseline_row(study_dir, cache_dir, client, parent_run_id)
         setup = trial_setup(config, cache_dir, preprocess, cluster)
         rows = _tune(config, setup, parent_run_id, resume)
@@ -110,6 +111,11 @@ def run_study(
         status = RunStatus.KILLED if isinstance(err, KeyboardInterrupt) else RunStatus.FAILED
         client.set_terminated(parent_run_id, RunStatus.to_string(status))
         raise
+    finally:
+        if started_ray:  # a Ray this study started goes with it; an attached cluster stays up
+            import ray
+
+            ray.shutdown()
     status = RunStatus.KILLED if outcome.interrupted else RunStatus.FINISHED
     client.set_terminated(parent_run_id, RunStatus.to_string(status))
     return outcome
@@ -133,22 +139,26 @@ def _start_state(config: StudyConfig, study_dir: Path, resume: bool) -> str | No
     return None
 
 
-def connect_ray(config: StudyConfig, verbose: bool) -> None:
-    """Attach to the configured or a running Ray cluster (token auth as it is set up); else start a local one."""
+def connect_ray(config: StudyConfig, verbose: bool) -> bool:
+    """Attach to the configured or a running Ray cluster (token auth as it is set up), else start a local one.
+
+    Returns True when this call started Ray (the study then shuts it down at its end).
+    """
     import ray
 
     if ray.is_initialized():
-        return
+        return False
     address = config.ray_address or os.environ.get("RAY_ADDRESS")
     if address is None:
         try:
             ray.init(address="auto", log_to_driver=verbose)
             print(f"attached to the running Ray cluster: {ray.cluster_resources()}", flush=True)
-            return
+            return False
         except ConnectionError:
             pass  # no cluster running: start a local one below
     ray.init(address=address, log_to_driver=verbose)
     print(f"Ray: {ray.cluster_resources()}", flush=True)
+    return address in (None, "local")
 
 
 def _tune(config: StudyConfig, setup: TrialSetup, parent_run_id: str, resume: bool) -> list[dict]:

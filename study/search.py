@@ -41,12 +41,26 @@ def make_storage(config: StudyConfig) -> optuna.storages.BaseStorage:
     return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(url))
 
 
+class ResumableOptunaSearch(OptunaSearch):
+    """OptunaSearch that lets a resumed trial re-report after Optuna already recorded its end.
+
+    A driver killed between telling Optuna a trial finished and saving Tune's own state makes Tune restart
+    that trial on --resume; its repeated results must not crash the study (Optuna keeps its first record).
+    """
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        try:
+            super().on_trial_result(trial_id, result)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            pass
+
+
 def make_searcher(config: StudyConfig, space_fn: Callable) -> OptunaSearch:
     """Ray's OptunaSearch over the define-by-run space; lists of metrics/modes for several objectives."""
     metrics = [o.metric for o in config.objectives]
     modes = [o.mode for o in config.objectives]
     single = len(metrics) == 1
-    return OptunaSearch(
+    return ResumableOptunaSearch(
         space=space_fn,
         metric=metrics[0] if single else metrics,
         mode=modes[0] if single else modes,

@@ -30,6 +30,7 @@ def smoke(tmp_path_factory: pytest.TempPathFactory, data_root: Path):
     config.results_dir = str(tmp / "results")
     config.data.root = str(data_root)
     config.mlflow.tracking_uri = f"sqlite:///{tmp / 'mlflow.db'}"
+    ray.shutdown()  # a Ray left by an earlier test in this process would be reused with its own resources
     ray.init(num_cpus=2, log_to_driver=False)
     try:
         outcome = run_study(config)
