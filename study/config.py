@@ -61,6 +61,10 @@ class TrainingConfig:
     cpus_per_trial: float = 0.2  # logical CPUs of the Tune trial process that drives the trainer
     threads_per_worker: int = 1  # torch intra-op threads per worker (cores are shared by workers)
     max_failures: int = 1  # Ray Train restarts of a failed worker group, from the last checkpoint
+    trial_max_failures: int = 0  # Tune retries of a failed trial (e.g. its process died with its node when
+    # trials_on_head is off), continuing from its last checkpoint; any error is retried alike, a divergence too
+    trials_on_head: bool = True  # trial processes (and so their Train controllers) on the head node: a worker node
+    # that leaves takes only Train workers, which Ray Train restarts elsewhere from the last checkpoint
 
 
 @dataclass

@@ -192,6 +192,20 @@ def _is_cached(obj: RemoteObject, path: Path, manifest: dict[str, dict[str, Any]
     return path.is_file() and path.stat().st_size == obj.size and entry == {"size": obj.size, "etag": obj.etag}
 
 
+def _is_cached_or_adopted(obj: RemoteObject, path: Path, manifest: dict[str, dict[str, Any]]) -> bool:
+    """Cached, or a complete file a killed stager renamed into place but never recorded (its manifest is
+    saved at the end): adopted when its MD5 is the object's ETag, so only missing or damaged files are fetched.
+
+    Multipart (or SSE-KMS) ETags are not MD5s: such a file is fetched again rather than trusted unchecked.
+    """
+    if _is_cached(obj, path, manifest):
+        return True
+    if "-" in obj.etag or not (path.is_file() and path.stat().st_size == obj.size) or _md5(path) != obj.etag:
+        return False
+    manifest[obj.id] = {"size": obj.size, "etag": obj.etag}
+    return True
+
+
 def _fetch(client: Any, obj: RemoteObject, path: Path) -> int:
     """One GET into a temporary sibling, renamed into place only when complete (no half file is ever read)."""
     from botocore.exceptions import IncompleteReadError
@@ -278,7 +292,7 @@ def _sync(
     for stale in cache_dir.rglob(".*.part"):  # left by a killed stager; we hold the node's lock
         stale.unlink(missing_ok=True)
     unique = list({o.id: o for o in objects}.values())  # healthy and lesion prefixes may overlap
-    todo = [o for o in unique if not _is_cached(o, local_path(cache_dir, o.bucket, o.key), manifest)]
+    todo = [o for o in unique if not _is_cached_or_adopted(o, local_path(cache_dir, o.bucket, o.key), manifest)]
     total = sum(o.size for o in unique)
     say(f"{len(unique)} objects, {total / 1e6:.1f} MB: {len(unique) - len(todo)} cached, {len(todo)} to download")
     meter = _Meter("downloaded", len(todo), sum(o.size for o in todo), say)

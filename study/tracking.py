@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import math
 import numbers
+import ssl
+import urllib.error
+import urllib.request
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -23,6 +26,8 @@ from study.config import StudyConfig
 from trainables.metric_names import is_reported_metric
 
 TRIAL_ID_TAG = "trial_id"
+PROBE_TIMEOUT_S = 5  # an MLflow server that does not answer in this time is refused before the study starts
+_UNREACHABLE_HINT = "start the server, or fix mlflow.tracking_uri (study YAML) or metadata.study.mlflow (cluster YAML)"
 
 
 class TrackingError(RuntimeError):
@@ -45,6 +50,7 @@ def open_parent_run(
 ) -> tuple[MlflowClient, str]:
     """Open the study's parent run (a new one, or `resume_run_id` again); fail fast if MLflow is unusable."""
     uri = tracking_uri(config)
+    check_reachable(uri)
     try:
         client = MlflowClient(tracking_uri=uri)
         if resume_run_id is not None:
@@ -59,6 +65,26 @@ def open_parent_run(
     client.log_text(run_id, search_space, "search_space.py")
     client.log_text(run_id, yaml.safe_dump(resolved_config(config), sort_keys=False), "config.yaml")
     return client, run_id
+
+
+def check_reachable(uri: str) -> None:
+    """Refuse an http(s) tracking URI whose server does not answer, in seconds.
+
+    MLflow's own client retries a refused connection for minutes (MLFLOW_HTTP_REQUEST_MAX_RETRIES), so a
+    typo or a stopped server would otherwise hold the study for that long before saying anything.
+    """
+    if not uri.startswith(("http://", "https://")):
+        return
+    try:
+        urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=PROBE_TIMEOUT_S).close()
+    except urllib.error.HTTPError:
+        return  # it answered (a proxy may hide /health or want a token): reachable, MLflow's calls decide the rest
+    except urllib.error.URLError as err:
+        if isinstance(err.reason, ssl.SSLError):
+            return  # it answered over TLS; which CAs to trust is MLflow's setting (MLFLOW_TRACKING_SERVER_CERT_PATH)
+        raise TrackingError(f"MLflow at '{uri}' is not reachable ({err.reason}): {_UNREACHABLE_HINT}") from err
+    except OSError as err:  # a timeout while reading the answer
+        raise TrackingError(f"MLflow at '{uri}' is not reachable ({err}): {_UNREACHABLE_HINT}") from err
 
 
 def resolved_config(config: StudyConfig) -> dict[str, Any]:

@@ -15,6 +15,8 @@ from study.node_data import NodeData
 from study.search import make_scheduler, make_searcher
 from study.trial import TrialSetup, run_trial
 
+HEAD_RESOURCE = "node:__internal_head__"  # a resource only Ray's head node has (1 of it)
+
 
 def trial_setup(
     config: StudyConfig, cache_dir: Path, preprocess: dict[str, Any], cluster: ClusterStudy | None = None
@@ -64,11 +66,23 @@ def can_resume(config: StudyConfig) -> bool:
     return tune.Tuner.can_restore(tune_dir(config))
 
 
+def trial_resources(config: StudyConfig) -> dict[str, float]:
+    """What one trial process asks Ray for: its CPUs and, with `trials_on_head`, a sliver of the head node.
+
+    Why the head: Ray Train V2 starts a trial's controller on the trial process's node. When that node leaves
+    while the controller is starting a worker group, the group's placement group outlives the controller
+    (Ray 2.60 scopes it to the job) and is rescheduled onto the surviving nodes, holding their CPUs until the
+    study ends: later trials then wait for ever. Controllers on the head never die with a worker node.
+    """
+    resources = {"cpu": config.training.cpus_per_trial}
+    if config.training.trials_on_head:
+        resources[HEAD_RESOURCE] = 0.001
+    return resources
+
+
 def make_tuner(config: StudyConfig, setup: TrialSetup, callbacks: list[Callback], resume: bool) -> tune.Tuner:
     """A new Tuner, or the interrupted one restored: finished trials kept, unfinished ones continued."""
-    trainable = tune.with_resources(
-        tune.with_parameters(run_trial, setup=setup), {"cpu": config.training.cpus_per_trial}
-    )
+    trainable = tune.with_resources(tune.with_parameters(run_trial, setup=setup), trial_resources(config))
     if resume:
         tuner = tune.Tuner.restore(tune_dir(config), trainable, resume_unfinished=True, resume_errored=False)
         # Tune restores the callbacks it pickled at the start; ours carry this run's state instead.
@@ -86,6 +100,8 @@ def make_tuner(config: StudyConfig, setup: TrialSetup, callbacks: list[Callback]
             name=config.name,
             storage_path=storage_root(config, "tune"),
             callbacks=callbacks,
+            # A trial whose process died (OOM killer; its node left) starts again from its Train checkpoint.
+            failure_config=tune.FailureConfig(max_failures=config.training.trial_max_failures),
             verbose=0,
         ),
     )

@@ -36,7 +36,6 @@ from trainables.checkpoint import (
 from trainables.data.dataset import SliceDataset
 from trainables.families import Family, create_family
 from trainables.families.base import unwrap
-from trainables.metrics import evaluate
 
 
 class NonFiniteLossError(RuntimeError):
@@ -84,6 +83,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         metrics: dict[str, Any] = {"epoch": epoch + 1, **losses, "time_train_s": train_s}
         metrics["train_seconds"] = progress.train_seconds
         if rank == 0:
+            from trainables.metrics import evaluate  # lazy: scikit-learn's import stays off every worker's start
+
             val = {f"val_{k}": v for k, v in evaluate(family, _plain(nets), val_loader, device).items()}
             metrics.update(val, time_eval_s=time.perf_counter() - started - train_s)
             if _improves(val[spec.objective], progress.best.score, spec.objective_mode):
@@ -184,6 +185,8 @@ def _final_record(
     final: dict[str, Any] = {"final": True, "best_epoch": best.epoch, "train_seconds": progress.train_seconds}
     final.update(best.metrics)
     if rank == 0:
+        from trainables.metrics import evaluate  # lazy, as in train_loop_per_worker
+
         chosen = _plain(nets)
         for key, weights in (progress.best_weights or {}).items():
             chosen[key].load_state_dict(weights)
