@@ -90,10 +90,11 @@ def run_study(
     from search_spaces import family_space
     from study.baseline import baseline_row
     from study.data import prepare_data
-    from study.tracking import open_parent_run
+    from study.tracking import check_reachable, open_parent_run, tracking_uri
     from study.tuning import trial_setup
 
     study_dir = config.study_dir.resolve()
+    check_reachable(tracking_uri(config))  # seconds, before any staging, cache building or state reset
     previous = _start_state(config, study_dir, resume)
     print(f"study '{config.name}': {config.num_samples} trials of {', '.join(config.families)}", flush=True)
     cache_dir, preprocess = prepare_data(config)  # bad data fails here, before any MLflow run or trial
