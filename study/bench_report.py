@@ -53,6 +53,7 @@ TARGETS = {
 }
 # Figures shown in the table without a target (context for a reader).
 INFO_KEYS = (
+    "staging_ratio_session_reused",
     "data_ratio_batched",
     "data_train_ratio",
     "rss_mb_1_trial",
@@ -63,6 +64,10 @@ INFO_KEYS = (
     "cache_pss_mb_4_trials",
     "study_wall_s",
     "study_inner_s",
+    "study_before_first_trial_s",
+    "trial_in_epochs_overhead_s",
+    "trial_tail_s",
+    "trial_gap_s",
     "search_budget_share_any_epoch",
     "best_test_pixel_auroc",
     "threshold_test_pixel_auroc",
@@ -130,6 +135,7 @@ def table_rows(figures: dict[str, Any]) -> list[tuple[str, str, str, str]]:
     """(figure, value, target, met?) for every targeted or informative figure present, targets first."""
     keys = sorted(k for k in figures if k.startswith("train_ratio_"))
     keys += [k for k in TARGETS if k in figures] + [k for k in INFO_KEYS if k in figures]
+    keys += sorted(k for k in figures if k.startswith("eval_share_"))  # val eval's share of a Ray epoch
     rows = []
     for key in keys:
         target = target_for(key)
