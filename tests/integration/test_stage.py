@@ -284,7 +284,6 @@ def test_apply_cluster_points_the_study_at_the_staged_data(seeded: ClusterStudy)
     assert StudyConfig().data.healthy is None  # the input config is left alone
 
 
-@pytest.mark.slow
 def test_each_node_of_a_ray_cluster_stages_once(seeded: ClusterStudy, tmp_path: Path) -> None:
     """Two raylets on this machine; a task pinned to each stages into that node's own cache folder."""
     import ray
