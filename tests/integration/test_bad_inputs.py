@@ -9,12 +9,11 @@ segmentation of another shape are in tests/integration/test_bad_data.py.
 from __future__ import annotations
 
 import json
-import logging
 import socket
 import time
 import urllib.request
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +23,6 @@ import numpy as np
 import optuna
 import pytest
 import yaml
-from moto.server import ThreadedMotoServer
 
 from search_spaces import define_by_run, space_names
 from study.config import load_config
@@ -256,28 +254,6 @@ def test_a_reversed_range_is_caught() -> None:
 
 
 # ---------------------------------------------------------------- bad cluster YAML and object store
-
-
-@pytest.fixture(scope="module")
-def s3_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A moto S3 server on 127.0.0.1 and dummy keys in the environment (no profile files, no instance role)."""
-    home = tmp_path_factory.mktemp("aws")
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one log line per request otherwise
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("AWS_ACCESS_KEY_ID", "testing")
-        mp.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-        for name in ("AWS_SESSION_TOKEN", "AWS_PROFILE", "AWS_DEFAULT_PROFILE"):
-            mp.delenv(name, raising=False)
-        mp.setenv("AWS_CONFIG_FILE", str(home / "config"))
-        mp.setenv("AWS_SHARED_CREDENTIALS_FILE", str(home / "credentials"))
-        mp.setenv("AWS_EC2_METADATA_DISABLED", "true")
-        server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-        server.start()
-        host, port = server.get_host_and_port()
-        try:
-            yield f"http://{host}:{port}"
-        finally:
-            server.stop()
 
 
 def _cluster_yaml(tmp_path: Path, endpoint: str, bucket: str) -> Path:

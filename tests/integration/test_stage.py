@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
 import socket
 import threading
 import time
@@ -15,7 +14,6 @@ from pathlib import Path
 
 import boto3
 import pytest
-from moto.server import ThreadedMotoServer
 
 from study import stage
 from study.cluster import ClusterStudy, apply_cluster, read_study_block
@@ -28,32 +26,6 @@ N_FILES = 2 + 3  # 2 healthy subjects (one T2 each) + 1 BraTS case (t2, flair, s
 
 
 @pytest.fixture(scope="module")
-def aws_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    """Dummy keys in the environment (where boto3 looks first); no profile files, no instance metadata."""
-    home = tmp_path_factory.mktemp("aws")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("AWS_ACCESS_KEY_ID", "testing")
-        mp.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-        for name in ("AWS_SESSION_TOKEN", "AWS_PROFILE", "AWS_DEFAULT_PROFILE"):
-            mp.delenv(name, raising=False)
-        mp.setenv("AWS_CONFIG_FILE", str(home / "config"))
-        mp.setenv("AWS_SHARED_CREDENTIALS_FILE", str(home / "credentials"))
-        mp.setenv("AWS_EC2_METADATA_DISABLED", "true")  # never ask 169.254.169.254 for a role
-        yield
-
-
-@pytest.fixture(scope="module")
-def endpoint(aws_env: None) -> Iterator[str]:
-    """An S3-compatible server on a free local port, for this module."""
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one log line per request otherwise
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
-    server.stop()
-
-
-@pytest.fixture(scope="module")
 def cohort(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny synthetic cohort: DIR/hcp (2 subjects) and DIR/brats (1 case)."""
     out = tmp_path_factory.mktemp("cohort") / "synthetic"
@@ -61,11 +33,11 @@ def cohort(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-def write_cluster_yaml(folder: Path, endpoint: str, bucket: str, lesion: str = "brats2019/") -> Path:
+def write_cluster_yaml(folder: Path, s3_endpoint: str, bucket: str, lesion: str = "brats2019/") -> Path:
     """A cluster YAML with only the metadata.study block (all staging reads)."""
     path = folder / f"cluster-{uuid.uuid4().hex[:6]}.yaml"
     block = {
-        "storage": {"endpoint_url": endpoint, "region": "us-east-1"},
+        "storage": {"endpoint_url": s3_endpoint, "region": "us-east-1"},
         "data": {"healthy": f"s3://{bucket}/hcp/", "lesion": f"s3://{bucket}/{lesion}"},
         "cache_dir": str(folder / "cache"),
         "mlflow": {"tracking_uri": "http://127.0.0.1:5999"},
@@ -75,9 +47,9 @@ def write_cluster_yaml(folder: Path, endpoint: str, bucket: str, lesion: str = "
 
 
 @pytest.fixture
-def seeded(tmp_path: Path, endpoint: str, cohort: Path) -> ClusterStudy:
+def seeded(tmp_path: Path, s3_endpoint: str, cohort: Path) -> ClusterStudy:
     """A fresh bucket seeded from the cohort with upload_cohort (the --upload path)."""
-    study = read_study_block(write_cluster_yaml(tmp_path, endpoint, f"brain-{uuid.uuid4().hex[:10]}"))
+    study = read_study_block(write_cluster_yaml(tmp_path, s3_endpoint, f"brain-{uuid.uuid4().hex[:10]}"))
     assert upload_cohort(study, cohort, create_bucket=True) == N_FILES
     return study
 
@@ -158,10 +130,10 @@ def test_transient_errors_are_retried_then_reported(monkeypatch: pytest.MonkeyPa
     assert not stage._transient(ClientError(denied, "GetObject"))
 
 
-def test_object_removed_from_bucket_is_pruned(seeded: ClusterStudy, endpoint: str, tmp_path: Path) -> None:
+def test_object_removed_from_bucket_is_pruned(seeded: ClusterStudy, s3_endpoint: str, tmp_path: Path) -> None:
     staged = stage_dataset(seeded, tmp_path / "node")
     bucket = seeded.healthy_uri.split("/")[2]
-    s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
+    s3 = boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1")
     s3.delete_object(Bucket=bucket, Key="hcp/100001/T1w/T2w_acpc_dc_restore_brain.nii.gz")
     stage_dataset(seeded, tmp_path / "node")
     assert not (staged.healthy_dir / "100001/T1w/T2w_acpc_dc_restore_brain.nii.gz").exists()
@@ -182,16 +154,16 @@ def test_concurrent_stagers_on_one_node_download_once(seeded: ClusterStudy, tmp_
     assert sorted(r.downloaded_files for r in results) == [0, N_FILES]
 
 
-def test_missing_bucket_is_named(tmp_path: Path, endpoint: str) -> None:
-    study = read_study_block(write_cluster_yaml(tmp_path, endpoint, "no-such-bucket-here"))
+def test_missing_bucket_is_named(tmp_path: Path, s3_endpoint: str) -> None:
+    study = read_study_block(write_cluster_yaml(tmp_path, s3_endpoint, "no-such-bucket-here"))
     with pytest.raises(StageError, match=r"bucket 'no-such-bucket-here'.*no such bucket") as info:
         stage_dataset(study, tmp_path / "node")
-    assert endpoint in str(info.value)
+    assert s3_endpoint in str(info.value)
 
 
-def test_empty_prefix_is_named(seeded: ClusterStudy, tmp_path: Path, endpoint: str) -> None:
+def test_empty_prefix_is_named(seeded: ClusterStudy, tmp_path: Path, s3_endpoint: str) -> None:
     bucket = seeded.healthy_uri.split("/")[2]
-    study = read_study_block(write_cluster_yaml(tmp_path, endpoint, bucket, lesion="brats2091/"))
+    study = read_study_block(write_cluster_yaml(tmp_path, s3_endpoint, bucket, lesion="brats2091/"))
     with pytest.raises(StageError, match=rf"bucket '{bucket}', prefix 'brats2091/': no objects"):
         stage_dataset(study, tmp_path / "node")
 
@@ -208,12 +180,12 @@ def test_unreachable_endpoint_fails_fast(tmp_path: Path, aws_env: None) -> None:
 
 
 @contextmanager
-def moto_checks_signatures(endpoint: str) -> Iterator[None]:
+def moto_checks_signatures(s3_endpoint: str) -> Iterator[None]:
     """Turn on the server's IAM authentication (moto's /moto-api/reset-auth), then back off."""
 
     def post(value: str) -> None:
         request = urllib.request.Request(
-            f"{endpoint}/moto-api/reset-auth", data=value.encode(), headers={"Content-Type": "text/plain"}
+            f"{s3_endpoint}/moto-api/reset-auth", data=value.encode(), headers={"Content-Type": "text/plain"}
         )
         urllib.request.urlopen(request, timeout=10).read()
 
@@ -225,33 +197,33 @@ def moto_checks_signatures(endpoint: str) -> Iterator[None]:
 
 
 def test_wrong_credentials_are_rejected(
-    seeded: ClusterStudy, tmp_path: Path, endpoint: str, monkeypatch: pytest.MonkeyPatch
+    seeded: ClusterStudy, tmp_path: Path, s3_endpoint: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    iam = boto3.client("iam", endpoint_url=endpoint, region_name="us-east-1")
+    iam = boto3.client("iam", endpoint_url=s3_endpoint, region_name="us-east-1")
     user = f"stager-{uuid.uuid4().hex[:6]}"
     iam.create_user(UserName=user)
     policy = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}]}
     iam.put_user_policy(UserName=user, PolicyName="read", PolicyDocument=json.dumps(policy))
     key = iam.create_access_key(UserName=user)["AccessKey"]
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", key["AccessKeyId"])
-    with moto_checks_signatures(endpoint):
+    with moto_checks_signatures(s3_endpoint):
         # The right key passes the first call (moto 5.2 cannot verify signatures of listings with a '/' in
         # the prefix, so a full staging cannot run under its auth): the rejections below are the server's.
         monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", key["SecretAccessKey"])
         check_buckets(seeded, [seeded.healthy_uri.split("/")[2]])
         monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-the-secret")
-        with pytest.raises(StageError, match=rf"{endpoint}, bucket 'brain-.*: credentials rejected"):
+        with pytest.raises(StageError, match=rf"{s3_endpoint}, bucket 'brain-.*: credentials rejected"):
             stage_dataset(seeded, tmp_path / "node")
         monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAUNKNOWNKEY000000")
         with pytest.raises(StageError, match="credentials rejected"):
             stage_dataset(seeded, tmp_path / "other")
 
 
-def test_unrecognised_layout_is_named(seeded: ClusterStudy, tmp_path: Path, endpoint: str) -> None:
+def test_unrecognised_layout_is_named(seeded: ClusterStudy, tmp_path: Path, s3_endpoint: str) -> None:
     bucket = seeded.healthy_uri.split("/")[2]
-    s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
+    s3 = boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1")
     s3.put_object(Bucket=bucket, Key="notes/readme.txt", Body=b"not a scan")
-    study = read_study_block(write_cluster_yaml(tmp_path, endpoint, bucket, lesion="notes/"))
+    study = read_study_block(write_cluster_yaml(tmp_path, s3_endpoint, bucket, lesion="notes/"))
     with pytest.raises(StageError, match=rf"s3://{bucket}/notes/ \(local .*\): layout not recognised"):
         stage_dataset(study, tmp_path / "node")
 
@@ -270,8 +242,8 @@ def test_cli_stages_and_reports(seeded: ClusterStudy, tmp_path: Path, capsys: py
     assert "healthy: " in out and str(tmp_path / "cli") in out
 
 
-def test_cli_error_exit_code(tmp_path: Path, endpoint: str, capsys: pytest.CaptureFixture) -> None:
-    yaml_path = write_cluster_yaml(tmp_path, endpoint, "no-such-bucket-here")
+def test_cli_error_exit_code(tmp_path: Path, s3_endpoint: str, capsys: pytest.CaptureFixture) -> None:
+    yaml_path = write_cluster_yaml(tmp_path, s3_endpoint, "no-such-bucket-here")
     assert main(["--cluster", str(yaml_path)]) == 2
     assert "no such bucket" in capsys.readouterr().err
 
