@@ -9,6 +9,7 @@ chosen weights and reports the final record. Test data never influences a choice
 from __future__ import annotations
 
 import math
+import shutil
 import tempfile
 import time
 from collections import defaultdict
@@ -91,9 +92,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 progress.best = BestRecord(epoch=epoch + 1, score=val[spec.objective], metrics=val)
                 progress.best_weights = state_dicts(nets)
         _report(metrics, spec, family, nets, opts, progress, rank)
-    if progress.final is None:  # a trial restarted after its test was scored reports that record again
-        progress.final = _final_record(spec, family, nets, progress, rank, device)
-    _report(progress.final, spec, family, nets, opts, progress, rank)
+    with tempfile.TemporaryDirectory() as figures:
+        if progress.final is None:  # a trial restarted after its test was scored reports that record again
+            progress.final = _final_record(spec, family, nets, progress, rank, device, Path(figures))
+        _report(progress.final, spec, family, nets, opts, progress, rank, Path(figures))
 
 
 def _train_epoch(
@@ -142,9 +144,9 @@ def _all_reduce_sum(values: dict[str, float], device: torch.device) -> dict[str,
 
 def _report(
     metrics: dict, spec: TrialSpec, family: Family, nets: nn.ModuleDict, opts: dict, progress: TrainingProgress,
-    rank: int,
+    rank: int, figures: Path | None = None,
 ) -> None:  # fmt: skip
-    """Report; rank 0 attaches a checkpoint (state.pt, model.pt; figures/ with the final record). Every rank reports."""
+    """Report; rank 0 attaches a checkpoint (state.pt, model.pt; the final record adds figures/). Every rank reports."""
     if rank != 0:
         ray.train.report(metrics)
         return
@@ -153,47 +155,55 @@ def _report(
         model = model_record(family, spec.image_size, spec.preprocess, weights, progress.best)
         save_checkpoint(Path(tmp), nets=nets, opts=opts, progress=progress, model=model)
         if metrics.get("final"):
-            _write_figures(spec, family, nets, weights, progress.best, Path(tmp) / "figures")
+            if figures is not None and not any(figures.iterdir()):  # a restart after the final record: draw again
+                _draw_figures(spec, family, _chosen(nets, weights), progress.best, figures)
+            if figures is not None and any(figures.iterdir()):
+                shutil.copytree(figures, Path(tmp) / "figures")
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
-
-
-def _write_figures(
-    spec: TrialSpec, family: Family, nets: nn.ModuleDict, weights: dict, best: BestRecord, out_dir: Path
-) -> None:
-    """Rank 0, final record: the chosen detector's test figures (ROC, examples, histograms) beside its model.pt.
-
-    A plotting failure is printed, not raised: the trial's metrics are already computed and reported.
-    """
-    from trainables.figures import write_figures  # matplotlib takes ~1 s to import: only the final report pays
-
-    chosen = _plain(nets)
-    for key, w in weights.items():
-        chosen[key].load_state_dict(w)
-    device, threshold = ray.train.torch.get_device(), best.metrics.get("val_best_threshold")
-    try:
-        write_figures(family, chosen, _eval_loader(spec, "test"), device, out_dir, split="test", threshold=threshold)
-    except Exception as err:  # matplotlib, fonts, disk: many types, none worth losing a trained trial for
-        print(f"figures not written: {type(err).__name__}: {err}", flush=True)
 
 
 def _final_record(
     spec: TrialSpec, family: Family, nets: nn.ModuleDict, progress: TrainingProgress, rank: int,
-    device: torch.device,
+    device: torch.device, figures: Path,
 ) -> dict[str, Any]:  # fmt: skip
-    """The trial's last report: the chosen epoch's val_*, and (rank 0) test_* scored once with its weights."""
+    """The trial's last report: the chosen epoch's val_*, and (rank 0) test_* scored once with its weights.
+
+    Rank 0 draws the test figures into `figures` from the same pass over the test split.
+    """
     best = progress.best
     final: dict[str, Any] = {"final": True, "best_epoch": best.epoch, "train_seconds": progress.train_seconds}
     final.update(best.metrics)
     if rank == 0:
-        from trainables.metrics import evaluate  # lazy, as in train_loop_per_worker
-
-        chosen = _plain(nets)
-        for key, weights in (progress.best_weights or {}).items():
-            chosen[key].load_state_dict(weights)
-        threshold = best.metrics.get("val_best_threshold")
-        test = evaluate(family, chosen, _eval_loader(spec, "test"), device, threshold=threshold)
+        test = _draw_figures(spec, family, _chosen(nets, progress.best_weights or {}), best, figures)
         final.update({f"test_{k}": v for k, v in test.items()})
     return final
+
+
+def _draw_figures(
+    spec: TrialSpec, family: Family, chosen: nn.ModuleDict, best: BestRecord, out_dir: Path
+) -> dict[str, float]:
+    """Score the test split once with the chosen detector; draw its figures (ROC, examples, histograms).
+
+    A plotting failure is printed, not raised: the metrics are computed and a trained trial is not lost to it.
+    """
+    from trainables.figures import collect, render  # matplotlib takes ~1 s to import: only the final report pays
+
+    threshold = best.metrics.get("val_best_threshold")
+    record = collect(family, chosen, _eval_loader(spec, "test"), ray.train.torch.get_device())
+    test = record.metrics.compute(threshold)
+    try:
+        render(record, test, out_dir, "test", threshold)
+    except Exception as err:  # matplotlib, fonts, disk: many types, none worth losing a trained trial for
+        print(f"figures not written: {type(err).__name__}: {err}", flush=True)
+    return test
+
+
+def _chosen(nets: nn.ModuleDict, weights: dict) -> nn.ModuleDict:
+    """The unwrapped nets holding the chosen epoch's weights."""
+    chosen = _plain(nets)
+    for key, w in weights.items():
+        chosen[key].load_state_dict(w)
+    return chosen
 
 
 def _improves(value: float, best: float, mode: str) -> bool:
