@@ -234,13 +234,16 @@ def _probe_s3(dry: DryRun, uri: str) -> None:
         raise Problem(f"ray_storage {uri} is not writable: {_explain(err, f'bucket {bucket!r}')}") from err
 
 
-def _worker_node_types(dry: DryRun) -> dict[str, dict[str, Any]]:
-    """Node types besides the head that can have nodes (from the YAML as Ray prepared it)."""
+def _worker_node_types(dry: DryRun) -> list[str]:
+    """Nodes besides the head the cluster can have: node types (cloud) or worker_ips (local provider)."""
     if dry.ray_yaml is None:
-        return {}
+        return []
+    provider = dry.ray_yaml.get("provider", {})
+    if provider.get("type") == "local":
+        return list(provider.get("worker_ips") or [])
     head = dry.ray_yaml.get("head_node_type")
     types = dry.ray_yaml.get("available_node_types", {})
-    return {name: t for name, t in types.items() if name != head and t.get("max_workers", 0) > 0}
+    return [name for name, t in types.items() if name != head and t.get("max_workers", 0) > 0]
 
 
 def _check_resources(dry: DryRun) -> None:

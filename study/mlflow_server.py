@@ -68,8 +68,11 @@ def start(study: ClusterStudy, folder: Path) -> int:
         print(f"MLflow already answers on 127.0.0.1:{port} (pid {running_pid(folder) or 'unknown'}); left alone")
         return 0
     folder.mkdir(parents=True, exist_ok=True)
+    store = backend_store(study)
+    if store.startswith("sqlite:///"):  # SQLite makes the file, not its folder
+        Path(store[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
     command = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port)]
-    command += ["--backend-store-uri", backend_store(study)]
+    command += ["--backend-store-uri", store]
     if study.mlflow_artifacts:
         command += ["--artifacts-destination", study.mlflow_artifacts]
     env = dict(os.environ)
@@ -82,7 +85,7 @@ def start(study: ClusterStudy, folder: Path) -> int:
     deadline = time.monotonic() + START_TIMEOUT_S
     while time.monotonic() < deadline:
         if answering(port):
-            print(f"MLflow on 127.0.0.1:{port} (pid {proc.pid}), runs in {backend_store(study)}")
+            print(f"MLflow on 127.0.0.1:{port} (pid {proc.pid}), runs in {store}")
             return 0
         if proc.poll() is not None:
             break
