@@ -25,7 +25,10 @@ from study.cluster import BOOTSTRAP_CONFIG, ClusterConfigError, ClusterStudy, re
 
 DEFAULT_DIR = Path("~/mlflow")
 DEFAULT_PORT = 5000
-START_TIMEOUT_S = 90  # a cold `mlflow server` imports for 10-30 s on a small head
+START_TIMEOUT_S = 180  # a cold `mlflow server` took 80 s to answer on 2 busy shared cores
+# One server process: the study driver is its only heavy writer. With several, uvicorn's supervisor restarts any
+# worker that misses its 5 s health check, and on a busy machine (seen on 2 shared cores) they never all come up.
+SERVER_WORKERS = 1
 
 
 def backend_store(study: ClusterStudy) -> str:
@@ -72,6 +75,7 @@ def start(study: ClusterStudy, folder: Path) -> int:
     if store.startswith("sqlite:///"):  # SQLite makes the file, not its folder
         Path(store[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
     command = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port)]
+    command += ["--workers", str(SERVER_WORKERS)]
     command += ["--backend-store-uri", store]
     if study.mlflow_artifacts:
         command += ["--artifacts-destination", study.mlflow_artifacts]
