@@ -115,8 +115,9 @@ def _against_yaml(
 ) -> str:
     rows = node_types(ray_yaml)
     unknown = [name for name, count, res in rows if count and not res]
+    state = f"now {fmt(now)}" if now else "no Ray running here now"
     if unknown:
-        return f"node types {', '.join(unknown)} learn their resources at launch: not checked; now {fmt(now)}"
+        return f"node types {', '.join(unknown)} learn their resources at launch: not checked; {state}"
     has_gpu = any(res.get("GPU", 0) > 0 and count for name, count, res in rows)
     if has_gpu and "GPU" not in worker:
         raise ValueError(
@@ -136,5 +137,4 @@ def _against_yaml(
             f"max_workers the cluster holds {capacity} ({offered})"
         )
     at_once = min(capacity // n, config.max_concurrent_trials)
-    state = f"now {fmt(now)}" if now else "no Ray running here now"
     return f"scaled up, {capacity} Train workers fit ({at_once} trial(s) at once); {state}"

@@ -111,7 +111,8 @@ def test_a_good_study_passes_and_prints_its_plan(
     assert f"MLflow:      {site['mlflow']} (experiment 'smoke')" in out
     assert not Path(site["mlflow"][len("sqlite:///") :]).exists()  # checked, not created
     assert re.search(r"search: +vae \(\d+ params\), aae \(\d+ params\), caae \(\d+ params\), lran \(\d+ params\)", out)
-    assert "per trial:   1 trial process {CPU: 0.2} + 2 Train workers x {CPU: 0.5}" in out
+    assert "per trial:   1 trial process {CPU: 0.2} on the head + 2 Train workers x {CPU: 0.5}" in out
+    assert "node types local.cluster.node learn their resources at launch: not checked; no Ray running here" in out
     assert "Optuna:      sqlite:///" in out and str(tmp_path / "results" / "smoke" / "optuna.db") in out
 
 

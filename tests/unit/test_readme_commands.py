@@ -87,6 +87,7 @@ def _help(module: str) -> str:
     return out.getvalue()
 
 
+@pytest.mark.filterwarnings("ignore:.*found in sys.modules:RuntimeWarning")  # runpy on an imported module
 @pytest.mark.parametrize("module", sorted({run[0] for run in MODULE_RUNS} - {"pytest"}))
 def test_each_module_takes_the_options_written(module: str) -> None:
     text = _help(module)
