@@ -55,14 +55,16 @@ def answering(port: int) -> bool:
 
 
 def running_pid(folder: Path) -> int | None:
-    """The server's pid from its pid file, if that process still exists."""
-    pid_file = folder / "server.pid"
+    """The server's pid from its pid file, if that process still runs and is an MLflow server (pids are reused)."""
+    import psutil  # a Ray dependency
+
     try:
-        pid = int(pid_file.read_text().strip())
-        os.kill(pid, 0)
-        return pid
-    except (FileNotFoundError, ValueError, ProcessLookupError):
+        pid = int((folder / "server.pid").read_text().strip())
+        proc = psutil.Process(pid)
+        alive = proc.status() != psutil.STATUS_ZOMBIE and "mlflow" in " ".join(proc.cmdline())
+    except (FileNotFoundError, ValueError, psutil.Error):
         return None
+    return pid if alive else None
 
 
 def start(study: ClusterStudy, folder: Path) -> int:
@@ -106,13 +108,16 @@ def stop(folder: Path, quiet: bool = False) -> int:
             print(f"no MLflow server recorded in {folder / 'server.pid'}")
         (folder / "server.pid").unlink(missing_ok=True)
         return 0
-    os.killpg(pid, signal.SIGTERM)  # the server and the workers it forked share its session
-    for _ in range(20):
-        if running_pid(folder) is None:
-            break
-        time.sleep(0.5)
-    else:
-        os.killpg(pid, signal.SIGKILL)
+    try:
+        os.killpg(pid, signal.SIGTERM)  # the server and the workers it forked share its session
+        for _ in range(20):
+            if running_pid(folder) is None:
+                break
+            time.sleep(0.5)
+        else:
+            os.killpg(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass  # it ended meanwhile
     (folder / "server.pid").unlink(missing_ok=True)
     if not quiet:
         print(f"stopped MLflow (pid {pid}); its store and {folder / 'server.log'} are kept")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -24,6 +25,7 @@ from pathlib import Path
 import psutil
 import pytest
 import yaml
+from ray.autoscaler._private.util import prepare_config
 
 from study.cluster import launcher_ray_running
 
@@ -49,16 +51,12 @@ def head(tmp_path: Path) -> Iterator[dict]:
     """A Ray head on free ports, its own temp dir, an autoscaling config as `ray up` writes it (local provider)."""
     temp_dir = Path(f"/tmp/rj-{uuid.uuid4().hex[:8]}")  # short: Ray's socket paths must stay under 108 chars
     bootstrap = tmp_path / "ray_bootstrap_config.yaml"
-    bootstrap.write_text(
-        yaml.safe_dump(
-            {
-                "cluster_name": "job-test",
-                "provider": {"type": "local", "head_ip": "127.0.0.1", "worker_ips": []},
-                "auth": {"ssh_user": os.environ.get("USER", "root")},
-                "max_workers": 0,
-            }
-        )
-    )
+    raw = {
+        "cluster_name": "job-test",
+        "provider": {"type": "local", "head_ip": "127.0.0.1", "worker_ips": []},
+        "auth": {"ssh_user": os.environ.get("USER", "root")},
+    }
+    bootstrap.write_text(yaml.safe_dump(prepare_config(raw)))  # as `ray up` writes it: defaults filled in
     assert not launcher_ray_running(bootstrap)
     port, dashboard = free_port(), free_port()
     env = {**os.environ, "RAY_AUTH_MODE": "token"}
@@ -89,6 +87,7 @@ def head(tmp_path: Path) -> Iterator[dict]:
         _, alive = psutil.wait_procs(procs, timeout=20)
         for proc in alive:
             proc.kill()
+        shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 @pytest.mark.slow  # about 2 minutes on 2 cores: a head, a dashboard, a job and a 2-trial study
