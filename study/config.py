@@ -65,6 +65,8 @@ class TrainingConfig:
     # trials_on_head is off), continuing from its last checkpoint; any error is retried alike, a divergence too
     trials_on_head: bool = True  # trial processes (and so their Train controllers) on the head node: a worker node
     # that leaves takes only Train workers, which Ray Train restarts elsewhere from the last checkpoint
+    worker_start_timeout_s: float = 300.0  # how long a trial waits for its Ray Train worker group to start before
+    # failing it (Ray's own default, 60 s, is too short on a busy 2-core machine: see README "Failure and recovery")
 
 
 @dataclass
@@ -180,6 +182,8 @@ def _check_positive(config: StudyConfig, fail: Any) -> None:
             fail(key, f"expected an integer >= 1, got {value}")
     if config.training.cpus_per_worker <= 0:
         fail("training.cpus_per_worker", f"expected > 0, got {config.training.cpus_per_worker}")
+    if config.training.worker_start_timeout_s <= 0:
+        fail("training.worker_start_timeout_s", f"expected > 0, got {config.training.worker_start_timeout_s}")
 
 
 def _build(cls: type, raw: dict, file: str, prefix: str) -> Any:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -9,6 +10,7 @@ from typing import Any
 from ray import tune
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchConfig, TorchTrainer
+from ray.train.v2._internal.constants import WORKER_GROUP_START_TIMEOUT_S_ENV_VAR
 from ray.tune.integration.ray_train import TuneReportCallback
 
 from trainables.families import family_hparams
@@ -38,6 +40,7 @@ class TrialSetup:
     threads: int  # torch threads per worker
     max_failures: int  # worker-group restarts from the last checkpoint
     node_data: Callable[[], str] | None = None  # gives each worker its node's slice cache (study.node_data)
+    worker_start_timeout_s: float = 300.0  # seconds the Train controller waits for the worker group to start
 
 
 def split_params(config: dict[str, Any]) -> tuple[str, dict[str, Any], dict[str, Any]]:
@@ -71,6 +74,9 @@ def run_trial(config: dict[str, Any], setup: TrialSetup) -> None:
             "node_data": setup.node_data,
         }
     )
+    # Ray Train reads this timeout only from the environment; the trial process (this one) passes it on to the
+    # Train controller it starts, which is the process that waits for the workers.
+    os.environ[WORKER_GROUP_START_TIMEOUT_S_ENV_VAR] = str(setup.worker_start_timeout_s)
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config=spec,

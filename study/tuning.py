@@ -16,6 +16,8 @@ from study.search import make_scheduler, make_searcher
 from study.trial import TrialSetup, run_trial
 
 HEAD_RESOURCE = "node:__internal_head__"  # a resource only Ray's head node has (1 of it)
+# Secrets Ray Tune would copy from the driver's environment into every trial actor's runtime_env.
+AWS_SECRET_VARS = frozenset({"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SECURITY_TOKEN", "AWS_SESSION_TOKEN"})
 
 
 def trial_setup(
@@ -47,6 +49,7 @@ def trial_setup(
         threads=training.threads_per_worker,
         max_failures=training.max_failures,
         node_data=node_data,
+        worker_start_timeout_s=training.worker_start_timeout_s,
     )
 
 
@@ -80,8 +83,22 @@ def trial_resources(config: StudyConfig) -> dict[str, float]:
     return resources
 
 
+def keep_credentials_out_of_ray() -> None:
+    """Stop Ray Tune forwarding the driver's AWS keys through each trial's runtime_env.
+
+    Ray 2.60's Tune copies AWS_* keys into the runtime_env of every trial actor, and Ray's runtime_env agent
+    writes that runtime_env, keys in clear, into /tmp/ray/session_*/logs on every node. Trials need no such copy:
+    they read the standard AWS credential chain of their node (a local Ray's processes inherit the driver's
+    environment; cluster nodes use their instance role, profile or credentials file).
+    """
+    from ray.tune.execution import class_cache
+
+    class_cache.ENV_VARS_TO_PROPAGATE = frozenset(class_cache.ENV_VARS_TO_PROPAGATE) - AWS_SECRET_VARS
+
+
 def make_tuner(config: StudyConfig, setup: TrialSetup, callbacks: list[Callback], resume: bool) -> tune.Tuner:
     """A new Tuner, or the interrupted one restored: finished trials kept, unfinished ones continued."""
+    keep_credentials_out_of_ray()
     trainable = tune.with_resources(tune.with_parameters(run_trial, setup=setup), trial_resources(config))
     if resume:
         tuner = tune.Tuner.restore(tune_dir(config), trainable, resume_unfinished=True, resume_errored=False)

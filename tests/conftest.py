@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
+import time
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -78,3 +81,57 @@ def s3_endpoint(aws_env: None) -> Iterator[str]:
         yield f"http://{host}:{port}"
     finally:
         server.stop()
+
+
+MARKER_VAR = "LESION_STUDY_TEST_MARKER"  # in the environment of every process a test's Ray starts (inherited)
+
+
+class RayProcesses:
+    """The processes of the Ray (or study driver) one test starts, told apart from anyone else's on this machine
+    by a marker in their environment, which they inherit from the test process."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def find(self) -> dict[int, tuple[bytes, int]]:
+        """{pid: (command line, parent pid)} of the processes whose environment carries the marker."""
+        found = {}
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                command = (entry / "cmdline").read_bytes()
+                environ = (entry / "environ").read_bytes().split(b"\0")
+                parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue  # gone meanwhile, or not ours to read
+            if f"{MARKER_VAR}={self.marker}".encode() in environ and int(entry.name) != os.getpid():
+                found[int(entry.name)] = (command, parent)
+        return found
+
+    def train_workers(self) -> dict[int, int]:
+        """{pid: parent pid} of the Ray Train worker processes."""
+        return {pid: parent for pid, (command, parent) in self.find().items() if b"RayTrainWorker" in command}
+
+    def kill_leftovers(self, grace_s: float = 2.0) -> list[bytes]:
+        """SIGKILL every marked process still alive after `grace_s` (never anyone else's); their command lines."""
+        time.sleep(grace_s)
+        killed = []
+        for pid, (command, _) in self.find().items():
+            try:
+                os.kill(pid, signal.SIGKILL)
+                killed.append(command)
+            except ProcessLookupError:
+                pass
+        return killed
+
+
+@pytest.fixture
+def ray_processes(monkeypatch: pytest.MonkeyPatch) -> Iterator[RayProcesses]:
+    """Marks every process started from here on (Ray's, a study driver's); kills those left over after the test."""
+    processes = RayProcesses(uuid.uuid4().hex)
+    monkeypatch.setenv(MARKER_VAR, processes.marker)
+    try:
+        yield processes
+    finally:
+        processes.kill_leftovers()

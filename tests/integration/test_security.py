@@ -92,7 +92,7 @@ def test_no_secret_leaves_the_environment_and_ray_stays_locked(
 ) -> None:
     values = _secrets()
     config_path = write_config(num_samples=1, training={"epochs": 1})
-    env = {**os.environ, **values, "RAY_AUTH_MODE": "token", "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "600"}
+    env = {**os.environ, **values, "RAY_AUTH_MODE": "token"}
     env["MLFLOW_TRACKING_USERNAME"] = "study-user"
     script = [sys.executable, "-c", PROBE, str(config_path)]
     run = subprocess.run(script, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1200)
