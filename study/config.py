@@ -65,8 +65,9 @@ class TrainingConfig:
     # trials_on_head is off), continuing from its last checkpoint; any error is retried alike, a divergence too
     trials_on_head: bool = True  # trial processes (and so their Train controllers) on the head node: a worker node
     # that leaves takes only Train workers, which Ray Train restarts elsewhere from the last checkpoint
-    worker_start_timeout_s: float = 300.0  # how long a trial waits for its Ray Train worker group to start before
-    # failing it (Ray's own default, 60 s, is too short on a busy 2-core machine: see README "Failure and recovery")
+    worker_start_timeout_s: float = 300.0  # seconds a trial's Train controller waits for its workers' CPUs (GPUs)
+    # before giving the reservation up and asking again (Ray 2.60 retries without limit); Ray's own 60 s churns
+    # on a busy 2-core machine where a trial may wait for another's workers to finish (README "Failure and recovery")
 
 
 @dataclass
