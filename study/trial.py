@@ -7,10 +7,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import ray
 from ray import tune
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchConfig, TorchTrainer
-from ray.train.v2._internal.constants import WORKER_GROUP_START_TIMEOUT_S_ENV_VAR
+from ray.train.v2._internal import constants as train_env
 from ray.tune.integration.ray_train import TuneReportCallback
 
 from trainables.families import family_hparams
@@ -74,9 +75,7 @@ def run_trial(config: dict[str, Any], setup: TrialSetup) -> None:
             "node_data": setup.node_data,
         }
     )
-    # Ray Train reads this timeout only from the environment; the trial process (this one) passes it on to the
-    # Train controller it starts, which is the process that waits for the workers.
-    os.environ[WORKER_GROUP_START_TIMEOUT_S_ENV_VAR] = str(setup.worker_start_timeout_s)
+    _controller_environment(setup)
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config=spec,
@@ -99,3 +98,14 @@ def _scaling(setup: TrialSetup) -> ScalingConfig:
     if setup.gpus_per_worker > 0:
         resources["GPU"] = setup.gpus_per_worker
     return ScalingConfig(num_workers=setup.workers, use_gpu=setup.gpus_per_worker > 0, resources_per_worker=resources)
+
+
+def _controller_environment(setup: TrialSetup) -> None:
+    """Settings Ray Train reads only from the environment, set in this trial process, which passes them on to
+    the Train controller it starts (and so to the controller's workers and helpers)."""
+    os.environ[train_env.WORKER_GROUP_START_TIMEOUT_S_ENV_VAR] = str(setup.worker_start_timeout_s)
+    # The controller's placement-group cleaner releases the workers' CPUs when the controller is killed (a trial
+    # stopped by ASHA). It finds its cluster from RAY_ADDRESS; without it, on a machine running several Ray
+    # instances it cannot tell which is its own, gives up, and the stopped trial's CPUs stay reserved.
+    os.environ["RAY_ADDRESS"] = ray.get_runtime_context().gcs_address
+    train_env.ENV_VARS_TO_PROPAGATE.add("RAY_ADDRESS")

@@ -124,12 +124,17 @@ class RayProcesses:
         """SIGKILL every marked process still alive after `grace_s` (never anyone else's); their command lines."""
         time.sleep(grace_s)
         killed = []
-        for pid, (command, _) in self.find().items():
-            try:
-                os.kill(pid, signal.SIGKILL)
-                killed.append(command)
-            except ProcessLookupError:
-                pass
+        for _ in range(5):  # a process may start another while the first round kills
+            found = self.find()
+            for pid, (command, _) in found.items():
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                    killed.append(command)
+                except ProcessLookupError:
+                    pass
+            if not found:
+                break
+            time.sleep(0.5)
         return killed
 
 
