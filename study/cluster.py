@@ -1,8 +1,9 @@
 """What a study needs from its Ray cluster, read from the cluster YAML's free-form ``metadata.study`` block.
 
 The block (see cluster/gpu.yaml) names the object store, the two dataset prefixes, the per-node cache
-folder and the MLflow tracking URI. Credentials never live there: boto3 finds them in the environment
-or the instance's role. ``s3_client`` opens the store the block names.
+folder, the MLflow tracking URI and Ray's storage (``ray_storage``, see study.storage). Credentials never
+live there: boto3 finds them in the environment or the instance's role. ``s3_client`` opens the store the
+block names.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ class ClusterStudy:
     cache_dir: Path  # per-node folder the data is staged into, shared by every trial on that node
     mlflow_tracking_uri: str | None  # tracking URI the driver logs to; None keeps the study config's
     source: Path  # the YAML this came from, for messages
+    ray_storage: str | None = None  # s3://bucket/prefix for Ray's Tune/Train state; None keeps the study config's
 
     @property
     def label(self) -> str:
@@ -102,6 +104,7 @@ def read_study_block(path: str | Path) -> ClusterStudy:
         cache_dir=Path(reader.text("cache_dir")).expanduser(),
         mlflow_tracking_uri=reader.text("mlflow.tracking_uri", required=False),
         source=path,
+        ray_storage=reader.s3_uri("ray_storage", required=False),
     )
 
 
@@ -127,8 +130,10 @@ class _Reader:
             self.fail(key, f"expected a non-empty string, got {value!r}")
         return value.strip()
 
-    def s3_uri(self, key: str) -> str:
-        uri = self.text(key)
+    def s3_uri(self, key: str, required: bool = True) -> str | None:
+        uri = self.text(key, required)
+        if uri is None:
+            return None
         try:
             parse_s3_uri(uri)
         except ValueError as err:
@@ -145,8 +150,8 @@ def default_cluster_yaml() -> Path | None:
 def apply_cluster(config: StudyConfig, cluster_yaml: str | Path, progress: Any = print) -> StudyConfig:
     """Stage the cluster's datasets on this node and return ``config`` reading them (and its MLflow URI).
 
-    ``data.healthy``/``data.lesion`` become the staged folders and ``mlflow.tracking_uri`` the block's
-    URI (when given); everything else is kept. Raises ClusterConfigError or stage.StageError.
+    ``data.healthy``/``data.lesion`` become the staged folders, ``mlflow.tracking_uri`` and ``ray_storage``
+    the block's (when given); everything else is kept. Raises ClusterConfigError or stage.StageError.
     """
     from study.stage import stage_dataset  # boto3 is imported only when a cluster is used
 
@@ -156,4 +161,5 @@ def apply_cluster(config: StudyConfig, cluster_yaml: str | Path, progress: Any =
     mlflow = config.mlflow
     if study.mlflow_tracking_uri is not None:
         mlflow = dataclasses.replace(mlflow, tracking_uri=study.mlflow_tracking_uri)
-    return dataclasses.replace(config, data=data, mlflow=mlflow)
+    ray_storage = study.ray_storage or config.ray_storage
+    return dataclasses.replace(config, data=data, mlflow=mlflow, ray_storage=ray_storage)
