@@ -121,8 +121,8 @@ def _version_of(client: MlflowClient, name: str, run_id: str) -> str:
     except MlflowException:
         client.create_registered_model(name, description="Winners of the study, chosen on val")
     for version in client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'"):
-        return version.version
-    return client.create_model_version(name, f"runs:/{run_id}/{MODEL_PATH}", run_id=run_id).version
+        return str(version.version)
+    return str(client.create_model_version(name, f"runs:/{run_id}/{MODEL_PATH}", run_id=run_id).version)
 
 
 def model_uri(model: str) -> str | None:

@@ -33,7 +33,7 @@ class DetectorModel(mlflow.pyfunc.PythonModel):
     def load_context(self, context: Any) -> None:
         self.family, self.nets, self.record = load_model(context.artifacts[MODEL_ARTIFACT])
 
-    def predict(self, context: Any, model_input: Any, params: dict[str, Any] | None = None) -> np.ndarray:
+    def predict(self, context, model_input, params=None):  # no type hints: MLflow would read them as a schema
         from trainables.inference import score_slices  # nibabel and matplotlib only once a prediction is asked
 
         x = np.asarray(model_input, dtype=np.float32)
@@ -58,6 +58,7 @@ def save_detector_model(model_pt: Path, dest: Path) -> dict[str, Any]:
         python_model=str(CODE),
         artifacts={MODEL_ARTIFACT: str(model_pt)},
         signature=signature(record["image_size"]),
+        input_example=np.zeros((1, 1, record["image_size"], record["image_size"]), np.float32),  # checked on save
         pip_requirements=[f"{name}=={version(name)}" for name in REQUIREMENTS],  # pinned: no inference run
         metadata={**about, "needs": "the lesion-study package (trainables) importable"},
     )
