@@ -79,15 +79,20 @@ def s3_filesystem(endpoint_url: str | None, region: str | None) -> Any:
     """A pyarrow S3FileSystem on ``endpoint_url`` (None: AWS S3), path-style, with no credentials in it."""
     from pyarrow import fs  # here: only S3 storage pays for it
 
+    # Delayed open: a file smaller than one part (checkpoints usually are) goes up in a single PutObject, not a
+    # multipart upload: fewer round trips, and moto's server answers Arrow's CompleteMultipartUpload with an
+    # empty body that Arrow reads as an error (so larger files cannot be tested against moto).
     if endpoint_url is None:
-        return fs.S3FileSystem(region=region) if region else fs.S3FileSystem()
+        return fs.S3FileSystem(region=region, allow_delayed_open=True)
     parts = urlsplit(endpoint_url)
     if parts.scheme not in ("http", "https") or not parts.netloc:
         raise ConfigError(f"S3 endpoint {endpoint_url!r}: expected an http:// or https:// URL")
-    # MinIO/Ceph/moto serve buckets as paths; SigV4 still needs some region
-    region = region or "us-east-1"
     return fs.S3FileSystem(
-        endpoint_override=parts.netloc, scheme=parts.scheme, region=region, force_virtual_addressing=False
+        endpoint_override=parts.netloc,
+        scheme=parts.scheme,
+        region=region or "us-east-1",  # MinIO/Ceph/moto ignore it, but SigV4 signs with some region
+        force_virtual_addressing=False,  # buckets as paths, as MinIO/Ceph serve them
+        allow_delayed_open=True,
     )
 
 
