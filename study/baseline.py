@@ -9,6 +9,7 @@ from mlflow.entities import Metric, RunStatus
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 
+from study.models import log_baseline_model
 from study.results import append_row, load_rows, trial_row
 from study.tracking import TRIAL_ID_TAG
 from trainables.baseline import evaluate_untrained
@@ -30,6 +31,7 @@ def baseline_row(study_dir: Path, cache_dir: Path, client: MlflowClient, parent_
     run = client.create_run(experiment_id, tags=tags)
     finite = {k: v for k, v in metrics.items() if v == v}  # NaN where a split lacks a class
     client.log_batch(run.info.run_id, metrics=[Metric(k, float(v), 0, 0) for k, v in finite.items()])
+    log_baseline_model(client, run.info.run_id, BASELINE_FAMILY, cache_dir, metrics)  # runs:/<id>/model
     client.set_terminated(run.info.run_id, RunStatus.to_string(RunStatus.FINISHED))
     row["mlflow_run_id"] = run.info.run_id
     append_row(study_dir, row)

@@ -77,6 +77,7 @@ class TrainingConfig:
 class MlflowConfig:
     tracking_uri: str = "sqlite:///results/mlflow.db"  # any MLflow URI; relative sqlite paths are from the cwd
     experiment: str | None = None  # experiment name; defaults to the study name
+    registered_model: str | None = None  # Model Registry name of the winners; defaults to "<study>-detector"
 
 
 @dataclass
@@ -179,6 +180,18 @@ def validate(config: StudyConfig) -> None:
             fail("data.synthetic.mix", str(err))
     if config.data.image_size not in (32, 64, 128):
         fail("data.image_size", f"expected 32, 64 or 128, got {config.data.image_size}")
+    _check_locations(config, fail)
+
+
+def _check_locations(config: StudyConfig, fail: Any) -> None:
+    """Ray storage a URI Ray can open; a registered model name that fits in models:/NAME@ALIAS."""
+    if config.ray_storage is not None and config.ray_storage.startswith("s3://"):
+        bucket = config.ray_storage[len("s3://") :].partition("/")[0]
+        if not bucket:
+            fail("ray_storage", f"expected s3://bucket/prefix, got {config.ray_storage!r}")
+    name = config.mlflow.registered_model
+    if name is not None and (not name.strip() or any(c in name for c in "/:@")):
+        fail("mlflow.registered_model", f"expected a name without '/', ':' or '@', got {name!r}")
 
 
 def _check_positive(config: StudyConfig, fail: Any) -> None:

@@ -126,8 +126,11 @@ class MlflowTrialLogger(Callback):
     a resumed study has one child run per trial, never two.
     """
 
-    def __init__(self, uri: str, parent_run_id: str, epochs: int, run_ids: dict[str, str]) -> None:
+    def __init__(
+        self, uri: str, parent_run_id: str, epochs: int, run_ids: dict[str, str], storage: Any = None
+    ) -> None:
         self.uri = uri
+        self.storage = storage  # study.storage.RayStorage the trials' checkpoints are on (None: local folders)
         self.parent_run_id = parent_run_id
         self.final_step = epochs + 1
         self.run_ids = run_ids  # trial_id -> MLflow run id, shared with the trial recorder
@@ -182,15 +185,10 @@ class MlflowTrialLogger(Callback):
             self._log_checkpoint(run_id, result.get("checkpoint_path"))
 
     def _log_checkpoint(self, run_id: str, path: str | None) -> None:
-        """Attach the chosen detector (model.pt) and the trial's figures to its run."""
-        folder = Path(path) if path else None
-        if folder is None or not folder.is_dir():
-            return  # remote checkpoint storage: the model stays there, referenced by the trial's tag
-        self.client.set_tag(run_id, "checkpoint_path", str(folder))
-        if (folder / "model.pt").is_file():
-            self.client.log_artifact(run_id, str(folder / "model.pt"), "model")
-        if (folder / "figures").is_dir():
-            self.client.log_artifacts(run_id, str(folder / "figures"), "figures")
+        """Attach the chosen detector (an MLflow model at runs:/<id>/model) and the trial's figures to its run."""
+        from study.models import log_trial_model  # local or S3 checkpoint, fetched with Ray's Checkpoint API
+
+        log_trial_model(self.client, run_id, path, self.storage)
 
     def on_trial_complete(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
         status = "completed" if (trial.last_result or {}).get("final") else "stopped_early"

@@ -14,6 +14,7 @@ from ray.train.torch import TorchConfig, TorchTrainer
 from ray.train.v2._internal import constants as train_env
 from ray.tune.integration.ray_train import TuneReportCallback
 
+from study.storage import RayStorage
 from trainables.families import family_hparams
 from trainables.train_loop import spec_from, train_loop_per_worker
 
@@ -27,7 +28,7 @@ class TrialSetup:
     """What every trial of a study shares; sent once to the trial processes by tune.with_parameters."""
 
     study: str  # study name, used to name each Train run
-    storage_path: str  # absolute folder for Ray Train's checkpoints
+    storage: RayStorage  # where Ray Train keeps each trial's run and checkpoints (below its "train" part)
     cache_dir: str  # slice cache entry prepared by the driver
     image_size: int  # slice side in the cache
     preprocess: dict[str, Any]  # preprocessing settings, recorded in each model.pt
@@ -84,7 +85,8 @@ def run_trial(config: dict[str, Any], setup: TrialSetup) -> None:
         run_config=RunConfig(
             # The run name is stable per trial: a restarted trial finds its own checkpoints.
             name=f"{setup.study}-{tune.get_context().get_trial_id()}",
-            storage_path=setup.storage_path,
+            storage_path=setup.storage.path("train"),
+            storage_filesystem=setup.storage.filesystem,  # S3 on a custom endpoint; None: Ray infers from the path
             checkpoint_config=CheckpointConfig(num_to_keep=1),  # model.pt inside carries the best weights
             failure_config=FailureConfig(max_failures=setup.max_failures),
             callbacks=[TuneReportCallback()],

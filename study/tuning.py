@@ -13,6 +13,7 @@ from study.cluster import ClusterStudy
 from study.config import StudyConfig
 from study.node_data import NodeData
 from study.search import make_scheduler, make_searcher
+from study.storage import RayStorage, ray_storage
 from study.trial import TrialSetup, run_trial
 
 HEAD_RESOURCE = "node:__internal_head__"  # a resource only Ray's head node has (1 of it)
@@ -21,7 +22,11 @@ AWS_SECRET_VARS = frozenset({"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_
 
 
 def trial_setup(
-    config: StudyConfig, cache_dir: Path, preprocess: dict[str, Any], cluster: ClusterStudy | None = None
+    config: StudyConfig,
+    cache_dir: Path,
+    preprocess: dict[str, Any],
+    cluster: ClusterStudy | None = None,
+    storage: RayStorage | None = None,
 ) -> TrialSetup:
     """What every trial of the study shares."""
     objective = config.objectives[0]
@@ -35,7 +40,7 @@ def trial_setup(
     )
     return TrialSetup(
         study=config.name,
-        storage_path=storage_root(config, "train"),
+        storage=storage or ray_storage(config, cluster),
         cache_dir=str(cache_dir),
         image_size=config.data.image_size,
         preprocess=preprocess,
@@ -53,20 +58,13 @@ def trial_setup(
     )
 
 
-def storage_root(config: StudyConfig, part: str) -> str:
-    """Where Ray keeps the study's Tune or Train state: `ray_storage` (shared, for clusters) or results/<study>/."""
-    if config.ray_storage:
-        return f"{config.ray_storage.rstrip('/')}/{config.name}/{part}"
-    return str((config.study_dir / part).resolve())
+def tune_dir(storage: RayStorage, config: StudyConfig) -> str:
+    """Tune's experiment folder of the study (what --resume restores), a path of ``storage.filesystem``."""
+    return storage.path("tune", config.name)
 
 
-def tune_dir(config: StudyConfig) -> str:
-    """Tune's experiment folder of the study (what --resume restores)."""
-    return f"{storage_root(config, 'tune')}/{config.name}"
-
-
-def can_resume(config: StudyConfig) -> bool:
-    return tune.Tuner.can_restore(tune_dir(config))
+def can_resume(config: StudyConfig, storage: RayStorage) -> bool:
+    return tune.Tuner.can_restore(tune_dir(storage, config), storage_filesystem=storage.filesystem)
 
 
 def trial_resources(config: StudyConfig) -> dict[str, float]:
@@ -100,8 +98,15 @@ def make_tuner(config: StudyConfig, setup: TrialSetup, callbacks: list[Callback]
     """A new Tuner, or the interrupted one restored: finished trials kept, unfinished ones continued."""
     keep_credentials_out_of_ray()
     trainable = tune.with_resources(tune.with_parameters(run_trial, setup=setup), trial_resources(config))
+    storage = setup.storage
     if resume:
-        tuner = tune.Tuner.restore(tune_dir(config), trainable, resume_unfinished=True, resume_errored=False)
+        tuner = tune.Tuner.restore(
+            tune_dir(storage, config),
+            trainable,
+            resume_unfinished=True,
+            resume_errored=False,
+            storage_filesystem=storage.filesystem,
+        )
         # Tune restores the callbacks it pickled at the start; ours carry this run's state instead.
         tuner._local_tuner.get_run_config().callbacks = callbacks
         return tuner
@@ -115,7 +120,8 @@ def make_tuner(config: StudyConfig, setup: TrialSetup, callbacks: list[Callback]
         ),
         run_config=tune.RunConfig(
             name=config.name,
-            storage_path=storage_root(config, "tune"),
+            storage_path=storage.path("tune"),
+            storage_filesystem=storage.filesystem,
             callbacks=callbacks,
             # A trial whose process died (OOM killer; its node left) starts again from its Train checkpoint.
             failure_config=tune.FailureConfig(max_failures=config.training.trial_max_failures),
