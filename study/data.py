@@ -18,10 +18,16 @@ def data_folders(config: StudyConfig) -> tuple[Path, Path]:
     if data.healthy is not None and data.lesion is not None:
         return Path(data.healthy), Path(data.lesion)
     synthetic = data.synthetic
-    folder = Path(data.root) / f"synthetic-h{synthetic.healthy}-l{synthetic.lesion}-s{synthetic.seed}"
+    folder = synthetic_folder(config)
     print(f"synthetic cohort: {folder} ({synthetic.healthy} healthy, {synthetic.lesion} lesion subjects)", flush=True)
     cohort = ensure_cohort(folder, synthetic.healthy, synthetic.lesion, synthetic.seed)
     return cohort.healthy_dir, cohort.lesion_dir
+
+
+def synthetic_folder(config: StudyConfig) -> Path:
+    """The embedded synthetic cohort's folder for these settings (under data.root)."""
+    synthetic = config.data.synthetic
+    return Path(config.data.root) / f"synthetic-h{synthetic.healthy}-l{synthetic.lesion}-s{synthetic.seed}"
 
 
 def prepare_data(config: StudyConfig) -> tuple[Path, dict[str, Any]]:
