@@ -152,9 +152,9 @@ def test_mlflow_shows_a_training_experiment_with_data_and_a_summary(smoke, tmp_p
     assert len(digests) == 3  # one digest per split, the same on every run
     best = json.loads((outcome.study_dir / "best.json").read_text())
     for metric, entry in best.items():
-        assert parent.data.metrics[f"best.{metric}"] == entry["overall"][metric]
+        assert parent.data.metrics[f"best/{metric}"] == entry["overall"][metric]
     (baseline,) = [r for r in outcome.rows if r["status"] == "baseline"]
-    assert parent.data.metrics["threshold.val_pixel_auroc"] == baseline["val_pixel_auroc"]
+    assert parent.data.metrics["threshold/val_pixel_auroc"] == baseline["val_pixel_auroc"]
     summary = Path(client.download_artifacts(outcome.parent_run_id, "summary.md", str(tmp_path))).read_text()
     assert parent.data.tags["mlflow.note.content"] == summary  # shown as the run's description
     winner = best["val_pixel_auroc"]["overall"]
