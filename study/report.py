@@ -131,7 +131,7 @@ def study_summary(config: StudyConfig, rows: list[dict], uri: str) -> str:
     if winner is None:
         lines += ["No trial completed, so there is no winner.", ""]
     else:
-        lines += _winner(winner, config.objectives[0].metric, uri)
+        lines += _winner(winner, config.objectives[0].metric, uri) + _against_baseline(winner, rows, config)
     columns = ["trial_id", "name", *config.objective_names, *TEST_SHOWN]
     best = [{"objective": o.metric, **r} for o in config.objectives if (r := best_trial(rows, o)) is not None]
     lines += ["## Best per objective (chosen on val)", "", *_table(best, ["objective", *columns]), ""]
@@ -156,6 +156,19 @@ def _winner(row: dict, metric: str, uri: str) -> list[str]:
         "```",
         "",
     ]
+
+
+def _against_baseline(winner: dict, rows: list[dict], config: StudyConfig) -> list[str]:
+    """A warning line where the untrained baseline beats the winner on the first objective (learning bought nothing)."""
+    objective = config.objectives[0]
+    sign = 1 if objective.mode == "max" else -1
+    baselines = [r for r in rows if r["status"] == "baseline" and finite(r.get(objective.metric))]
+    better = [r for r in baselines if sign * (r[objective.metric] - winner[objective.metric]) > 0]
+    return [
+        f"Note: the untrained `{r['family']}` baseline scores better on `{objective.metric}`"
+        f" ({format_cell(r[objective.metric])}) than the winner."
+        for r in better
+    ] + ([""] if better else [])
 
 
 def row_label(row: dict) -> str:
