@@ -72,27 +72,35 @@ class Browser:
         result = self.send("Runtime.evaluate", expression=script, awaitPromise=True, returnByValue=True)
         return result.get("result", {}).get("value")
 
-    def open(self, url: str, settle_s: float) -> None:
+    def open(self, url: str, ready: str, settle_s: float = 3) -> None:
+        """Load `url` and wait until the JavaScript condition `ready` holds (the UI fetches its data after load)."""
         self.send("Page.navigate", url=url)
+        deadline = time.monotonic() + 180
+        while not self.run(f"Boolean({ready})"):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{url}: not ready after 180 s ({ready})")
+            time.sleep(1)
         time.sleep(settle_s)
 
-    def shot(self, path: Path, colours: int = 64) -> None:
+    def shot(self, path: Path, colours: int = 96) -> None:
         """Save the page as a PNG with a small palette (screen text and flat UI colours survive it well)."""
         data = base64.b64decode(self.send("Page.captureScreenshot", format="png")["data"])
         image = Image.open(io.BytesIO(data)).convert("RGB")
-        image.quantize(colors=colours, method=Image.Quantize.MEDIANCUT).save(path, optimize=True)
+        small = image.quantize(colors=colours, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE)
+        small.save(path, optimize=True)
         print(f"wrote {path} ({path.stat().st_size // 1024} KiB)")
 
     def click_text(self, text: str, within: str = "body") -> None:
-        """Click the innermost element under `within` whose text is exactly `text`."""
-        found = self.run(
-            f"""(() => {{
-              const all = Array.from(document.querySelectorAll({json.dumps(within)} + ' *'));
-              const hit = all.filter(e => e.innerText && e.innerText.trim() === {json.dumps(text)}).pop();
-              if (hit) {{ hit.click(); return true; }} return false; }})()"""
-        )
-        if not found:
-            raise RuntimeError(f"no element with text {text!r} under {within}")
+        """Click the innermost element under `within` whose text is exactly `text` (waiting up to 60 s for it)."""
+        script = f"""(() => {{
+          const all = Array.from(document.querySelectorAll({json.dumps(within)} + ' *'));
+          const hit = all.filter(e => e.innerText && e.innerText.trim() === {json.dumps(text)}).pop();
+          if (hit) {{ hit.click(); return true; }} return false; }})()"""
+        deadline = time.monotonic() + 60
+        while not self.run(script):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"no element with text {text!r} under {within}")
+            time.sleep(1)
         time.sleep(1.5)
 
     def drag(self, x: float, y: float, dx: float) -> None:
@@ -114,9 +122,10 @@ class Browser:
 
 def runs_view(browser: Browser, ui: str, experiment_id: str, path: Path) -> None:
     """The experiment's runs: the study's parent expanded, the objectives and a test metric as columns."""
-    browser.open(f"{ui}/#/experiments/{experiment_id}/runs?{TRAINING_VIEW}", settle_s=12)
+    expand = f"document.querySelector({json.dumps(EXPAND_RUN)})"
+    browser.open(f"{ui}/#/experiments/{experiment_id}/runs?{TRAINING_VIEW}", expand)
     browser.run("document.querySelectorAll('button[aria-label=Close]').forEach(b => b.click())")  # the assistant
-    browser.run(f"document.querySelector({json.dumps(EXPAND_RUN)}).click()")
+    browser.run(f"{expand}.click()")
     time.sleep(2)
     browser.click_text("Columns")
     for column in RUN_COLUMNS:
@@ -133,7 +142,8 @@ def runs_view(browser: Browser, ui: str, experiment_id: str, path: Path) -> None
 
 def run_artifact(browser: Browser, ui: str, experiment_id: str, run_id: str, artifact: str, path: Path) -> None:
     """One artifact of a run as MLflow's artifact viewer shows it."""
-    browser.open(f"{ui}/#/experiments/{experiment_id}/runs/{run_id}/artifacts/{artifact}?{TRAINING_VIEW}", 12)
+    url = f"{ui}/#/experiments/{experiment_id}/runs/{run_id}/artifacts/{artifact}?{TRAINING_VIEW}"
+    browser.open(url, "Array.from(document.images).some(i => i.complete && i.naturalWidth > 300)")
     browser.run("document.querySelectorAll('button[aria-label=Close]').forEach(b => b.click())")
     time.sleep(1)
     browser.shot(path)
