@@ -124,7 +124,7 @@ def study_summary(config: StudyConfig, rows: list[dict], uri: str) -> str:
         f"# Study `{config.name}`",
         "",
         f"{len(trials)} of {config.num_samples} trials ({statuses or 'none finished'}) of {', '.join(config.families)}."
-        f" Objectives: {objectives}, chosen on val; test data never chose a model.",
+        f" Objectives: {objectives}; trials are chosen on val metrics (and costs), never on test data.",
         "",
     ]
     winner = best_trial(rows, config.objectives[0])
