@@ -26,7 +26,8 @@ from study.config import StudyConfig
 from trainables.metric_names import is_reported_metric
 
 TRIAL_ID_TAG = "trial_id"
-# MLflow 3's UI opens an experiment by its kind: this one shows the training runs (not the GenAI traces view).
+# The experiment's kind for MLflow 3: model training, not GenAI traces. (MLflow 3.17's UI nevertheless picks its
+# pages by its own "GenAI | Model training" switch; README, "Reviewing a study in MLflow".)
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 EXPERIMENT_KIND = "custom_model_development"
 RUN_NAME_LIMIT = 250  # MLflow's limit on a run name

@@ -25,7 +25,7 @@ HEAD_RESOURCE = "node:__internal_head__"  # a resource only Ray's head node has 
 QUIET_TUNE_ENV = ("RAY_AIR_NEW_OUTPUT", "0")
 # Without --verbose: Tune's INFO lines go, and so do its "operation took 0.7 s, which may be a performance
 # bottleneck" warnings (ray.tune.utils.util), which our own MLflow logging of a trial's final record triggers.
-QUIET_LOGGERS = ("ray.tune", "ray.tune.utils.util")
+QUIET_LOGGERS = {"ray.tune": logging.WARNING, "ray.tune.utils.util": logging.ERROR}
 
 
 def trial_setup(
@@ -134,8 +134,8 @@ def _quiet_tune() -> Iterator[None]:
     before_env = os.environ.get(name)
     levels = {logger: logger.level for logger in map(logging.getLogger, QUIET_LOGGERS)}
     os.environ[name] = value
-    for logger, level in zip(levels, (logging.WARNING, logging.ERROR), strict=True):
-        logger.setLevel(level)
+    for logger in levels:
+        logger.setLevel(QUIET_LOGGERS[logger.name])
     try:
         yield
     finally:
