@@ -145,7 +145,7 @@ def write_best_json(rows: list[dict[str, Any]], objectives: list[Objective], pat
 
 def format_table(rows: list[dict[str, Any]], columns: tuple[str, ...]) -> str:
     """A plain-text table of the rows, for the end of a study."""
-    cells = [[_cell(row.get(c)) for c in columns] for row in rows]
+    cells = [[format_cell(row.get(c)) for c in columns] for row in rows]
     widths = [max(len(c), *(len(r[i]) for r in cells)) if cells else len(c) for i, c in enumerate(columns)]
     lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True))]
     lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)) for r in cells]
@@ -169,7 +169,8 @@ def _parse(text: str) -> Any:
         return text
 
 
-def _cell(value: Any) -> str:
+def format_cell(value: Any) -> str:
+    """A value as a table shows it: 4 significant digits, '-' for none."""
     if isinstance(value, float):
         return f"{value:.4g}"
     return "-" if value is None else str(value)

@@ -33,6 +33,8 @@ from study.tracking import TrackingError
 from trainables.data.errors import DataError
 
 if TYPE_CHECKING:
+    from mlflow.entities import DatasetInput
+
     from study.trial import TrialSetup
 
 SUMMARY_COLUMNS = (
@@ -75,7 +77,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--dry-run", action="store_true", help="check config, cluster, storage, MLflow; print the plan; train nothing"
     )
-    parser.add_argument("--verbose", action="store_true", help="show Ray's own worker and controller logs")
+    parser.add_argument(
+        "--verbose", action="store_true", help="show Ray's own worker and controller logs and Tune's own output"
+    )
     return parser.parse_args(argv)
 
 
@@ -126,6 +130,7 @@ def run_study(
     from search_spaces import family_space
     from study.baseline import baseline_row
     from study.data import prepare_data
+    from study.datasets import split_inputs, study_cohort
     from study.tracking import check_reachable, open_parent_run, tracking_uri
     from study.tuning import trial_setup
 
@@ -143,9 +148,10 @@ def run_study(
     started_ray = False
     try:
         started_ray = connect_ray(config, verbose)
-        baseline_row(study_dir, cache_dir, client, parent_run_id)
+        inputs = split_inputs(study_cohort(config, cluster), cache_dir)  # the data every run records
+        baseline_row(study_dir, cache_dir, client, parent_run_id, inputs)
         setup = trial_setup(config, cache_dir, preprocess, cluster, storage)
-        rows = _tune(config, setup, parent_run_id, resume)
+        rows = _tune(config, setup, parent_run_id, resume, verbose, inputs)
         outcome = _finish(config, rows, study_dir, client, parent_run_id, cluster)
     except BaseException as err:
         status = RunStatus.KILLED if isinstance(err, KeyboardInterrupt) else RunStatus.FAILED
@@ -202,22 +208,31 @@ def connect_ray(config: StudyConfig, verbose: bool) -> bool:
     return address in (None, "local")
 
 
-def _tune(config: StudyConfig, setup: TrialSetup, parent_run_id: str, resume: bool) -> list[dict]:
+def _tune(
+    config: StudyConfig,
+    setup: TrialSetup,
+    parent_run_id: str,
+    resume: bool,
+    verbose: bool,
+    inputs: list[DatasetInput],
+) -> list[dict]:
     from study.progress import ProgressPrinter
     from study.results import TrialRecorder
     from study.tracking import MlflowTrialLogger, tracking_uri
-    from study.tuning import make_tuner
+    from study.tuning import fit, make_tuner
 
     run_ids: dict[str, str] = {}
     recorder = TrialRecorder(config.study_dir.resolve(), run_ids)
     callbacks = [
-        MlflowTrialLogger(tracking_uri(config), parent_run_id, config.training.epochs, run_ids, setup.storage),
+        MlflowTrialLogger(
+            tracking_uri(config), parent_run_id, config.training.epochs, run_ids, inputs, setup.storage
+        ),
         recorder,
         ProgressPrinter(config.num_samples, config.training.epochs, already_done=len(recorder.trial_rows)),
     ]
     if resume:
         print(f"resuming: {len(recorder.trial_rows)} of {config.num_samples} trials already finished", flush=True)
-    make_tuner(config, setup, callbacks, resume).fit()
+    fit(make_tuner(config, setup, callbacks, resume), verbose)
     return recorder.rows
 
 

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import logging
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +23,12 @@ from study.trial import TrialSetup, run_trial
 HEAD_RESOURCE = "node:__internal_head__"  # a resource only Ray's head node has (1 of it)
 # Secrets Ray Tune would copy from the driver's environment into every trial actor's runtime_env.
 AWS_SECRET_VARS = frozenset({"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SECURITY_TOKEN", "AWS_SESSION_TOKEN"})
+# Tune's newer output engine prints its "Configuration for experiment" box and a TensorBoard hint even at
+# verbose=0; its legacy engine prints nothing at verbose=0, which leaves the console to study.progress.
+QUIET_TUNE_ENV = ("RAY_AIR_NEW_OUTPUT", "0")
+# Without --verbose: Tune's INFO lines go, and so do its "operation took 0.7 s, which may be a performance
+# bottleneck" warnings (ray.tune.utils.util), which our own MLflow logging of a trial's final record triggers.
+QUIET_LOGGERS = {"ray.tune": logging.WARNING, "ray.tune.utils.util": logging.ERROR}
 
 
 def trial_setup(
@@ -128,3 +138,33 @@ def make_tuner(config: StudyConfig, setup: TrialSetup, callbacks: list[Callback]
             verbose=0,
         ),
     )
+
+
+def fit(tuner: tune.Tuner, verbose: bool) -> None:
+    """Run the study's trials. The console shows study.progress's lines; Tune's own output only with --verbose."""
+    if verbose:
+        tuner._local_tuner.get_run_config().verbose = 1  # Tune's box, status tables and TensorBoard hint
+        tuner.fit()
+        return
+    with _quiet_tune():
+        tuner.fit()
+
+
+@contextmanager
+def _quiet_tune() -> Iterator[None]:
+    """Tune's legacy (silent at verbose=0) output engine and fewer of Tune's log lines, for one fit."""
+    name, value = QUIET_TUNE_ENV
+    before_env = os.environ.get(name)
+    levels = {logger: logger.level for logger in map(logging.getLogger, QUIET_LOGGERS)}
+    os.environ[name] = value
+    for logger in levels:
+        logger.setLevel(QUIET_LOGGERS[logger.name])
+    try:
+        yield
+    finally:
+        for logger, level in levels.items():
+            logger.setLevel(level)
+        if before_env is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = before_env
