@@ -53,8 +53,7 @@ TARGETS = {
 }
 # Figures shown in the table without a target (context for a reader).
 INFO_KEYS = (
-    "staging_ratio_session_reused",
-    "data_ratio_batched",
+    "data_ratio_all_fields",
     "data_train_ratio",
     "rss_mb_1_trial",
     "rss_mb_4_trials",
@@ -73,6 +72,8 @@ INFO_KEYS = (
     "threshold_test_pixel_auroc",
     "best_test_slice_auroc",
     "threshold_test_slice_auroc",
+    "gpu_skipped",
+    "gpu_bf16_speedup_median",
 )
 
 

@@ -46,6 +46,7 @@ def trial_setup(
         gpus_per_worker=training.gpus_per_worker,
         threads=training.threads_per_worker,
         max_failures=training.max_failures,
+        precision=training.precision,
         node_data=node_data,
     )
 

@@ -209,3 +209,16 @@ def test_family_figures_ratio_of_medians_and_eval_share() -> None:
     assert found["ray"] == pytest.approx(90.0)
     assert found["ratio"] == pytest.approx(0.9)
     assert found["eval_share"] == pytest.approx(0.2)
+
+
+def test_gpu_section_is_skipped_without_cuda(tmp_path: Path) -> None:
+    """Without a CUDA device the gpu section measures nothing and says why, in bench.json too."""
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is here: the gpu section measures instead")
+    out = tmp_path / "bench.json"
+    assert bench.main(["--only", "gpu", "--out", str(out)]) == 0
+    data = json.loads(out.read_text())
+    assert data["gpu_skipped"] == "no CUDA device" and data["sections"] == "gpu"
+    assert not [key for key in data if key.startswith("gpu_") and key != "gpu_skipped"]

@@ -444,3 +444,31 @@ def test_slice_dataset(cohort: tuple[Path, Path], tmp_path: Path) -> None:
     torch.testing.assert_close(clone[0]["image"], healthy[0]["image"])
     batch = next(iter(torch.utils.data.DataLoader(val, batch_size=4)))
     assert batch["image"].shape == (4, 1, 32, 32)
+
+
+def test_slice_loader_reads_whole_batches(cohort: tuple[Path, Path], tmp_path: Path) -> None:
+    """A batch read at once equals the same slices read one by one, in ascending position order; the
+    training loader reads only the images; a sharded sampler splits the split without overlap."""
+    from torch.utils.data import RandomSampler
+
+    from trainables.data.dataset import TRAIN_FIELDS, slice_loader
+
+    entry = prepare_slice_cache(*cohort, tmp_path, PreprocessConfig(), SplitConfig())
+    val = SliceDataset(entry, "val", healthy_only=True)
+    positions = [5, 0, 3]
+    batch = val[positions]
+    for row, position in enumerate(sorted(positions)):
+        for key, value in val[position].items():
+            torch.testing.assert_close(batch[key][row], value)
+    assert set(batch) == {"image", "brain", "lesion", "subject", "slice_index"}
+    train = SliceDataset(entry, "train", fields=TRAIN_FIELDS)
+    g = torch.Generator().manual_seed(0)
+    loader = slice_loader(train, 8, sampler=RandomSampler(train, generator=g), drop_last=True)
+    seen = [b["image"] for b in loader]
+    assert set(next(iter(loader))) == {"image"} and all(b.shape == (8, 1, 32, 32) for b in seen)
+    assert len(seen) == len(train) // 8
+    shards = [list(slice_loader(val, 4, sampler=range(r, len(val), 2))) for r in (0, 1)]
+    subjects = torch.cat([b["slice_index"] * 1000 + b["subject"] for s in shards for b in s])
+    assert len(subjects) == len(val) == len(set(subjects.tolist()))
+    with pytest.raises(ValueError, match="fields"):
+        SliceDataset(entry, "val", fields=("image", "mask"))
