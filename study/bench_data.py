@@ -2,8 +2,8 @@
 concurrent trials on one node hold in memory.
 
 Delivery (slices/s, one process, batches of 64 drawn in random order, the train split):
-- loader: the study's training path, `slice_loader(SliceDataset(cache, "train", fields=TRAIN_FIELDS))`
-  over a random sampler: a whole batch of images read at once from the memory maps;
+- loader: the study's training path, `slice_loader(SliceDataset(cache, "train", fields=TRAIN_FIELDS),
+  ShardBatches(..., shuffle=True))`: a whole batch of images read at once from the memory maps;
 - memory: the same images as a tensor already in RAM, indexed by a random permutation;
 - loader_all / memory_all: the same with all five fields (images, both masks, subject, slice index), as
   scoring reads them.
@@ -59,13 +59,26 @@ def in_memory(cache: Path, fields: tuple[str, ...]) -> dict[str, Any]:
 
 
 def study_loader(cache: Path, fields: tuple[str, ...]) -> Any:
-    """The study's loader of the train split (as trainables.train_loop builds it on a CPU), shuffled."""
-    from torch.utils.data import RandomSampler
-
-    from trainables.data.dataset import SliceDataset, slice_loader
+    """The study's loader of the train split (as trainables.train_loop builds it on a CPU), reshuffled on each
+    pass as every epoch is."""
+    from trainables.data.dataset import ShardBatches, SliceDataset, slice_loader
 
     dataset = SliceDataset(cache, SPLIT, fields=fields)
-    return slice_loader(dataset, BATCH, sampler=RandomSampler(dataset), drop_last=True)
+    batches = ShardBatches(len(dataset), BATCH, shuffle=True, drop_last=True)
+    loader = slice_loader(dataset, batches)
+    return _Epochs(loader, batches)
+
+
+class _Epochs:
+    """A loader whose batches are reshuffled on each pass (set_epoch), as the training loop does per epoch."""
+
+    def __init__(self, loader: Any, batches: Any) -> None:
+        self.loader, self.batches, self.epoch = loader, batches, 0
+
+    def __iter__(self) -> Any:
+        self.epoch += 1
+        self.batches.set_epoch(self.epoch)
+        return iter(self.loader)
 
 
 def _timed(fn: Any, passes: int) -> float:

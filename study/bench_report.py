@@ -64,6 +64,8 @@ INFO_KEYS = (
     "study_wall_s",
     "study_inner_s",
     "study_before_first_trial_s",
+    "trial_start_to_loop_s",
+    "trial_loop_to_first_step_s",
     "trial_in_epochs_overhead_s",
     "trial_tail_s",
     "trial_gap_s",

@@ -18,7 +18,7 @@ import math
 import shutil
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -30,7 +30,6 @@ import torch
 import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, DistributedSampler
 
 from trainables.checkpoint import (
     BestRecord,
@@ -40,7 +39,7 @@ from trainables.checkpoint import (
     save_checkpoint,
     state_dicts,
 )
-from trainables.data.dataset import TRAIN_FIELDS, SliceDataset, slice_loader
+from trainables.data.dataset import TRAIN_FIELDS, ShardBatches, SliceDataset, slice_loader
 from trainables.families import Family, create_family
 from trainables.families.base import unwrap
 
@@ -71,11 +70,15 @@ class TrialSpec:
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     """Ray Train entry point: `config` is a TrialSpec as a dict."""
+    entered = time.time()  # study.bench splits a trial's start cost at this point (Ray's part / this loop's part)
+    _no_dynamo_in_optimizers()
     spec = TrialSpec(**config)
     torch.set_num_threads(spec.threads)
     torch.manual_seed(spec.seed)
     rank = ray.train.get_context().get_world_rank()
     device = ray.train.torch.get_device()
+    if device.type == "cuda":
+        torch.cuda.set_device(device)  # NCCL collectives of Python objects (the val gather) use the current device
     family = create_family(spec.family, spec.hparams)
     family.device_terms = True  # loss terms stay on the device; _train_epoch reads them once per epoch
     nets = family.build(spec.image_size).to(device)
@@ -95,6 +98,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         progress.epoch, progress.train_seconds = epoch + 1, progress.train_seconds + train_s
         metrics: dict[str, Any] = {"epoch": epoch + 1, **losses, "time_train_s": train_s}
         metrics["train_seconds"] = progress.train_seconds
+        if "first_step_at" in losses:
+            metrics["loop_start_at"] = entered
         scored = _validate(family, nets, val_loader, device)  # None on ranks other than 0
         if scored is not None:
             val = {f"val_{k}": v for k, v in scored.items()}
@@ -138,7 +143,7 @@ def _autocast(precision: str, device: torch.device) -> Callable[[], contextlib.A
 
 
 def _train_epoch(
-    family: Family, nets: nn.ModuleDict, opts: dict, loader: DataLoader, device: torch.device, epoch: int,
+    family: Family, nets: nn.ModuleDict, opts: dict, loader: Iterable, device: torch.device, epoch: int,
     autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
 ) -> dict[str, float]:  # fmt: skip
     """One pass over this worker's shard; loss terms averaged over all workers' steps.
@@ -299,24 +304,21 @@ def _plain(nets: nn.ModuleDict) -> nn.ModuleDict:
     return nn.ModuleDict({k: unwrap(n) for k, n in nets.items()})
 
 
-def _train_loader(spec: TrialSpec, device: torch.device) -> tuple[DataLoader, DistributedSampler]:
+def _train_loader(spec: TrialSpec, device: torch.device) -> tuple[Iterable, ShardBatches]:
     """This worker's shard of the healthy train slices, reshuffled every epoch, images only, read a batch at once."""
     context = ray.train.get_context()
     dataset = SliceDataset(Path(spec.cache_dir), "train", fields=TRAIN_FIELDS)
     world = context.get_world_size()
-    sampler = DistributedSampler(
-        dataset, num_replicas=world, rank=context.get_world_rank(), shuffle=True, seed=spec.seed, drop_last=True
-    )
-    per_worker = max(1, spec.batch_size // world)
-    return slice_loader(dataset, per_worker, sampler=sampler, drop_last=True, **_loader_options(device)), sampler
+    batches = ShardBatches(len(dataset), max(1, spec.batch_size // world), shuffle=True, seed=spec.seed,
+                           rank=context.get_world_rank(), world=world, drop_last=True)  # fmt: skip
+    return slice_loader(dataset, batches, **_loader_options(device)), batches
 
 
-def _eval_loader(spec: TrialSpec, split: str, device: torch.device, shard: bool = False) -> DataLoader:
-    """A split in order; with ``shard``, this rank's positions only (rank, rank + world, ...: no padding, so
-    no slice is scored twice)."""
+def _eval_loader(spec: TrialSpec, split: str, device: torch.device, shard: bool = False) -> Iterable:
+    """A split in order; with ``shard``, this rank's positions only (rank, rank + world, ...)."""
     dataset = SliceDataset(Path(spec.cache_dir), split)
-    positions = range(_rank(), len(dataset), _world_size()) if shard else None
-    return slice_loader(dataset, EVAL_BATCH, sampler=positions, **_loader_options(device))
+    where = {"rank": _rank(), "world": _world_size()} if shard else {}
+    return slice_loader(dataset, ShardBatches(len(dataset), EVAL_BATCH, **where), **_loader_options(device))
 
 
 def _loader_options(device: torch.device) -> dict[str, Any]:
@@ -328,7 +330,7 @@ def _rank() -> int:
     return dist.get_rank() if _world_size() > 1 else 0
 
 
-def _validate(family: Family, nets: nn.ModuleDict, loader: DataLoader, device: torch.device) -> dict[str, float] | None:
+def _validate(family: Family, nets: nn.ModuleDict, loader: Iterable, device: torch.device) -> dict[str, float] | None:
     """Score this rank's shard of val with the plain nets; rank 0 gathers every rank's scores and masks and
     computes the metrics (exact AUROCs need every pixel: pooled values, so the result does not depend on
     the sharding), the other ranks return None. No rank idles while another scores."""

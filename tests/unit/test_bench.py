@@ -161,7 +161,8 @@ def test_study_clock_arithmetic() -> None:
     clock.started, clock.ended = {"a": 100.0, "b": 160.0}, {"a": 150.0, "b": 210.0}
     clock.results = {
         "a": [
-            {"epoch": 1, "time_train_s": 5.0, "time_eval_s": 1.0, "first_step_at": 112.0, "at": 119.0},
+            {"epoch": 1, "time_train_s": 5.0, "time_eval_s": 1.0, "first_step_at": 112.0, "loop_start_at": 109.0,
+             "at": 119.0},
             {"epoch": 2, "time_train_s": 4.0, "time_eval_s": 1.0, "at": 126.0},
             {"final": True, "at": 140.0},
         ],
@@ -169,6 +170,8 @@ def test_study_clock_arithmetic() -> None:
     }
     assert inner_seconds(clock.results) == pytest.approx(19.0)
     assert start_costs(clock) == [12.0, 10.0]
+    assert start_costs(clock, "loop_start_at") == [9.0]  # b reported no loop start
+    assert start_costs(clock, "first_step_at", since="loop_start_at") == [3.0]
     assert tail_costs(clock) == [24.0, 30.0]
     assert gaps(clock) == [10.0]
     assert in_trial_overhead(clock) == [pytest.approx(126 - 112 - 11), pytest.approx(180 - 170 - 8)]

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import BatchSampler, DataLoader, Dataset, Sampler, SequentialSampler
+from torch.utils.data import DataLoader, Dataset
 
 from trainables.data.cache import SliceArrays, load_split
 
@@ -53,6 +53,7 @@ class SliceDataset(Dataset):
         else:
             self.indices = np.arange(len(arrays))
         self._arrays: SliceArrays | None = arrays
+        self._plain: dict[str, np.ndarray] | None = None
 
     @property
     def arrays(self) -> SliceArrays:
@@ -60,6 +61,15 @@ class SliceDataset(Dataset):
         if self._arrays is None:
             self._arrays = load_split(self.cache_dir, self.split)
         return self._arrays
+
+    @property
+    def _views(self) -> dict[str, np.ndarray]:
+        """Plain ndarray views of the memory maps (same pages): indexing an np.memmap goes through its Python
+        subclass hooks, about 0.1 ms per call, more than reading a whole batch of 32x32 slices."""
+        if self._plain is None:
+            a = self.arrays
+            self._plain = {key: np.asarray(getattr(a, _SOURCE[key][0])) for key in self.fields}
+        return self._plain
 
     def __len__(self) -> int:
         return int(len(self.indices))
@@ -72,38 +82,89 @@ class SliceDataset(Dataset):
 
     def _rows(self, rows: np.ndarray) -> dict[str, torch.Tensor]:
         """The chosen fields of cache rows ``rows``; images and masks get their channel axis (B,1,S,S)."""
-        a, out = self.arrays, {}
+        views, out = self._views, {}
         for key in self.fields:
-            name, dtype = _SOURCE[key]
             # fancy indexing copies out of the page cache, so each tensor owns writable memory
-            values = torch.from_numpy(np.asarray(getattr(a, name)[rows], dtype=dtype))
+            values = torch.from_numpy(np.asarray(views[key][rows], dtype=_SOURCE[key][1]))
             out[key] = values[:, None] if values.ndim == 3 else values
         return out
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
-        state["_arrays"] = None  # a pickled np.memmap would carry the whole array; reopen instead
+        state["_arrays"] = state["_plain"] = None  # a pickled np.memmap would carry the whole array; reopen instead
         return state
 
 
-def slice_loader(
-    dataset: SliceDataset,
-    batch_size: int,
-    *,
-    sampler: Sampler[int] | Iterable[int] | None = None,
-    drop_last: bool = False,
-    pin_memory: bool = False,
-    num_workers: int = 0,
-) -> DataLoader:
-    """Batches of ``dataset`` read whole: a BatchSampler over ``sampler`` (default: in order) hands the
-    dataset lists of positions, and the loader does no collation of its own (``batch_size=None``).
+class ShardBatches:
+    """Batches of positions for one DDP rank, as arrays: each epoch a permutation seeded by ``seed + epoch``
+    (the same on every rank), this rank's every ``world``-th position from ``rank`` on, cut into batches.
 
-    ``pin_memory`` and ``num_workers`` are for CUDA (page-locked batches copy to the GPU asynchronously,
-    and workers read ahead); on the CPU the batch is read in the training process, which is faster than
-    handing it over from a worker process.
+    With ``drop_last`` every rank gets ``n // world`` positions and only whole batches, as DistributedSampler
+    with drop_last and a BatchSampler give; without it a rank keeps its remainder (no padding, so in
+    evaluation no slice is scored twice). Drawn with one randperm per epoch rather than one Python int per
+    slice: for small slices the sampler was the slowest part of reading a batch.
     """
-    batches = BatchSampler(sampler if sampler is not None else SequentialSampler(dataset), batch_size, drop_last)
+
+    def __init__(
+        self, n: int, batch_size: int, *, shuffle: bool = False, seed: int = 0, rank: int = 0, world: int = 1,
+        drop_last: bool = False,
+    ) -> None:  # fmt: skip
+        if batch_size < 1 or world < 1 or not 0 <= rank < world:
+            raise ValueError(f"need batch_size >= 1 and 0 <= rank < world, got {batch_size}, {rank}, {world}")
+        self.n, self.batch_size, self.shuffle, self.seed = n, batch_size, shuffle, seed
+        self.rank, self.world, self.drop_last, self.epoch = rank, world, drop_last, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _mine(self) -> np.ndarray:
+        if self.shuffle:
+            order = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed + self.epoch)).numpy()
+        else:
+            order = np.arange(self.n)
+        stop = (self.n // self.world) * self.world if self.drop_last else self.n
+        return order[self.rank : stop : self.world]
+
+    def __len__(self) -> int:
+        count = self.n // self.world if self.drop_last else len(range(self.rank, self.n, self.world))
+        return count // self.batch_size if self.drop_last else -(-count // self.batch_size)
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        mine = self._mine()
+        stop = len(mine) - len(mine) % self.batch_size if self.drop_last else len(mine)
+        for start in range(0, stop, self.batch_size):
+            yield mine[start : start + self.batch_size]
+
+
+def slice_loader(
+    dataset: SliceDataset, batches: Iterable[Sequence[int] | np.ndarray], *, pin_memory: bool = False,
+    num_workers: int = 0,
+) -> Iterable[dict[str, torch.Tensor]]:  # fmt: skip
+    """``dataset[positions]`` for each batch of positions ``batches`` yields (e.g. a ShardBatches): whole
+    batches read at once.
+
+    ``pin_memory`` and ``num_workers`` are for CUDA: a DataLoader pins each batch (page-locked memory copies
+    to the GPU asynchronously) and its workers read ahead. Without them the batches are read right here:
+    a DataLoader would add nothing but its per-batch profiler scope and conversion walk, which cost more
+    than reading a batch of small slices.
+    """
+    if not pin_memory and num_workers == 0:
+        return InProcessBatches(dataset, batches)
     extra = {"persistent_workers": True, "prefetch_factor": 4} if num_workers > 0 else {}
     return DataLoader(
         dataset, sampler=batches, batch_size=None, pin_memory=pin_memory, num_workers=num_workers, **extra
     )
+
+
+class InProcessBatches:
+    """An iterable of ``dataset[positions]`` for each batch of positions ``batches`` yields (reusable)."""
+
+    def __init__(self, dataset: SliceDataset, batches: Iterable[Sequence[int] | np.ndarray]) -> None:
+        self.dataset, self.batches = dataset, batches
+
+    def __len__(self) -> int:
+        return len(self.batches)  # type: ignore[arg-type]
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        for positions in self.batches:
+            yield self.dataset[positions]
