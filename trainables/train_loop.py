@@ -13,7 +13,6 @@ under bf16 autocast (``precision``), batches are pinned and read ahead by loader
 from __future__ import annotations
 
 import contextlib
-import importlib
 import math
 import shutil
 import tempfile
@@ -71,7 +70,6 @@ class TrialSpec:
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     """Ray Train entry point: `config` is a TrialSpec as a dict."""
     entered = time.time()  # study.bench splits a trial's start cost at this point (Ray's part / this loop's part)
-    _no_dynamo_in_optimizers()
     spec = TrialSpec(**config)
     torch.set_num_threads(spec.threads)
     torch.manual_seed(spec.seed)
@@ -112,23 +110,6 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         if progress.final is None:  # a trial restarted after its test was scored reports that record again
             progress.final = _final_record(spec, family, nets, progress, rank, device, Path(figures))
         _report(progress.final, spec, family, nets, opts, progress, rank, Path(figures))
-
-
-def _no_dynamo_in_optimizers() -> None:
-    """Keep ``torch._dynamo`` (about 1-2.5 s of imports on 2 cores) off the worker's start.
-
-    torch wraps several Optimizer methods (``add_param_group``, ``state_dict``, ...) and each optimiser's
-    functional step in ``torch._disable_dynamo``, whose wrapper imports torch._dynamo on its first call only
-    to tell dynamo not to trace them; it caches the result on the function as ``__dynamo_disable``. Nothing
-    here runs under torch.compile, so the plain function is that result: giving it up front skips the import
-    and changes nothing else. Measured in the closing note of issue 15 (before/after start-up profile).
-    """
-    adam = importlib.import_module("torch.optim.adam")  # torch.optim hides its submodules' names
-    inner = torch._disable_dynamo(lambda: None).__code__  # the code every such wrapper runs
-    for wrapper in [*vars(torch.optim.Optimizer).values(), *vars(adam).values()]:
-        fn = getattr(wrapper, "__wrapped__", None)
-        if fn is not None and getattr(wrapper, "__code__", None) is inner and not hasattr(fn, "__dynamo_disable"):
-            fn.__dynamo_disable = fn
 
 
 def _autocast(precision: str, device: torch.device) -> Callable[[], contextlib.AbstractContextManager]:

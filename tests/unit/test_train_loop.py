@@ -89,3 +89,23 @@ def test_sharded_validation_and_epoch_sums_over_two_gloo_ranks(cache: Path) -> N
         assert {"loss_recon", "loss_kl"} <= set(losses) and "first_step_at" in losses
     assert results[0]["losses"]["train_loss"] == results[1]["losses"]["train_loss"]  # all-reduced: one value
     assert "non-finite loss at epoch 2, step 1" in results[0]["error"]
+
+
+def test_precision_and_device_terms() -> None:
+    """auto trains in fp32 on CPUs (bf16 only where asked or on CUDA); a family's terms stay tensors when the
+    loop asks, floats otherwise."""
+    from trainables.train_loop import _autocast
+
+    with _autocast("auto", CPU)():
+        assert torch.ones(2, 2).matmul(torch.ones(2, 2)).dtype == torch.float32
+    with _autocast("bf16", CPU)():
+        assert torch.ones(2, 2).matmul(torch.ones(2, 2)).dtype == torch.bfloat16
+    with pytest.raises(ValueError, match="precision"):
+        _autocast("fp16", CPU)
+    family = create_family("vae", {})
+    nets, x = family.build(32), torch.randn(4, 1, 32, 32)
+    opts = family.optimizers(nets)
+    assert all(isinstance(v, float) for v in family.train_step(nets, opts, x).values())
+    family.device_terms = True
+    terms = family.train_step(nets, opts, x)
+    assert all(isinstance(v, torch.Tensor) and v.dim() == 0 and not v.requires_grad for v in terms.values())
