@@ -56,8 +56,7 @@ TARGETS = {
 }
 # Figures shown in the table without a target (context for a reader).
 INFO_KEYS = (
-    "staging_ratio_session_reused",
-    "data_ratio_batched",
+    "data_ratio_all_fields",
     "data_train_ratio",
     "rss_mb_1_trial",
     "rss_mb_4_trials",
@@ -68,10 +67,14 @@ INFO_KEYS = (
     "study_wall_s",
     "study_inner_s",
     "study_before_first_trial_s",
+    "trial_start_to_loop_s",
+    "trial_loop_to_first_step_s",
     "trial_in_epochs_overhead_s",
     "trial_tail_s",
     "trial_gap_s",
     "search_budget_share_any_epoch",
+    "gpu_skipped",
+    "gpu_bf16_speedup_median",
 )
 # Detection figures (study/bench_detect.py) shown after those, in this order of prefixes: per metric and
 # appearance, the best trial, the threshold baseline and the margin between them.

@@ -60,7 +60,8 @@ class TrainingConfig:
     epochs: int = 4  # epochs per trial (val metrics are computed after each)
     workers_per_trial: int = 2  # Ray Train DDP workers per trial
     cpus_per_worker: float = 0.5  # logical CPUs per worker; fractional so 2 workers fit on 2 cores
-    gpus_per_worker: float = 0.0  # >0 trains on GPU with NCCL
+    gpus_per_worker: float = 0.0  # >0 trains on GPU with NCCL (whole GPUs: NCCL cannot share one between ranks)
+    precision: str = "auto"  # training arithmetic: bf16 (autocast) or fp32; auto: bf16 on a GPU, fp32 on CPUs
     cpus_per_trial: float = 0.2  # logical CPUs of the Tune trial process that drives the trainer
     threads_per_worker: int = 1  # torch intra-op threads per worker (cores are shared by workers)
     max_failures: int = 1  # Ray Train restarts of a failed worker group, from the last checkpoint
@@ -208,6 +209,22 @@ def _check_positive(config: StudyConfig, fail: Any) -> None:
         fail("training.cpus_per_worker", f"expected > 0, got {config.training.cpus_per_worker}")
     if config.training.worker_start_timeout_s <= 0:
         fail("training.worker_start_timeout_s", f"expected > 0, got {config.training.worker_start_timeout_s}")
+    _check_gpu(config.training, fail)
+
+
+PRECISIONS = ("auto", "bf16", "fp32")
+
+
+def _check_gpu(training: TrainingConfig, fail: Any) -> None:
+    gpus = training.gpus_per_worker
+    if gpus < 0:
+        fail("training.gpus_per_worker", f"expected >= 0, got {gpus}")
+    # two DDP ranks on one GPU make NCCL fail at the first collective ("Duplicate GPU detected")
+    if 0 < gpus < 1 and training.workers_per_trial > 1:
+        fail("training.gpus_per_worker", f"a fraction of a GPU ({gpus}) with {training.workers_per_trial} DDP "
+             "workers: NCCL needs one whole GPU per worker; use 1 (or more), or workers_per_trial: 1")  # fmt: skip
+    if training.precision not in PRECISIONS:
+        fail("training.precision", f"expected one of {PRECISIONS}, got {training.precision!r}")
 
 
 def _build(cls: type, raw: dict, file: str, prefix: str) -> Any:

@@ -41,6 +41,7 @@ class TrialSetup:
     gpus_per_worker: float  # GPUs per worker (0: CPU with gloo)
     threads: int  # torch threads per worker
     max_failures: int  # worker-group restarts from the last checkpoint
+    precision: str = "auto"  # training.precision: auto, bf16 or fp32 (resolved on the worker, which sees its device)
     node_data: Callable[[], str] | None = None  # gives each worker its node's slice cache (study.node_data)
     worker_start_timeout_s: float = 300.0  # seconds the Train controller waits for the worker group to start
 
@@ -72,6 +73,7 @@ def run_trial(config: dict[str, Any], setup: TrialSetup) -> None:
             "objective_mode": setup.objective_mode,
             "seed": setup.seed,
             "threads": setup.threads,
+            "precision": setup.precision,
             "preprocess": setup.preprocess,
             "node_data": setup.node_data,
         }

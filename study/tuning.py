@@ -63,6 +63,7 @@ def trial_setup(
         gpus_per_worker=training.gpus_per_worker,
         threads=training.threads_per_worker,
         max_failures=training.max_failures,
+        precision=training.precision,
         node_data=node_data,
         worker_start_timeout_s=training.worker_start_timeout_s,
     )
