@@ -5,10 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from mlflow.entities import Metric, RunStatus
+from mlflow.entities import DatasetInput, Metric, RunStatus
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 
+from study.datasets import evaluation_inputs
+from study.models import log_baseline_model
 from study.results import append_row, load_rows, trial_row
 from study.tracking import TRIAL_ID_TAG
 from trainables.baseline import evaluate_untrained
@@ -17,7 +19,9 @@ BASELINE_FAMILY = "threshold"
 BASELINE_ID = f"baseline-{BASELINE_FAMILY}"
 
 
-def baseline_row(study_dir: Path, cache_dir: Path, client: MlflowClient, parent_run_id: str) -> dict[str, Any]:
+def baseline_row(
+    study_dir: Path, cache_dir: Path, client: MlflowClient, parent_run_id: str, inputs: list[DatasetInput]
+) -> dict[str, Any]:
     """Evaluate the baseline once per study (kept across --resume), journal its row and log its child run."""
     done = [r for r in load_rows(study_dir) if r["trial_id"] == BASELINE_ID]
     if done:
@@ -26,10 +30,12 @@ def baseline_row(study_dir: Path, cache_dir: Path, client: MlflowClient, parent_
     row = trial_row(BASELINE_ID, {"family": BASELINE_FAMILY}, metrics, "baseline")
     experiment_id = client.get_run(parent_run_id).info.experiment_id
     tags = {MLFLOW_PARENT_RUN_ID: parent_run_id, TRIAL_ID_TAG: BASELINE_ID, "role": "baseline"}
-    tags.update({MLFLOW_RUN_NAME: BASELINE_ID, "status": "baseline"})
+    tags.update({MLFLOW_RUN_NAME: BASELINE_ID, "status": "baseline", "family": BASELINE_FAMILY})
     run = client.create_run(experiment_id, tags=tags)
+    client.log_inputs(run.info.run_id, datasets=evaluation_inputs(inputs))  # no training: val and test only
     finite = {k: v for k, v in metrics.items() if v == v}  # NaN where a split lacks a class
     client.log_batch(run.info.run_id, metrics=[Metric(k, float(v), 0, 0) for k, v in finite.items()])
+    log_baseline_model(client, run.info.run_id, BASELINE_FAMILY, cache_dir, metrics)  # runs:/<id>/model
     client.set_terminated(run.info.run_id, RunStatus.to_string(RunStatus.FINISHED))
     row["mlflow_run_id"] = run.info.run_id
     append_row(study_dir, row)

@@ -7,6 +7,8 @@ Sections (each in its own module, study/bench_<section>.py):
   stage   MB/s of study.stage from a local S3 server (moto) / a plain boto3 download; bytes of a warm restage
   search  share of a trial-epoch budget TPE + ASHA needs to reach random search + FIFO's best val AUROC
   detect  the default study's best test AUROCs (chosen on val) beside the untrained threshold baseline
+  gpu     per family at 64 and 128: train-step slices/s in fp32 and bf16, peak memory, GPU utilisation, and a
+          2-worker DDP trial on 2 GPUs; skipped (gpu_skipped says why) without a CUDA device
 On a machine with CUDA the same command measures the GPU path. Ratios are medians of repeats taken in one
 run, so a busy machine slows both sides alike; the load average is recorded with the figures.
 """
@@ -23,7 +25,7 @@ from typing import Any
 from study.bench_common import REPO, BenchPlan, device_name, say
 from study.bench_report import format_table, git_commit, load_average, ratio, table_rows, target_for, write_bench_json
 
-SECTIONS = ("train", "data", "study", "stage", "search", "detect")
+SECTIONS = ("train", "data", "study", "stage", "search", "detect", "gpu")
 DEFAULT_OUT = REPO / "results" / "bench.json"
 
 
@@ -74,6 +76,10 @@ def run_section(name: str, plan: BenchPlan) -> dict[str, Any]:
         from study import bench_search
 
         return bench_search.run(plan, slice_cache())
+    if name == "gpu":
+        from study import bench_gpu
+
+        return bench_gpu.run(plan)
     from study import bench_detect
 
     return bench_detect.run(plan)

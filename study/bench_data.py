@@ -2,10 +2,12 @@
 concurrent trials on one node hold in memory.
 
 Delivery (slices/s, one process, batches of 64 drawn in random order, the train split):
-- loader: the study's path, `DataLoader(SliceDataset(cache, "train"), shuffle=True)` (one item at a time);
-- memory: the same five fields as tensors already in RAM, indexed by a random permutation;
-- batched: the same memory maps read a whole batch at a time (one fancy index per field), a candidate fix.
-Rounds alternate the three so load on the shared machine hits each alike; medians over rounds.
+- loader: the study's training path, `slice_loader(SliceDataset(cache, "train", fields=TRAIN_FIELDS),
+  ShardBatches(..., shuffle=True))`: a whole batch of images read at once from the memory maps;
+- memory: the same images as a tensor already in RAM, indexed by a random permutation;
+- loader_all / memory_all: the same with all five fields (images, both masks, subject, slice index), as
+  scoring reads them.
+Rounds alternate the four so load on the shared machine hits each alike; medians over rounds.
 
 Memory: 1 and 4 processes (`python -m study.bench_data --hold CACHE`) each iterate the train split through
 SliceDataset and stay alive while /proc/<pid>/smaps_rollup (RSS, PSS) and the cache files' own mappings
@@ -48,52 +50,35 @@ def _memory_pass(tensors: dict[str, Any]) -> int:
     return delivered
 
 
-def in_memory(cache: Path) -> dict[str, Any]:
-    """The split's fields as in-RAM tensors shaped and typed as SliceDataset delivers them."""
-    import numpy as np
-    import torch
+def in_memory(cache: Path, fields: tuple[str, ...]) -> dict[str, Any]:
+    """The split's ``fields`` as in-RAM tensors shaped and typed as SliceDataset delivers them."""
+    from trainables.data.dataset import SliceDataset
 
-    from trainables.data.cache import load_split
-
-    a = load_split(cache, SPLIT)
-    masks = {k: torch.from_numpy(np.array(getattr(a, k), dtype=np.float32))[:, None] for k in ("brain", "lesion")}
-    return {
-        "image": torch.from_numpy(np.array(a.images, dtype=np.float32))[:, None],
-        **masks,
-        "subject": torch.from_numpy(np.array(a.subject, dtype=np.int64)),
-        "slice_index": torch.from_numpy(np.array(a.slice_index, dtype=np.int64)),
-    }
+    dataset = SliceDataset(cache, SPLIT, fields=fields)
+    return dataset[list(range(len(dataset)))]  # every row, read once
 
 
-class BatchedSlices:
-    """A map-style dataset indexed by a whole batch of positions (used with a BatchSampler, batch_size=None):
-    one sorted fancy index per memory-mapped field instead of five small copies per slice."""
+def study_loader(cache: Path, fields: tuple[str, ...]) -> Any:
+    """The study's loader of the train split (as trainables.train_loop builds it on a CPU), reshuffled on each
+    pass as every epoch is."""
+    from trainables.data.dataset import ShardBatches, SliceDataset, slice_loader
 
-    def __init__(self, cache: Path) -> None:
-        from trainables.data.cache import load_split
+    dataset = SliceDataset(cache, SPLIT, fields=fields)
+    batches = ShardBatches(len(dataset), BATCH, shuffle=True, drop_last=True)
+    loader = slice_loader(dataset, batches)
+    return _Epochs(loader, batches)
 
-        self.arrays = load_split(cache, SPLIT)
 
-    def __len__(self) -> int:
-        return len(self.arrays)
+class _Epochs:
+    """A loader whose batches are reshuffled on each pass (set_epoch), as the training loop does per epoch."""
 
-    def __getitem__(self, index: list[int]) -> dict[str, Any]:
-        import numpy as np
-        import torch
+    def __init__(self, loader: Any, batches: Any) -> None:
+        self.loader, self.batches, self.epoch = loader, batches, 0
 
-        rows = np.sort(np.asarray(index))
-        a = self.arrays
-
-        def field(values: np.ndarray, dtype: type) -> torch.Tensor:
-            return torch.from_numpy(np.asarray(values[rows], dtype=dtype))
-
-        return {
-            "image": field(a.images, np.float32)[:, None],
-            "brain": field(a.brain, np.float32)[:, None],
-            "lesion": field(a.lesion, np.float32)[:, None],
-            "subject": field(a.subject, np.int64),
-            "slice_index": field(a.slice_index, np.int64),
-        }
+    def __iter__(self) -> Any:
+        self.epoch += 1
+        self.batches.set_epoch(self.epoch)
+        return iter(self.loader)
 
 
 def _timed(fn: Any, passes: int) -> float:
@@ -104,18 +89,14 @@ def _timed(fn: Any, passes: int) -> float:
 
 
 def delivery(plan: BenchPlan, cache: Path) -> dict[str, float]:
-    """Median slices/s of the three paths over alternating rounds, and the ratios to memory."""
-    from torch.utils.data import BatchSampler, DataLoader, RandomSampler
+    """Median slices/s of the four paths over alternating rounds, and the ratios to memory."""
+    from trainables.data.dataset import FIELDS, TRAIN_FIELDS
 
-    from trainables.data.dataset import SliceDataset
-
-    loader = DataLoader(SliceDataset(cache, SPLIT), batch_size=BATCH, shuffle=True, drop_last=True)
-    batched_set = BatchedSlices(cache)
-    sampler = BatchSampler(RandomSampler(range(len(batched_set))), BATCH, drop_last=True)
-    batched = DataLoader(batched_set, sampler=sampler, batch_size=None)
-    tensors = in_memory(cache)
-    paths = {"loader": lambda: _loader_pass(loader), "batched": lambda: _loader_pass(batched)}
-    paths["memory"] = lambda: _memory_pass(tensors)
+    paths = {}
+    for suffix, fields in (("", TRAIN_FIELDS), ("_all", FIELDS)):
+        loader, tensors = study_loader(cache, fields), in_memory(cache, fields)
+        paths[f"loader{suffix}"] = lambda loader=loader: _loader_pass(loader)
+        paths[f"memory{suffix}"] = lambda tensors=tensors: _memory_pass(tensors)
     found: dict[str, list[float]] = {name: [] for name in paths}
     with torch_threads(plan.threads):
         for fn in paths.values():
@@ -126,10 +107,11 @@ def delivery(plan: BenchPlan, cache: Path) -> dict[str, float]:
     rate = {name: median(values) for name, values in found.items()}
     return {
         "data_ratio": ratio(rate["loader"], rate["memory"]),
-        "data_ratio_batched": ratio(rate["batched"], rate["memory"]),
+        "data_ratio_all_fields": ratio(rate["loader_all"], rate["memory_all"]),
         "data_loader_slices_per_s": rate["loader"],
-        "data_batched_slices_per_s": rate["batched"],
         "data_memory_slices_per_s": rate["memory"],
+        "data_loader_all_slices_per_s": rate["loader_all"],
+        "data_memory_all_slices_per_s": rate["memory_all"],
     }
 
 
@@ -184,8 +166,9 @@ def memory(cache: Path) -> dict[str, float]:
 def run(plan: BenchPlan, cache: Path) -> dict[str, Any]:
     figures = {**delivery(plan, cache), **memory(cache)}
     say(
-        f"data: loader {figures['data_loader_slices_per_s']:.0f}, batched {figures['data_batched_slices_per_s']:.0f}, "
-        f"in memory {figures['data_memory_slices_per_s']:.0f} slices/s; per process RSS "
+        f"data: loader {figures['data_loader_slices_per_s']:.0f}, in memory {figures['data_memory_slices_per_s']:.0f} "
+        f"slices/s (all fields {figures['data_loader_all_slices_per_s']:.0f} / "
+        f"{figures['data_memory_all_slices_per_s']:.0f}); per process RSS "
         f"{figures['rss_mb_1_trial']:.0f} -> {figures['rss_mb_4_trials']:.0f} MB, PSS {figures['pss_mb_1_trial']:.0f} "
         f"-> {figures['pss_mb_4_trials']:.0f} MB, cache PSS {figures['cache_pss_mb_1_trial']:.2f} -> "
         f"{figures['cache_pss_mb_4_trials']:.2f} MB (1 -> 4 processes)"
@@ -195,16 +178,14 @@ def run(plan: BenchPlan, cache: Path) -> dict[str, Any]:
 
 def hold(cache: Path) -> None:
     """Child of `resident`: read the train split as a trial would, say "ready", wait for a line on stdin."""
-    from torch.utils.data import DataLoader
+    from trainables.data.dataset import FIELDS
 
-    from trainables.data.dataset import SliceDataset
-
-    dataset = SliceDataset(cache, SPLIT)  # kept referenced: its memory maps stay mapped while measured
-    for _ in DataLoader(dataset, batch_size=BATCH, shuffle=True):
+    loader = study_loader(cache, FIELDS)  # kept referenced: its memory maps stay mapped while measured
+    for _ in loader:
         pass
     print("ready", flush=True)
     sys.stdin.readline()
-    del dataset
+    del loader
 
 
 if __name__ == "__main__":

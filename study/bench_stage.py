@@ -22,7 +22,6 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
-from unittest import mock
 
 from study.bench_common import DEFAULT_CONFIG, SMOKE_CONFIG, BenchPlan, environment, say, study_config
 from study.bench_report import median, ratio
@@ -91,7 +90,7 @@ def plain_download(endpoint: str, prefixes: list[str], out: Path, concurrency: i
     for prefix in prefixes:
         for page in client.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=prefix):
             keys += [(o["Key"], o["Size"]) for o in page.get("Contents", [])]
-    transfer = TransferConfig(use_threads=False)  # the pool below is the concurrency, as in study.stage
+    transfer = TransferConfig(use_threads=False)  # the pool below is the concurrency (a plain way to write it)
 
     def fetch(key: str) -> None:
         target = out / key
@@ -107,29 +106,6 @@ def _timed(fn: Any, *args: Any, **kwargs: Any) -> tuple[Any, float]:
     started = time.perf_counter()
     value = fn(*args, **kwargs)
     return value, time.perf_counter() - started
-
-
-def shared_session_clients() -> Any:
-    """`study.stage` with every S3 client made from one boto3 session (the fix measured beside the real one).
-
-    `study.cluster.s3_client` opens a new boto3 Session per client, and each new session parses botocore's
-    endpoint and service JSON again (about 0.5 s per client on this machine, two clients per staging).
-    """
-    import threading
-
-    import boto3
-
-    import study.cluster
-    import study.stage
-
-    real = study.cluster.s3_client
-    session, lock = boto3.session.Session(), threading.Lock()
-
-    def s3_client(study_block: Any, probe: bool = False, concurrency: int = 8) -> Any:
-        with lock, mock.patch.object(boto3.session, "Session", lambda: session):
-            return real(study_block, probe=probe, concurrency=concurrency)
-
-    return mock.patch.object(study.stage, "s3_client", s3_client)
 
 
 def _stage_rate(study: Any, folder: Path) -> float:
@@ -148,19 +124,18 @@ def _plain_rate(endpoint: str, folder: Path) -> float:
 
 
 def _compare(study: Any, endpoint: str, work: Path, repeats: int) -> tuple[dict[str, list[float]], Path]:
-    """MB/s of the staging, the staging with one shared boto3 session, and the plain download, alternating
-    in rounds after an untimed one (imports, boto3's default session); and the last staged cache folder."""
-    rates: dict[str, list[float]] = {"staged": [], "reused": [], "plain": []}
+    """MB/s of the staging and of the plain download, alternating in rounds after an untimed one (imports,
+    boto3's sessions: both sides keep one per process, the plain side boto3's default); and the last staged
+    cache folder."""
+    rates: dict[str, list[float]] = {"staged": [], "plain": []}
     last = work
     for i in range(repeats + 1):
         last = work / f"staged-{i}"
         found = {"staged": _stage_rate(study, last), "plain": _plain_rate(endpoint, work / f"plain-{i}")}
-        with shared_session_clients():
-            found["reused"] = _stage_rate(study, work / f"reused-{i}")
         if i > 0:  # round 0 warms up
             for key, value in found.items():
                 rates[key].append(value)
-        for folder in (work / f"plain-{i}", work / f"reused-{i}", *([last] if i < repeats else [])):
+        for folder in (work / f"plain-{i}", *([last] if i < repeats else [])):
             shutil.rmtree(folder)
     return rates, last
 
@@ -182,7 +157,6 @@ def run(plan: BenchPlan) -> dict[str, Any]:
     staged, plain = median(rates["staged"]), median(rates["plain"])
     figures = {
         "staging_ratio": ratio(staged, plain),
-        "staging_ratio_session_reused": ratio(median(rates["reused"]), plain),
         "staging_mb_per_s": staged,
         "plain_download_mb_per_s": plain,
         "staging_mb": sum(p.stat().st_size for p in cohort.rglob("*.nii.gz")) / 1e6,

@@ -28,7 +28,7 @@ from study.bench_common import BenchPlan, say, study_config
 from study.bench_report import median, ratio
 from study.config import StudyConfig
 
-KEPT = ("epoch", "time_train_s", "time_eval_s", "first_step_at", "final")
+KEPT = ("epoch", "time_train_s", "time_eval_s", "first_step_at", "loop_start_at", "final")
 
 
 class TrialClock(Callback):
@@ -57,13 +57,14 @@ def inner_seconds(results: dict[str, list[dict[str, Any]]]) -> float:
     return sum(r.get("time_train_s", 0.0) + r.get("time_eval_s", 0.0) for rows in results.values() for r in rows)
 
 
-def start_costs(clock: TrialClock) -> list[float]:
-    """Per trial: seconds from Tune's trial start to the first training step."""
+def start_costs(clock: TrialClock, until: str = "first_step_at", since: str | None = None) -> list[float]:
+    """Per trial: seconds from Tune's trial start (or the result key ``since``) to the result key ``until``
+    (default: the first training step; ``loop_start_at`` is when rank 0 entered the training loop)."""
     costs = []
     for trial_id, started in clock.started.items():
-        first = [r["first_step_at"] for r in clock.results.get(trial_id, []) if "first_step_at" in r]
-        if first:
-            costs.append(first[0] - started)
+        rows = [r for r in clock.results.get(trial_id, []) if until in r and (since is None or since in r)]
+        if rows:
+            costs.append(rows[0][until] - (started if since is None else rows[0][since]))
     return costs
 
 
@@ -167,6 +168,8 @@ def run(plan: BenchPlan) -> dict[str, Any]:
     figures = {
         "study_overhead": ratio(t1 - t0, inner),
         "trial_start_s": median(start_costs(clock)),
+        "trial_start_to_loop_s": median(start_costs(clock, "loop_start_at")),  # Ray: actors, imports, rendezvous
+        "trial_loop_to_first_step_s": median(start_costs(clock, "first_step_at", since="loop_start_at")),
         "study_wall_s": t1 - t0,
         "study_inner_s": inner,
         "study_trials": len(clock.started),

@@ -48,13 +48,14 @@ def _sync(device: Any) -> None:
 
 
 class PlainLoop:
-    """The plain loop: DataLoader -> family.train_step, nothing else; one call of `epoch` is one pass."""
+    """The plain loop: the study's batch reader -> family.train_step, nothing else; one call of `epoch` is one
+    pass. Same data path as the training loop (whole batches from the memory maps), so the ratio is what Ray
+    Train and the loop's bookkeeping cost."""
 
     def __init__(self, family_name: str, cache: Path, seed: int = 0) -> None:
         import torch
-        from torch.utils.data import DataLoader
 
-        from trainables.data.dataset import SliceDataset
+        from trainables.data.dataset import TRAIN_FIELDS, ShardBatches, SliceDataset, slice_loader
         from trainables.families import create_family
 
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -62,12 +63,15 @@ class PlainLoop:
         self.family = create_family(family_name)
         self.nets = self.family.build(IMAGE_SIZE).to(self.device)
         self.opts = self.family.optimizers(self.nets)
-        dataset = SliceDataset(cache, "train")
-        self.loader = DataLoader(dataset, batch_size=BATCH_SIZE, shuffle=True, drop_last=True)
+        dataset = SliceDataset(cache, "train", fields=TRAIN_FIELDS)
+        self.batches = ShardBatches(len(dataset), BATCH_SIZE, shuffle=True, seed=seed, drop_last=True)
+        self.loader, self.passes = slice_loader(dataset, self.batches), 0
 
     def epoch(self) -> tuple[int, float]:
         """(slices, seconds) of one pass over the train split."""
         slices, started = 0, time.perf_counter()
+        self.batches.set_epoch(self.passes)
+        self.passes += 1
         for batch in self.loader:
             images = batch["image"].to(self.device, non_blocking=True)
             self.family.train_step(self.nets, self.opts, images)

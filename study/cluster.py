@@ -9,6 +9,8 @@ there: boto3 finds them in the environment or the instance's role, databases in 
 from __future__ import annotations
 
 import dataclasses
+import os
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
@@ -67,7 +69,6 @@ def parse_s3_uri(uri: str) -> tuple[str, str]:
 
 def s3_client(study: ClusterStudy, probe: bool = False, concurrency: int = DEFAULT_CONCURRENCY) -> Any:
     """A boto3 S3 client for the study's store. ``probe`` fails fast: short timeouts and a single attempt."""
-    import boto3  # here: reading a YAML should not pay for boto3
     from botocore.config import Config
 
     if probe:  # first call: an unreachable endpoint or a bad key should answer in seconds, not minutes
@@ -77,11 +78,52 @@ def s3_client(study: ClusterStudy, probe: bool = False, concurrency: int = DEFAU
         config = Config(connect_timeout=10, read_timeout=60, retries=retries, max_pool_connections=concurrency + 2)
     region = study.region
     if study.endpoint_url is not None:
-        # MinIO/Ceph serve buckets as paths, not as DNS names; SigV4 still needs some region
-        config = config.merge(Config(s3={"addressing_style": "path"}))
+        # MinIO/Ceph serve buckets as paths, not as DNS names; SigV4 still needs some region. Their S3 APIs may
+        # not know the CRC checksums botocore adds to every request by default: send and check them only when
+        # an operation requires it
+        checksums = {"request_checksum_calculation": "when_required", "response_checksum_validation": "when_required"}
+        config = config.merge(Config(s3={"addressing_style": "path"}, **checksums))
         region = region or "us-east-1"
-    session = boto3.session.Session()  # one per client: sessions are not thread-safe, clients are
-    return session.client("s3", endpoint_url=study.endpoint_url, region_name=region, config=config)
+    with _SESSION_LOCK:  # a session is not thread-safe; the clients it makes are
+        return _session().client("s3", endpoint_url=study.endpoint_url, region_name=region, config=config)
+
+
+_SESSION_LOCK = threading.Lock()
+_SESSIONS: dict[tuple, Any] = {}
+_CREDENTIAL_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE",
+                   "AWS_DEFAULT_PROFILE", "AWS_SHARED_CREDENTIALS_FILE", "AWS_CONFIG_FILE")  # fmt: skip
+
+
+def _session() -> Any:
+    """This process's boto3 session (call under _SESSION_LOCK), made again when the credentials' source changed.
+
+    One session per process: each new one parses botocore's endpoint and service files again (about 0.5 s
+    per client on 2 cores). A session keeps the keys it first resolved, so the key is the credential source:
+    the environment's keys and profile names and the shared files' modification times. A rotated key in the
+    environment or in ~/.aws/credentials gets a fresh session; an instance role's or SSO's credentials
+    refresh themselves inside the session.
+    """
+    import boto3  # here: reading a YAML should not pay for boto3
+
+    key = tuple(os.environ.get(name) for name in _CREDENTIAL_ENV) + tuple(_stamp(path) for path in _aws_files())
+    session = _SESSIONS.get(key)
+    if session is None:
+        _SESSIONS.clear()
+        session = _SESSIONS[key] = boto3.session.Session()
+    return session
+
+
+def _aws_files() -> tuple[Path, Path]:
+    credentials = os.environ.get("AWS_SHARED_CREDENTIALS_FILE", "~/.aws/credentials")
+    return Path(credentials).expanduser(), Path(os.environ.get("AWS_CONFIG_FILE", "~/.aws/config")).expanduser()
+
+
+def _stamp(path: Path) -> tuple[int, int] | None:
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    return stat.st_mtime_ns, stat.st_size
 
 
 def read_study_block(path: str | Path) -> ClusterStudy:

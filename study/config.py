@@ -38,6 +38,9 @@ class SyntheticData:
     healthy: int = 24  # healthy (HCP-layout) subjects generated from the MNI152 template
     lesion: int = 12  # lesion (BraTS-layout) subjects with planted tumours
     seed: int = 0  # generator seed; the cohort is regenerated only when these numbers change
+    # lesion appearances and their shares (bright, dark, iso, multifocal; see trainables/data/synthetic.py);
+    # recorded in cohort.json; every pixel metric is also reported per appearance
+    mix: dict[str, float] = field(default_factory=lambda: {"bright": 1.0, "dark": 1.0, "iso": 1.0, "multifocal": 1.0})
 
 
 @dataclass
@@ -57,7 +60,8 @@ class TrainingConfig:
     epochs: int = 4  # epochs per trial (val metrics are computed after each)
     workers_per_trial: int = 2  # Ray Train DDP workers per trial
     cpus_per_worker: float = 0.5  # logical CPUs per worker; fractional so 2 workers fit on 2 cores
-    gpus_per_worker: float = 0.0  # >0 trains on GPU with NCCL
+    gpus_per_worker: float = 0.0  # >0 trains on GPU with NCCL (whole GPUs: NCCL cannot share one between ranks)
+    precision: str = "auto"  # training arithmetic: bf16 (autocast) or fp32; auto: bf16 on a GPU, fp32 on CPUs
     cpus_per_trial: float = 0.2  # logical CPUs of the Tune trial process that drives the trainer
     threads_per_worker: int = 1  # torch intra-op threads per worker (cores are shared by workers)
     max_failures: int = 1  # Ray Train restarts of a failed worker group, from the last checkpoint
@@ -65,12 +69,16 @@ class TrainingConfig:
     # trials_on_head is off), continuing from its last checkpoint; any error is retried alike, a divergence too
     trials_on_head: bool = True  # trial processes (and so their Train controllers) on the head node: a worker node
     # that leaves takes only Train workers, which Ray Train restarts elsewhere from the last checkpoint
+    worker_start_timeout_s: float = 300.0  # seconds a trial's Train controller waits for its workers' CPUs (GPUs)
+    # before giving the reservation up and asking again (Ray 2.60 retries without limit); Ray's own 60 s churns
+    # on a busy 2-core machine where a trial may wait for another's workers to finish (README "Failure and recovery")
 
 
 @dataclass
 class MlflowConfig:
     tracking_uri: str = "sqlite:///results/mlflow.db"  # any MLflow URI; relative sqlite paths are from the cwd
     experiment: str | None = None  # experiment name; defaults to the study name
+    registered_model: str | None = None  # Model Registry name of the winners; defaults to "<study>-detector"
 
 
 @dataclass
@@ -164,8 +172,27 @@ def validate(config: StudyConfig) -> None:
             fail(f"data.{key}", f"data folder '{folder}' does not exist")
     if (config.data.healthy is None) != (config.data.lesion is None):
         fail("data", "give both 'healthy' and 'lesion' folders, or neither (synthetic cohort)")
+    if config.data.healthy is None:
+        from trainables.data.lesions import check_mix  # lazy: keeps `import study.config` light
+
+        try:
+            check_mix(config.data.synthetic.mix)
+        except ValueError as err:
+            fail("data.synthetic.mix", str(err))
     if config.data.image_size not in (32, 64, 128):
         fail("data.image_size", f"expected 32, 64 or 128, got {config.data.image_size}")
+    _check_locations(config, fail)
+
+
+def _check_locations(config: StudyConfig, fail: Any) -> None:
+    """Ray storage a URI Ray can open; a registered model name that fits in models:/NAME@ALIAS."""
+    if config.ray_storage is not None and config.ray_storage.startswith("s3://"):
+        bucket = config.ray_storage[len("s3://") :].partition("/")[0]
+        if not bucket:
+            fail("ray_storage", f"expected s3://bucket/prefix, got {config.ray_storage!r}")
+    name = config.mlflow.registered_model
+    if name is not None and (not name.strip() or any(c in name for c in "/:@")):
+        fail("mlflow.registered_model", f"expected a name without '/', ':' or '@', got {name!r}")
 
 
 def _check_positive(config: StudyConfig, fail: Any) -> None:
@@ -180,6 +207,24 @@ def _check_positive(config: StudyConfig, fail: Any) -> None:
             fail(key, f"expected an integer >= 1, got {value}")
     if config.training.cpus_per_worker <= 0:
         fail("training.cpus_per_worker", f"expected > 0, got {config.training.cpus_per_worker}")
+    if config.training.worker_start_timeout_s <= 0:
+        fail("training.worker_start_timeout_s", f"expected > 0, got {config.training.worker_start_timeout_s}")
+    _check_gpu(config.training, fail)
+
+
+PRECISIONS = ("auto", "bf16", "fp32")
+
+
+def _check_gpu(training: TrainingConfig, fail: Any) -> None:
+    gpus = training.gpus_per_worker
+    if gpus < 0:
+        fail("training.gpus_per_worker", f"expected >= 0, got {gpus}")
+    # two DDP ranks on one GPU make NCCL fail at the first collective ("Duplicate GPU detected")
+    if 0 < gpus < 1 and training.workers_per_trial > 1:
+        fail("training.gpus_per_worker", f"a fraction of a GPU ({gpus}) with {training.workers_per_trial} DDP "
+             "workers: NCCL needs one whole GPU per worker; use 1 (or more), or workers_per_trial: 1")  # fmt: skip
+    if training.precision not in PRECISIONS:
+        fail("training.precision", f"expected one of {PRECISIONS}, got {training.precision!r}")
 
 
 def _build(cls: type, raw: dict, file: str, prefix: str) -> Any:

@@ -2,6 +2,7 @@
 
     python -m study.evaluate --model CHECKPOINT_DIR --data /data/brats2019
     python -m study.evaluate --model RUN_ID --data /data/hcp_holdout --lesion-data /data/brats2019 --out DIR
+    python -m study.evaluate --model models:/NAME@champion --tracking-uri http://127.0.0.1:5000 --data /data/brats2019
 
 Folders may be in any supported layout (HCP, BraTS, CSV manifest); subjects with a lesion mask are lesion
 subjects, the others healthy. Scans are preprocessed with the detector's own recorded settings. Slices are
@@ -21,7 +22,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from study.score import RUN_ID, add_model_arguments, open_detector
+from study.models import RUN_ID, reference_name
+from study.score import add_model_arguments, open_detector
 from trainables.data.errors import DataError
 from trainables.inference import FolderEvaluation, ModelError, evaluate_folder
 from trainables.metric_names import DETECTION_METRICS
@@ -41,9 +43,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def model_name(model: str) -> str:
-    """A short name for output folders: the run id, or the checkpoint folder's name."""
-    if RUN_ID.fullmatch(model):
-        return model
+    """A short name for output folders: the run id or registered NAME@ALIAS, or the checkpoint folder's name."""
+    if RUN_ID.fullmatch(model) or model.startswith(("runs:/", "models:/")):
+        return reference_name(model)
     path = Path(model).expanduser().absolute()
     return path.parent.name if path.is_file() else path.name
 

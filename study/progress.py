@@ -8,7 +8,7 @@ from typing import Any
 from ray.tune import Callback
 from ray.tune.experiment import Trial
 
-from study.tracking import failure_reason
+from study.tracking import failure_reason, trial_label
 
 SHOWN_METRICS = ("val_slice_auroc", "val_pixel_auroc")
 
@@ -29,8 +29,7 @@ class ProgressPrinter(Callback):
         print(f"[{elapsed:6.0f}s] trial {number}/{self.num_samples} {trial.trial_id}: {text}", flush=True)
 
     def on_trial_start(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
-        params = " ".join(f"{k}={_short(v)}" for k, v in sorted(trial.config.items()))
-        self._say(trial, f"started {params}")
+        self._say(trial, f"started {trial_label(trial.config)}")
 
     def on_trial_result(self, iteration: int, trials: list[Trial], trial: Trial, result: dict, **info: Any) -> None:
         if result.get("final"):

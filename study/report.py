@@ -1,8 +1,9 @@
-"""What the study's parent run shows at the end: fronts, best trials, and Optuna's own plots."""
+"""What the study's parent run shows at the end: a summary naming the winner, fronts, best trials, Optuna's plots."""
 
 from __future__ import annotations
 
 import warnings
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -11,12 +12,26 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import optuna  # noqa: E402
+from mlflow.entities import Metric, RunTag  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
+from mlflow.utils.mlflow_tags import MLFLOW_RUN_NOTE  # noqa: E402
 
 from study.config import StudyConfig  # noqa: E402
-from study.pareto import write_pareto  # noqa: E402
-from study.results import TRIALS_CSV, best_by_family, write_best_json, write_trials_csv  # noqa: E402
+from study.pareto import fronts, write_pareto  # noqa: E402
+from study.results import (  # noqa: E402
+    TRIALS_CSV,
+    best_by_family,
+    best_trial,
+    finite,
+    format_cell,
+    write_best_json,
+    write_trials_csv,
+)
 from study.search import make_storage  # noqa: E402
+from study.tracking import tracking_uri, trial_label  # noqa: E402
+
+SUMMARY = "summary.md"  # the parent run's summary, also shown as the run's description
+TEST_SHOWN = ("test_pixel_auroc", "test_slice_auroc")  # reported beside each chosen trial, never used to choose
 
 
 def write_study_report(config: StudyConfig, rows: list[dict[str, Any]], study_dir: Path) -> list[Path]:
@@ -63,12 +78,109 @@ def _plot(draw: Any, path: Path) -> bool:
 def log_study_report(
     client: MlflowClient, run_id: str, config: StudyConfig, rows: list[dict], files: list[Path]
 ) -> None:
-    """Attach the report files to the parent run, and the best trial per family as metrics and tags."""
+    """Make the parent run the study's summary: report files, best values and the threshold row as metrics,
+    best trials as tags, and a markdown summary (summary.md, and the run's description on its page)."""
     for path in files:
         client.log_artifact(run_id, str(path))
+    summary = study_summary(config, rows, tracking_uri(config))
+    client.log_text(run_id, summary, SUMMARY)
+    tags = [RunTag(MLFLOW_RUN_NOTE, summary)]
+    winner = best_trial(rows, config.objectives[0])
+    if winner is not None:
+        tags += [RunTag("winner", winner["trial_id"]), RunTag("winner_run_id", winner.get("mlflow_run_id") or "")]
+    first = config.objectives[0]
+    for family, row in best_by_family(rows, first).items():
+        tags.append(RunTag(f"best_trial.{family}", row["trial_id"]))
+    client.log_batch(run_id, metrics=summary_metrics(config, rows), tags=tags)
+
+
+def summary_metrics(config: StudyConfig, rows: list[dict]) -> list[Metric]:
+    """`best/<objective>` (the best value, chosen on val, as in best.json), the first objective's best per family
+    (`best_<family>/<metric>`, with its test values) and the threshold baseline (`threshold/<metric>`).
+
+    The `/` makes MLflow's chart view put these parent-run figures in sections of their own, apart from the
+    trials' metrics, whose plain names (val_pixel_auroc, train_seconds, ...) it plots against each other.
+    """
+    values: dict[str, float] = {}
+    for objective in config.objectives:
+        row = best_trial(rows, objective)
+        if row is not None:
+            values[f"best/{objective.metric}"] = row[objective.metric]
+    first = config.objectives[0]
+    for family, row in best_by_family(rows, first).items():
+        values.update({f"best_{family}/{k}": row[k] for k in (first.metric, *TEST_SHOWN) if finite(row.get(k))})
+    for row in (r for r in rows if r["status"] == "baseline"):
+        keys = (*config.objective_names, *TEST_SHOWN)
+        values.update({f"{row['family']}/{k}": row[k] for k in keys if finite(row.get(k))})
+    return [Metric(key, float(value), 0, 0) for key, value in values.items()]
+
+
+def study_summary(config: StudyConfig, rows: list[dict], uri: str) -> str:
+    """A short markdown page: what ran, the winner and how to score with it, best per objective, the fronts."""
+    trials = [r for r in rows if r["status"] != "baseline"]
+    statuses = ", ".join(f"{n} {status}" for status, n in sorted(Counter(r["status"] for r in trials).items()))
+    objectives = ", ".join(f"`{o.metric}` ({o.mode})" for o in config.objectives)
+    lines = [
+        f"# Study `{config.name}`",
+        "",
+        f"{len(trials)} of {config.num_samples} trials ({statuses or 'none finished'}) of {', '.join(config.families)}."
+        f" Objectives: {objectives}; trials are chosen on val metrics (and costs), never on test data.",
+        "",
+    ]
+    winner = best_trial(rows, config.objectives[0])
+    if winner is None:
+        lines += ["No trial completed, so there is no winner.", ""]
+    else:
+        lines += _winner(winner, config.objectives[0].metric, uri) + _against_baseline(winner, rows, config)
+    columns = ["trial_id", "name", *config.objective_names, *TEST_SHOWN]
+    best = [{"objective": o.metric, **r} for o in config.objectives if (r := best_trial(rows, o)) is not None]
+    lines += ["## Best per objective (chosen on val)", "", *_table(best, ["objective", *columns]), ""]
+    title = "Pareto fronts" if len(config.objectives) > 1 else "Best trial"
+    baseline = [{"front": "baseline", **r} for r in rows if r["status"] == "baseline"]
+    front_rows = fronts(rows, config.objectives) + baseline
+    lines += [f"## {title}: overall, per family, and the threshold baseline", ""]
+    lines += _table(front_rows, ["front", *columns])
+    return "\n".join(lines) + "\n"
+
+
+def _winner(row: dict, metric: str, uri: str) -> list[str]:
+    run_id = row.get("mlflow_run_id") or "<run id>"
+    shown = ", ".join(f"{k} {format_cell(row.get(k))}" for k in (metric, *TEST_SHOWN))
+    return [
+        f"**Winner** by `{metric}`: trial `{row['trial_id']}`, **{row_label(row)}**, MLflow run `{run_id}` ({shown}).",
+        "",
+        "Score new scans with it:",
+        "",
+        "```bash",
+        f"python -m study.score --model {run_id} --tracking-uri {uri} --input scan.nii.gz --output map.nii.gz",
+        "```",
+        "",
+    ]
+
+
+def _against_baseline(winner: dict, rows: list[dict], config: StudyConfig) -> list[str]:
+    """A warning line where the untrained baseline beats the winner on the first objective (learning bought nothing)."""
     objective = config.objectives[0]
-    for family, row in best_by_family(rows, objective).items():
-        client.set_tag(run_id, f"best_trial.{family}", row["trial_id"])
-        for key in (objective.metric, "test_pixel_auroc", "test_slice_auroc"):
-            if isinstance(row.get(key), float):
-                client.log_metric(run_id, f"best_{family}.{key}", row[key])
+    sign = 1 if objective.mode == "max" else -1
+    baselines = [r for r in rows if r["status"] == "baseline" and finite(r.get(objective.metric))]
+    better = [r for r in baselines if sign * (r[objective.metric] - winner[objective.metric]) > 0]
+    return [
+        f"Note: the untrained `{r['family']}` baseline scores better on `{objective.metric}`"
+        f" ({format_cell(r[objective.metric])}) than the winner."
+        for r in better
+    ] + ([""] if better else [])
+
+
+def row_label(row: dict) -> str:
+    """The trial's run name, rebuilt from its trials.csv row (family and `param_*` columns)."""
+    params = {k[len("param_") :]: v for k, v in row.items() if k.startswith("param_")}
+    return trial_label({"family": row.get("family"), **params})
+
+
+def _table(rows: list[dict], columns: list[str]) -> list[str]:
+    """A markdown table of the rows (`name` is the trial's run name)."""
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for row in rows:
+        cells = [row_label(row) if c == "name" else format_cell(row.get(c)) for c in columns]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines

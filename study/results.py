@@ -19,7 +19,7 @@ from ray.tune.experiment import Trial
 
 from study.config import Objective
 from study.tracking import failure_reason
-from trainables.metric_names import TEST_METRICS, VAL_METRICS
+from trainables.metric_names import TEST_METRICS, VAL_METRICS, is_appearance_metric
 
 JOURNAL = "trials.jsonl"
 TRIALS_CSV = "trials.csv"
@@ -33,6 +33,7 @@ def trial_row(trial_id: str, config: dict[str, Any], last: dict[str, Any], statu
     row: dict[str, Any] = {"trial_id": trial_id, "family": config.get("family"), "status": status}
     row.update({f"param_{k}": v for k, v in sorted(config.items()) if k != "family"})
     row.update({k: last.get(k) for k in (*VAL_METRICS, *TEST_METRICS)})
+    row.update({k: v for k, v in sorted(last.items()) if is_appearance_metric(k)})  # where the cohort has them
     row["train_seconds"] = last.get("train_seconds")
     row["best_epoch"] = last.get("best_epoch")
     row["failure_reason"] = reason
@@ -144,7 +145,7 @@ def write_best_json(rows: list[dict[str, Any]], objectives: list[Objective], pat
 
 def format_table(rows: list[dict[str, Any]], columns: tuple[str, ...]) -> str:
     """A plain-text table of the rows, for the end of a study."""
-    cells = [[_cell(row.get(c)) for c in columns] for row in rows]
+    cells = [[format_cell(row.get(c)) for c in columns] for row in rows]
     widths = [max(len(c), *(len(r[i]) for r in cells)) if cells else len(c) for i, c in enumerate(columns)]
     lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True))]
     lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)) for r in cells]
@@ -168,7 +169,8 @@ def _parse(text: str) -> Any:
         return text
 
 
-def _cell(value: Any) -> str:
+def format_cell(value: Any) -> str:
+    """A value as a table shows it: 4 significant digits, '-' for none."""
     if isinstance(value, float):
         return f"{value:.4g}"
     return "-" if value is None else str(value)

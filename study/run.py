@@ -28,10 +28,13 @@ from study.cluster import (
 )
 from study.config import ConfigError, StudyConfig, load_config
 from study.stage import StageError
+from study.storage import RayStorage, ray_storage
 from study.tracking import TrackingError
 from trainables.data.errors import DataError
 
 if TYPE_CHECKING:
+    from mlflow.entities import DatasetInput
+
     from study.trial import TrialSetup
 
 SUMMARY_COLUMNS = (
@@ -74,7 +77,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--dry-run", action="store_true", help="check config, cluster, storage, MLflow; print the plan; train nothing"
     )
-    parser.add_argument("--verbose", action="store_true", help="show Ray's own worker and controller logs")
+    parser.add_argument(
+        "--verbose", action="store_true", help="show Ray's own worker and controller logs and Tune's own output"
+    )
     return parser.parse_args(argv)
 
 
@@ -125,13 +130,17 @@ def run_study(
     from search_spaces import family_space
     from study.baseline import baseline_row
     from study.data import prepare_data
+    from study.datasets import split_inputs, study_cohort
     from study.tracking import check_reachable, open_parent_run, tracking_uri
     from study.tuning import trial_setup
 
     study_dir = config.study_dir.resolve()
     check_reachable(tracking_uri(config))  # seconds, before any staging, cache building or state reset
-    previous = _start_state(config, study_dir, resume)
+    storage = ray_storage(config, cluster)
+    previous = _start_state(config, study_dir, resume, storage)
     print(f"study '{config.name}': {config.num_samples} trials of {', '.join(config.families)}", flush=True)
+    if config.ray_storage:
+        print(f"Ray storage (Tune state, Train checkpoints): {storage.uri(storage.root)}", flush=True)
     cache_dir, preprocess = prepare_data(config)  # bad data fails here, before any MLflow run or trial
     space_source = "\n\n".join(inspect.getsource(inspect.getmodule(family_space(f))) for f in config.families)
     client, parent_run_id = open_parent_run(config, space_source, previous)
@@ -139,9 +148,10 @@ def run_study(
     started_ray = False
     try:
         started_ray = connect_ray(config, verbose)
-        baseline_row(study_dir, cache_dir, client, parent_run_id)
-        setup = trial_setup(config, cache_dir, preprocess, cluster)
-        rows = _tune(config, setup, parent_run_id, resume)
+        inputs = split_inputs(study_cohort(config, cluster), cache_dir)  # the data every run records
+        baseline_row(study_dir, cache_dir, client, parent_run_id, inputs)
+        setup = trial_setup(config, cache_dir, preprocess, cluster, storage)
+        rows = _tune(config, setup, parent_run_id, resume, verbose, inputs)
         outcome = _finish(config, rows, study_dir, client, parent_run_id, cluster)
     except BaseException as err:
         status = RunStatus.KILLED if isinstance(err, KeyboardInterrupt) else RunStatus.FAILED
@@ -157,13 +167,13 @@ def run_study(
     return outcome
 
 
-def _start_state(config: StudyConfig, study_dir: Path, resume: bool) -> str | None:
+def _start_state(config: StudyConfig, study_dir: Path, resume: bool, storage: RayStorage) -> str | None:
     """For --resume, the parent run to continue; for a fresh run, clear the study's previous state."""
     from study.tuning import can_resume
 
     if resume:
         state = study_dir / STATE_FILE
-        if not (state.is_file() and can_resume(config)):
+        if not (state.is_file() and can_resume(config, storage)):
             raise ConfigError(f"{config.source}: nothing to resume in {study_dir} (run without --resume to start)")
         return json.loads(state.read_text())["parent_run_id"]
     existing = [study_dir / name for name in STUDY_STATE if (study_dir / name).exists()]
@@ -171,6 +181,7 @@ def _start_state(config: StudyConfig, study_dir: Path, resume: bool) -> str | No
         print(f"starting '{config.name}' afresh: replacing the previous run's state in {study_dir}", flush=True)
     for path in existing:
         shutil.rmtree(path) if path.is_dir() else path.unlink()
+    storage.clear()  # the study's Tune/Train state on S3 (ray_storage), as the folders above are locally
     study_dir.mkdir(parents=True, exist_ok=True)
     return None
 
@@ -197,22 +208,31 @@ def connect_ray(config: StudyConfig, verbose: bool) -> bool:
     return address in (None, "local")
 
 
-def _tune(config: StudyConfig, setup: TrialSetup, parent_run_id: str, resume: bool) -> list[dict]:
+def _tune(
+    config: StudyConfig,
+    setup: TrialSetup,
+    parent_run_id: str,
+    resume: bool,
+    verbose: bool,
+    inputs: list[DatasetInput],
+) -> list[dict]:
     from study.progress import ProgressPrinter
     from study.results import TrialRecorder
     from study.tracking import MlflowTrialLogger, tracking_uri
-    from study.tuning import make_tuner
+    from study.tuning import fit, make_tuner
 
     run_ids: dict[str, str] = {}
     recorder = TrialRecorder(config.study_dir.resolve(), run_ids)
     callbacks = [
-        MlflowTrialLogger(tracking_uri(config), parent_run_id, config.training.epochs, run_ids),
+        MlflowTrialLogger(
+            tracking_uri(config), parent_run_id, config.training.epochs, run_ids, inputs, setup.storage
+        ),
         recorder,
         ProgressPrinter(config.num_samples, config.training.epochs, already_done=len(recorder.trial_rows)),
     ]
     if resume:
         print(f"resuming: {len(recorder.trial_rows)} of {config.num_samples} trials already finished", flush=True)
-    make_tuner(config, setup, callbacks, resume).fit()
+    fit(make_tuner(config, setup, callbacks, resume), verbose)
     return recorder.rows
 
 
@@ -236,6 +256,7 @@ def _finish(
         row = best_trial(rows, objective)
         chosen = f"trial {row['trial_id']} ({row['family']})" if row else "no completed trial"
         print(f"best by {objective.metric} ({objective.mode}, chosen on val): {chosen}")
+    _register(config, rows, client)
     if interrupted:
         print(f"\ninterrupted after {len(trials)} of {config.num_samples} trials; continue with:")
         where = f" --cluster {cluster.source}" if cluster else ""
@@ -243,6 +264,20 @@ def _finish(
     print(f"\nresults: {study_dir}/ (trials.csv, best.json, pareto.csv, plots)")
     print(f"MLflow:  {mlflow_ui_hint(config.mlflow.tracking_uri, cluster.source if cluster else None)}")
     return StudyOutcome(rows=rows, study_dir=study_dir, parent_run_id=parent_run_id, interrupted=interrupted)
+
+
+def _register(config: StudyConfig, rows: list[dict], client: Any) -> None:
+    """Register the winners in MLflow's Model Registry; a registry error is printed, the study's results stand."""
+    from study.models import register_winners, registered_model_name
+
+    name = registered_model_name(config)
+    try:
+        registered = register_winners(client, config, rows)
+    except Exception as err:  # MLflow raises many types; the trials, their models and the report are logged
+        print(f"warning: winners not registered as '{name}': {type(err).__name__}: {err}")
+        return
+    for alias, version in registered.items():
+        print(f"registered: models:/{name}@{alias} (version {version})")
 
 
 if __name__ == "__main__":

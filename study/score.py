@@ -2,8 +2,11 @@
 
     python -m study.score --model CHECKPOINT_DIR --input scan.nii.gz --output map.nii.gz
     python -m study.score --model model.pt --input scans/ --output maps/
-    python -m study.score --model RUN_ID --input scan.nii.gz --output map.nii.gz   # the run's model/model.pt
+    python -m study.score --model RUN_ID --input scan.nii.gz --output map.nii.gz   # runs:/RUN_ID/model
+    python -m study.score --model models:/NAME@champion --tracking-uri http://127.0.0.1:5000 --input ... --output ...
 
+``--model`` takes a checkpoint folder, a model.pt, an MLflow run id, ``runs:/ID/model`` or
+``models:/NAME@ALIAS`` (``models:/NAME/VERSION``): the model.pt inside the MLflow model is used.
 A map has the scan's shape and affine; slices the detector's preprocessing drops and voxels outside the
 brain (image > 0, or the brain mask of a manifest) are 0. A folder is scored file by file when it holds
 ``*.nii``/``*.nii.gz`` files directly (each map keeps its scan's name), otherwise subject by subject in any
@@ -13,7 +16,6 @@ known layout (HCP, BraTS, CSV manifest; ``<subject>.nii.gz``). Bad input exits w
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 import tempfile
 from pathlib import Path
@@ -24,15 +26,15 @@ from trainables.data.layouts import NIFTI_SUFFIXES
 from trainables.inference import ModelError, load_detector, resolve_device, score_folder, score_volume, write_map
 
 DEFAULT_TRACKING_URI = "sqlite:///results/mlflow.db"
-MODEL_ARTIFACT = "model/model.pt"  # where study.tracking logs each trial's chosen detector
-RUN_ID = re.compile(r"[0-9a-f]{32}")  # MLflow run ids are uuid4 hex strings
 SQLITE = "sqlite:///"
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     """--model, --tracking-uri and --device, shared with study.evaluate."""
     parser.add_argument(
-        "--model", required=True, help="checkpoint folder, model.pt file, or MLflow run id of a trial (its model.pt)"
+        "--model",
+        required=True,
+        help="checkpoint folder, model.pt file, MLflow run id of a trial, runs:/ID/model or models:/NAME@ALIAS",
     )
     parser.add_argument(
         "--tracking-uri", default=DEFAULT_TRACKING_URI, help=f"MLflow store of run ids (default {DEFAULT_TRACKING_URI})"
@@ -41,24 +43,19 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def resolve_model(model: str, tracking_uri: str, scratch: Path) -> Path:
-    """A local model.pt or checkpoint folder for ``model``: the path itself, or an MLflow run's artifact."""
+    """A local model.pt or checkpoint folder for ``model``: the path itself, or the model.pt of an MLflow model."""
+    from study.models import fetch_model_file, model_uri
+
     path = Path(model).expanduser()
     if path.exists():
         return path
-    if not RUN_ID.fullmatch(model):
-        raise ModelError(f"{model}: no such checkpoint folder or model.pt file (nor an MLflow run id)")
+    uri = model_uri(model)
+    if uri is None:
+        raise ModelError(f"{model}: no such checkpoint folder or model.pt file (nor a run id, runs:/ or models:/ URI)")
     if tracking_uri.startswith(SQLITE) and not Path(tracking_uri[len(SQLITE) :]).is_file():
         # MLflow would create an empty store there and then report a missing run: say what is really wrong
-        raise ModelError(f"MLflow run {model}: tracking store {tracking_uri[len(SQLITE) :]} not found (--tracking-uri)")
-    from mlflow.artifacts import download_artifacts  # slow import, only for run ids
-
-    try:
-        local = download_artifacts(
-            run_id=model, artifact_path=MODEL_ARTIFACT, dst_path=str(scratch), tracking_uri=tracking_uri
-        )
-    except Exception as err:  # MlflowException, OSError, HTTP errors: all mean the same to the user
-        raise ModelError(f"MLflow run {model} at {tracking_uri}: cannot fetch {MODEL_ARTIFACT} ({err})") from err
-    return Path(local)
+        raise ModelError(f"{model}: tracking store {tracking_uri[len(SQLITE) :]} not found (--tracking-uri)")
+    return fetch_model_file(uri, tracking_uri, scratch)
 
 
 def open_detector(args: argparse.Namespace, scratch: Path) -> tuple[Any, Any, dict[str, Any]]:

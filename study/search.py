@@ -82,4 +82,8 @@ def make_scheduler(config: StudyConfig) -> TrialScheduler | None:
         time_attr="training_iteration",
         max_t=config.training.epochs + 1,  # + the final report carrying test_*
         grace_period=1,
+        # A trial at max_t ends by itself. Stopping it there instead kills the trial process while its Train
+        # controller is still shutting down: the worker group's CPUs stay reserved (Ray 2.60) and the next trial
+        # may wait for them for ever on a small machine.
+        stop_last_trials=False,
     )

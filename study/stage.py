@@ -13,11 +13,10 @@ import argparse
 import hashlib
 import json
 import os
-import random
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor, as_completed
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -25,6 +24,9 @@ from typing import Any
 from uuid import uuid4
 
 from filelock import FileLock, Timeout
+from s3transfer.manager import TransferManager
+from s3transfer.subscribers import BaseSubscriber
+from s3transfer.utils import OSUtils
 
 from study.cluster import (
     DEFAULT_CONCURRENCY,
@@ -41,9 +43,7 @@ from trainables.data.layouts import discover_subjects
 MANIFEST = ".stage-manifest.json"  # {"bucket/key": {"size": n, "etag": "..."}} of every file staged here
 LOCK = ".stage.lock"  # one stager per node: every other trial on the node waits, then finds all cached
 CHUNK = 1 << 20
-OBJECT_ATTEMPTS = 4  # our own retries around each object, on top of botocore's retries per request
-BACKOFF_S = 0.5
-TRANSIENT_CODES = {"SlowDown", "RequestTimeout", "InternalError", "ServiceUnavailable", "Throttling"}
+SINGLE_PUT_MAX = 5 * 1024**3  # S3's largest single-part upload
 CREDENTIAL_CODES = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "ExpiredToken", "403"}
 COHORT_DIRS = {"healthy": ("hcp", "healthy"), "lesion": ("brats", "lesion")}  # --upload DIR's sub-folders
 
@@ -88,6 +88,8 @@ def _explain(err: Exception, where: str) -> StageError:
         message = err.response.get("Error", {}).get("Message", "")
         if code == "NoSuchBucket":
             why = "no such bucket"
+        elif code in ("PreconditionFailed", "412"):
+            why = "the object changed in the bucket after it was listed; run the staging again"
         elif code in CREDENTIAL_CODES:
             why = f"credentials rejected ({code}: {message}); check AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY "
             why += "or the instance role, and that they may read this bucket"
@@ -96,31 +98,6 @@ def _explain(err: Exception, where: str) -> StageError:
     else:
         why = f"{type(err).__name__}: {err}"
     return StageError(f"{where}: {why}")
-
-
-def _transient(err: Exception) -> bool:
-    """Worth retrying: dropped or slow connections, short bodies, server-side 5xx and throttling."""
-    from botocore import exceptions as bce
-
-    dropped = (bce.ConnectionClosedError, bce.ReadTimeoutError, bce.ResponseStreamingError, bce.IncompleteReadError)
-    if isinstance(err, (*dropped, bce.EndpointConnectionError)):
-        return True
-    if isinstance(err, bce.ClientError):
-        status = err.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
-        return status >= 500 or err.response.get("Error", {}).get("Code") in TRANSIENT_CODES
-    return False
-
-
-def _retrying(action: Callable[[], int], where: str) -> int:
-    """Run ``action`` with exponential backoff and jitter on transient errors; StageError naming ``where``."""
-    for attempt in range(1, OBJECT_ATTEMPTS + 1):
-        try:
-            return action()
-        except Exception as err:
-            if attempt == OBJECT_ATTEMPTS or not _transient(err):
-                raise _explain(err, where) from err
-            time.sleep(min(BACKOFF_S * 2 ** (attempt - 1), 8.0) * random.uniform(0.5, 1.5))
-    raise AssertionError("unreachable")
 
 
 def check_buckets(study: ClusterStudy, buckets: Iterable[str], create: bool = False) -> None:
@@ -206,26 +183,61 @@ def _is_cached_or_adopted(obj: RemoteObject, path: Path, manifest: dict[str, dic
     return True
 
 
-def _fetch(client: Any, obj: RemoteObject, path: Path) -> int:
-    """One GET into a temporary sibling, renamed into place only when complete (no half file is ever read)."""
-    from botocore.exceptions import IncompleteReadError
+class _PartNames(OSUtils):
+    """s3transfer's file operations, but a download in flight is named ``.<name>.<8 hex>.part``.
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid4().hex[:8]}.part")
-    try:
-        # IfMatch: an object replaced since the listing fails (412) instead of mixing two versions
-        response = client.get_object(Bucket=obj.bucket, Key=obj.key, IfMatch=f'"{obj.etag}"')
-        written = 0
-        with open(tmp, "wb") as handle:
-            for chunk in response["Body"].iter_chunks(CHUNK):
-                handle.write(chunk)
-                written += len(chunk)
-        if written != obj.size:
-            raise IncompleteReadError(actual_bytes=written, expected_bytes=obj.size)  # a dropped connection
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return written
+    s3transfer already writes each download to a temporary sibling and renames it into place when complete,
+    so no reader ever opens half a file under its final name. Its own temporary name (``<name>.<8 hex>``) is
+    visible to a folder listing and a glob like ``*.nii.gz*``; ours is hidden, and after a killed stager
+    every leftover is found by one pattern (``_sync`` removes them under the node lock).
+    """
+
+    def get_temp_filename(self, filename: str) -> str:
+        path = Path(filename)
+        return str(path.with_name(f".{path.name}.{uuid4().hex[:8]}.part"))
+
+
+def _transfer_config(concurrency: int, upload: bool = False) -> Any:
+    """s3transfer's settings: ``concurrency`` requests at a time; its retries of a body cut short (on top of
+    botocore's request retries) replace the ones this module used to hand-write. Uploads go in one part
+    (S3 allows up to 5 GB), so an object's ETag stays its file's MD5, which a second ``--upload`` and the
+    adoption of a killed stager's files compare against; downloads of large files use ranged GETs."""
+    from boto3.s3.transfer import TransferConfig
+
+    single = {"multipart_threshold": SINGLE_PUT_MAX} if upload else {}
+    return TransferConfig(max_concurrency=max(1, concurrency), num_download_attempts=5, **single)
+
+
+def _pin_etags(client: Any, objects: list[RemoteObject]) -> None:
+    """Every GetObject of a listed object carries ``IfMatch`` with the listed ETag: an object replaced since
+    the listing fails (412) instead of being stored under the old ETag. s3transfer sends IfMatch itself only
+    on the ranged GETs of a multipart download; this covers the single GETs too."""
+    etags = {(o.bucket, o.key): f'"{o.etag}"' for o in objects}
+
+    def add_if_match(params: dict[str, Any], **kwargs: Any) -> None:
+        etag = etags.get((params.get("Bucket"), params.get("Key")))
+        if etag is not None:
+            params.setdefault("IfMatch", etag)
+
+    client.meta.events.register("before-parameter-build.s3.GetObject", add_if_match)
+
+
+class _Listed(BaseSubscriber):
+    """Gives s3transfer the listed size and ETag (no HEAD request per object) and reports each completion."""
+
+    def __init__(self, obj: RemoteObject, done: Callable[[RemoteObject], None]) -> None:
+        self.obj, self.done = obj, done
+
+    def on_queued(self, future: Any, **kwargs: Any) -> None:
+        future.meta.provide_transfer_size(self.obj.size)
+        future.meta.provide_object_etag(f'"{self.obj.etag}"')
+
+    def on_done(self, future: Any, **kwargs: Any) -> None:
+        try:
+            future.result()  # done already: returns at once, or raises the transfer's error (reported by _download)
+        except BaseException:
+            return
+        self.done(self.obj)
 
 
 class _Meter:
@@ -249,23 +261,6 @@ class _Meter:
             f"{self.verb} {self.done}/{self.files} files, {self.bytes / 1e6:.1f}/{self.total / 1e6:.1f} MB, "
             f"{self.bytes / 1e6 / seconds:.1f} MB/s"
         )
-
-
-def _run_parallel(
-    jobs: list[tuple[Callable[[], int], Any]], concurrency: int, meter: _Meter, done: Callable[[Any], None]
-) -> None:
-    """Run each job (returning bytes moved) on a thread pool, calling ``done(tag)`` here as each one ends.
-
-    On the first error the queued jobs are cancelled and the error is raised after the running ones end.
-    """
-    pool = ThreadPoolExecutor(max_workers=max(1, concurrency), thread_name_prefix="stage")
-    try:
-        futures = {pool.submit(job): tag for job, tag in jobs}
-        for future in as_completed(futures):
-            meter.add(future.result())
-            done(futures[future])
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _prune(cache_dir: Path, prefixes: set[str], listed: set[str], manifest: dict[str, dict[str, Any]]) -> None:
@@ -296,16 +291,39 @@ def _sync(
     total = sum(o.size for o in unique)
     say(f"{len(unique)} objects, {total / 1e6:.1f} MB: {len(unique) - len(todo)} cached, {len(todo)} to download")
     meter = _Meter("downloaded", len(todo), sum(o.size for o in todo), say)
-    jobs = [(_download_job(client, o, local_path(cache_dir, o.bucket, o.key)), o) for o in todo]
+    lock = threading.Lock()
+
+    def done(obj: RemoteObject) -> None:  # on s3transfer's threads, as each file is renamed into place
+        with lock:
+            manifest[obj.id] = {"size": obj.size, "etag": obj.etag}
+            meter.add(obj.size)
+
     try:
-        _run_parallel(jobs, concurrency, meter, lambda o: manifest.update({o.id: {"size": o.size, "etag": o.etag}}))
+        _download(client, cache_dir, todo, concurrency, done)
     finally:
         _save_manifest(cache_dir, manifest)  # keep what finished even when something failed
     return meter.bytes, len(todo), len(unique) - len(todo), manifest
 
 
-def _download_job(client: Any, obj: RemoteObject, path: Path) -> Callable[[], int]:
-    return lambda: _retrying(lambda: _fetch(client, obj, path), f"s3://{obj.bucket}/{obj.key}")
+def _download(
+    client: Any, cache_dir: Path, todo: list[RemoteObject], concurrency: int, done: Callable[[RemoteObject], None]
+) -> None:
+    """Every object of ``todo`` through one s3transfer TransferManager; StageError naming the first failure
+    (the queued transfers are then cancelled, the running ones end)."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    _pin_etags(client, todo)
+    with TransferManager(client, _transfer_config(concurrency), osutil=_PartNames()) as manager:
+        futures = []
+        for obj in todo:
+            path = local_path(cache_dir, obj.bucket, obj.key)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            futures.append((obj, manager.download(obj.bucket, obj.key, str(path), subscribers=[_Listed(obj, done)])))
+        for obj, future in futures:
+            try:
+                future.result()
+            except (BotoCoreError, ClientError, OSError) as err:
+                raise _explain(err, f"s3://{obj.bucket}/{obj.key}") from err
 
 
 def _check_layout(folder: Path, uri: str, modality: str, lesion: bool) -> None:
@@ -343,8 +361,9 @@ def stage_dataset(
 
     Once per node: a file lock in ``cache_dir`` makes concurrent callers wait, and files already cached
     with the bucket's size and ETag (the manifest ``.stage-manifest.json``) are not fetched again.
-    Downloads run ``concurrency`` at a time, each written to a temporary name and renamed when complete,
-    retried with backoff. At the end every file's size and ETag is checked and both folders must hold a
+    Downloads go through s3transfer's TransferManager, ``concurrency`` requests at a time, each written to
+    a hidden temporary name and renamed when complete (s3transfer retries a body cut short, botocore a
+    failed request). At the end every file's size and ETag is checked and both folders must hold a
     known dataset layout. Raises StageError naming the endpoint, bucket, prefix or file.
     """
     say = progress or (lambda message: None)
@@ -411,7 +430,7 @@ def upload_cohort(
 
     Files already in the bucket with the same size and MD5 ETag are left alone. Returns files uploaded.
     """
-    from boto3.s3.transfer import TransferConfig
+    from botocore.exceptions import BotoCoreError, ClientError
 
     say = progress or (lambda message: None)
     folder = Path(folder).expanduser()
@@ -423,17 +442,22 @@ def upload_cohort(
     client = s3_client(study, concurrency=concurrency)
     plan = [item for local, uri in sources.values() for item in _upload_plan(client, study, local, uri)]
     say(f"uploading {len(plan)} files to {study.label}")
-    transfer = TransferConfig(use_threads=False, multipart_threshold=64 * 1024 * 1024)  # our pool is the parallelism
-
-    def job(path: Path, bucket: str, key: str) -> Callable[[], int]:
-        def put() -> int:
-            client.upload_file(str(path), bucket, key, Config=transfer)
-            return path.stat().st_size
-
-        return lambda: _retrying(put, f"s3://{bucket}/{key}")
-
     meter = _Meter("uploaded", len(plan), sum(p.stat().st_size for p, _, _ in plan), say)
-    _run_parallel([(job(*item), item) for item in plan], concurrency, meter, lambda item: None)
+    lock = threading.Lock()
+
+    class Sent(BaseSubscriber):
+        def on_done(self, future: Any, **kwargs: Any) -> None:
+            with lock:
+                meter.add(future.meta.size or 0)
+
+    with TransferManager(client, _transfer_config(concurrency, upload=True)) as manager:
+        futures = [(f"s3://{bucket}/{key}", manager.upload(str(path), bucket, key, subscribers=[Sent()]))
+                   for path, bucket, key in plan]  # fmt: skip
+        for where, future in futures:
+            try:
+                future.result()
+            except (BotoCoreError, ClientError, OSError) as err:
+                raise _explain(err, where) from err
     return len(plan)
 
 

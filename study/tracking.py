@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from mlflow.entities import Metric, Param, RunStatus, RunTag
+from mlflow.entities import DatasetInput, Metric, Param, RunStatus, RunTag
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 from ray.tune import Callback
@@ -26,6 +26,11 @@ from study.config import StudyConfig
 from trainables.metric_names import is_reported_metric
 
 TRIAL_ID_TAG = "trial_id"
+# The experiment's kind for MLflow 3: model training, not GenAI traces. (MLflow 3.17's UI nevertheless picks its
+# pages by its own "GenAI | Model training" switch; README, "Reviewing a study in MLflow".)
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
+RUN_NAME_LIMIT = 250  # MLflow's limit on a run name
 PROBE_TIMEOUT_S = 5  # an MLflow server that does not answer in this time is refused before the study starts
 _UNREACHABLE_HINT = "start the server, or fix mlflow.tracking_uri (study YAML) or metadata.study.mlflow (cluster YAML)"
 
@@ -94,9 +99,12 @@ def resolved_config(config: StudyConfig) -> dict[str, Any]:
 
 def _experiment_id(client: MlflowClient, name: str, uri: str) -> str:
     experiment = client.get_experiment_by_name(name)
-    if experiment is not None:
-        return experiment.experiment_id
-    return client.create_experiment(name, artifact_location=_artifacts(uri, name))
+    if experiment is None:
+        tags = {EXPERIMENT_KIND_TAG: EXPERIMENT_KIND}
+        return client.create_experiment(name, artifact_location=_artifacts(uri, name), tags=tags)
+    if experiment.tags.get(EXPERIMENT_KIND_TAG) != EXPERIMENT_KIND:  # made by an older study, or guessed by the UI
+        client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+    return experiment.experiment_id
 
 
 def _artifacts(uri: str, experiment: str) -> str | None:
@@ -119,19 +127,40 @@ def _study_params(config: StudyConfig) -> dict[str, Any]:
     }
 
 
+def trial_label(config: dict[str, Any]) -> str:
+    """A trial in words, as its run name and progress line: the family, then its sampled settings."""
+    settings = " ".join(f"{k}={_short(v)}" for k, v in sorted(config.items()) if k != "family" and v is not None)
+    return f"{config.get('family', 'trial')} {settings}".strip()[:RUN_NAME_LIMIT]
+
+
+def _short(value: Any) -> str:
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
+
+
 class MlflowTrialLogger(Callback):
-    """Tune callback: a child run per trial with its params, per-epoch metrics, final metrics and status.
+    """Tune callback: a child run per trial with its params, data, per-epoch metrics, final metrics and status.
 
     A trial resumed after an interruption gets its own child run back (found by the trial_id tag), so
     a resumed study has one child run per trial, never two.
     """
 
-    def __init__(self, uri: str, parent_run_id: str, epochs: int, run_ids: dict[str, str]) -> None:
+    def __init__(
+        self,
+        uri: str,
+        parent_run_id: str,
+        epochs: int,
+        run_ids: dict[str, str],
+        inputs: list[DatasetInput],
+        storage: Any = None,
+    ) -> None:
         self.uri = uri
+        self.storage = storage  # study.storage.RayStorage the trials' checkpoints are on (None: local folders)
         self.parent_run_id = parent_run_id
         self.final_step = epochs + 1
         self.run_ids = run_ids  # trial_id -> MLflow run id, shared with the trial recorder
+        self.inputs = inputs  # the splits every trial trains and is scored on (study.datasets)
         self._client: MlflowClient | None = None
+        self._system: dict[str, Any] = {}  # trial_id -> MLflow's system metrics monitor of its run (issue 12.8)
 
     @property
     def client(self) -> MlflowClient:
@@ -140,21 +169,36 @@ class MlflowTrialLogger(Callback):
         return self._client
 
     def __getstate__(self) -> dict[str, Any]:  # Tune pickles callbacks with its experiment state
-        return {**self.__dict__, "_client": None}
+        return {**self.__dict__, "_client": None, "_system": {}}
 
     def on_trial_start(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
         run_id = self.run_ids.get(trial.trial_id) or self._existing_run(trial.trial_id)
         if run_id is not None:
             self.client.update_run(run_id, status=RunStatus.to_string(RunStatus.RUNNING))
+            self.client.set_tag(run_id, "status", "running")
             self.run_ids[trial.trial_id] = run_id
+            self._watch_system(trial.trial_id, run_id)
             return
         tags = {MLFLOW_PARENT_RUN_ID: self.parent_run_id, TRIAL_ID_TAG: trial.trial_id, "role": "trial"}
-        tags[MLFLOW_RUN_NAME] = f"{trial.config.get('family', 'trial')}-{trial.trial_id}"
+        # family and status are tags so the runs view can group and filter by them
+        family = trial.config.get("family", "")
+        tags.update({MLFLOW_RUN_NAME: trial_label(trial.config), "family": family, "status": "running"})
         experiment_id = self.client.get_run(self.parent_run_id).info.experiment_id
         run = self.client.create_run(experiment_id, tags=tags)
         self.run_ids[trial.trial_id] = run.info.run_id
         params = [Param(k, _text(v)) for k, v in sorted(trial.config.items())]
         self.client.log_batch(run.info.run_id, params=params)
+        self.client.log_inputs(run.info.run_id, datasets=self.inputs)
+        self._watch_system(trial.trial_id, run.info.run_id)
+
+    def _watch_system(self, trial_id: str, run_id: str) -> None:
+        """MLflow's system metrics (system/cpu_*, system/system_memory_*, system/gpu_* where NVML sees a GPU)
+        on the trial's run, sampled every 5 s on this (the driver's) node until the run ends."""
+        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+        monitor = SystemMetricsMonitor(run_id, sampling_interval=5, resume_logging=True, tracking_uri=self.uri)
+        monitor.start()
+        self._system[trial_id] = monitor
 
     def _existing_run(self, trial_id: str) -> str | None:
         experiment_id = self.client.get_run(self.parent_run_id).info.experiment_id
@@ -182,15 +226,10 @@ class MlflowTrialLogger(Callback):
             self._log_checkpoint(run_id, result.get("checkpoint_path"))
 
     def _log_checkpoint(self, run_id: str, path: str | None) -> None:
-        """Attach the chosen detector (model.pt) and the trial's figures to its run."""
-        folder = Path(path) if path else None
-        if folder is None or not folder.is_dir():
-            return  # remote checkpoint storage: the model stays there, referenced by the trial's tag
-        self.client.set_tag(run_id, "checkpoint_path", str(folder))
-        if (folder / "model.pt").is_file():
-            self.client.log_artifact(run_id, str(folder / "model.pt"), "model")
-        if (folder / "figures").is_dir():
-            self.client.log_artifacts(run_id, str(folder / "figures"), "figures")
+        """Attach the chosen detector (an MLflow model at runs:/<id>/model) and the trial's figures to its run."""
+        from study.models import log_trial_model  # local or S3 checkpoint, fetched with Ray's Checkpoint API
+
+        log_trial_model(self.client, run_id, path, self.storage)
 
     def on_trial_complete(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
         status = "completed" if (trial.last_result or {}).get("final") else "stopped_early"
@@ -204,6 +243,8 @@ class MlflowTrialLogger(Callback):
         if run_id is None:
             return
         tags = [RunTag("status", status)] + ([RunTag("failure_reason", reason[:5000])] if reason else [])
+        if (monitor := self._system.pop(trial.trial_id, None)) is not None:
+            monitor.finish()  # stops within a second and flushes its last samples
         self.client.log_batch(run_id, tags=tags)
         self.client.set_terminated(run_id, RunStatus.to_string(run_status))
 

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import ray
 from ray import tune
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchConfig, TorchTrainer
+from ray.train.v2._internal import constants as train_env
 from ray.tune.integration.ray_train import TuneReportCallback
 
+from study.storage import RayStorage
 from trainables.families import family_hparams
 from trainables.train_loop import spec_from, train_loop_per_worker
 
@@ -24,7 +28,7 @@ class TrialSetup:
     """What every trial of a study shares; sent once to the trial processes by tune.with_parameters."""
 
     study: str  # study name, used to name each Train run
-    storage_path: str  # absolute folder for Ray Train's checkpoints
+    storage: RayStorage  # where Ray Train keeps each trial's run and checkpoints (below its "train" part)
     cache_dir: str  # slice cache entry prepared by the driver
     image_size: int  # slice side in the cache
     preprocess: dict[str, Any]  # preprocessing settings, recorded in each model.pt
@@ -37,7 +41,9 @@ class TrialSetup:
     gpus_per_worker: float  # GPUs per worker (0: CPU with gloo)
     threads: int  # torch threads per worker
     max_failures: int  # worker-group restarts from the last checkpoint
+    precision: str = "auto"  # training.precision: auto, bf16 or fp32 (resolved on the worker, which sees its device)
     node_data: Callable[[], str] | None = None  # gives each worker its node's slice cache (study.node_data)
+    worker_start_timeout_s: float = 300.0  # seconds the Train controller waits for the worker group to start
 
 
 def split_params(config: dict[str, Any]) -> tuple[str, dict[str, Any], dict[str, Any]]:
@@ -67,10 +73,12 @@ def run_trial(config: dict[str, Any], setup: TrialSetup) -> None:
             "objective_mode": setup.objective_mode,
             "seed": setup.seed,
             "threads": setup.threads,
+            "precision": setup.precision,
             "preprocess": setup.preprocess,
             "node_data": setup.node_data,
         }
     )
+    _controller_environment(setup)
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config=spec,
@@ -79,7 +87,8 @@ def run_trial(config: dict[str, Any], setup: TrialSetup) -> None:
         run_config=RunConfig(
             # The run name is stable per trial: a restarted trial finds its own checkpoints.
             name=f"{setup.study}-{tune.get_context().get_trial_id()}",
-            storage_path=setup.storage_path,
+            storage_path=setup.storage.path("train"),
+            storage_filesystem=setup.storage.filesystem,  # S3 on a custom endpoint; None: Ray infers from the path
             checkpoint_config=CheckpointConfig(num_to_keep=1),  # model.pt inside carries the best weights
             failure_config=FailureConfig(max_failures=setup.max_failures),
             callbacks=[TuneReportCallback()],
@@ -93,3 +102,14 @@ def _scaling(setup: TrialSetup) -> ScalingConfig:
     if setup.gpus_per_worker > 0:
         resources["GPU"] = setup.gpus_per_worker
     return ScalingConfig(num_workers=setup.workers, use_gpu=setup.gpus_per_worker > 0, resources_per_worker=resources)
+
+
+def _controller_environment(setup: TrialSetup) -> None:
+    """Settings Ray Train reads only from the environment, set in this trial process, which passes them on to
+    the Train controller it starts (and so to the controller's workers and helpers)."""
+    os.environ[train_env.WORKER_GROUP_START_TIMEOUT_S_ENV_VAR] = str(setup.worker_start_timeout_s)
+    # The controller's placement-group cleaner releases the workers' CPUs when the controller is killed (a trial
+    # stopped by ASHA). It finds its cluster from RAY_ADDRESS; without it, on a machine running several Ray
+    # instances it cannot tell which is its own, gives up, and the stopped trial's CPUs stay reserved.
+    os.environ["RAY_ADDRESS"] = ray.get_runtime_context().gcs_address
+    train_env.ENV_VARS_TO_PROPAGATE.add("RAY_ADDRESS")

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import logging
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -13,13 +17,26 @@ from study.cluster import ClusterStudy
 from study.config import StudyConfig
 from study.node_data import NodeData
 from study.search import make_scheduler, make_searcher
+from study.storage import RayStorage, ray_storage
 from study.trial import TrialSetup, run_trial
 
 HEAD_RESOURCE = "node:__internal_head__"  # a resource only Ray's head node has (1 of it)
+# Secrets Ray Tune would copy from the driver's environment into every trial actor's runtime_env.
+AWS_SECRET_VARS = frozenset({"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SECURITY_TOKEN", "AWS_SESSION_TOKEN"})
+# Tune's newer output engine prints its "Configuration for experiment" box and a TensorBoard hint even at
+# verbose=0; its legacy engine prints nothing at verbose=0, which leaves the console to study.progress.
+QUIET_TUNE_ENV = ("RAY_AIR_NEW_OUTPUT", "0")
+# Without --verbose: Tune's INFO lines go, and so do its "operation took 0.7 s, which may be a performance
+# bottleneck" warnings (ray.tune.utils.util), which our own MLflow logging of a trial's final record triggers.
+QUIET_LOGGERS = {"ray.tune": logging.WARNING, "ray.tune.utils.util": logging.ERROR}
 
 
 def trial_setup(
-    config: StudyConfig, cache_dir: Path, preprocess: dict[str, Any], cluster: ClusterStudy | None = None
+    config: StudyConfig,
+    cache_dir: Path,
+    preprocess: dict[str, Any],
+    cluster: ClusterStudy | None = None,
+    storage: RayStorage | None = None,
 ) -> TrialSetup:
     """What every trial of the study shares."""
     objective = config.objectives[0]
@@ -33,7 +50,7 @@ def trial_setup(
     )
     return TrialSetup(
         study=config.name,
-        storage_path=storage_root(config, "train"),
+        storage=storage or ray_storage(config, cluster),
         cache_dir=str(cache_dir),
         image_size=config.data.image_size,
         preprocess=preprocess,
@@ -46,24 +63,19 @@ def trial_setup(
         gpus_per_worker=training.gpus_per_worker,
         threads=training.threads_per_worker,
         max_failures=training.max_failures,
+        precision=training.precision,
         node_data=node_data,
+        worker_start_timeout_s=training.worker_start_timeout_s,
     )
 
 
-def storage_root(config: StudyConfig, part: str) -> str:
-    """Where Ray keeps the study's Tune or Train state: `ray_storage` (shared, for clusters) or results/<study>/."""
-    if config.ray_storage:
-        return f"{config.ray_storage.rstrip('/')}/{config.name}/{part}"
-    return str((config.study_dir / part).resolve())
+def tune_dir(storage: RayStorage, config: StudyConfig) -> str:
+    """Tune's experiment folder of the study (what --resume restores), a path of ``storage.filesystem``."""
+    return storage.path("tune", config.name)
 
 
-def tune_dir(config: StudyConfig) -> str:
-    """Tune's experiment folder of the study (what --resume restores)."""
-    return f"{storage_root(config, 'tune')}/{config.name}"
-
-
-def can_resume(config: StudyConfig) -> bool:
-    return tune.Tuner.can_restore(tune_dir(config))
+def can_resume(config: StudyConfig, storage: RayStorage) -> bool:
+    return tune.Tuner.can_restore(tune_dir(storage, config), storage_filesystem=storage.filesystem)
 
 
 def trial_resources(config: StudyConfig) -> dict[str, float]:
@@ -80,11 +92,32 @@ def trial_resources(config: StudyConfig) -> dict[str, float]:
     return resources
 
 
+def keep_credentials_out_of_ray() -> None:
+    """Stop Ray Tune forwarding the driver's AWS keys through each trial's runtime_env.
+
+    Ray 2.60's Tune copies AWS_* keys into the runtime_env of every trial actor, and Ray's runtime_env agent
+    writes that runtime_env, keys in clear, into /tmp/ray/session_*/logs on every node. Trials need no such copy:
+    they read the standard AWS credential chain of their node (a local Ray's processes inherit the driver's
+    environment; cluster nodes use their instance role, profile or credentials file).
+    """
+    from ray.tune.execution import class_cache
+
+    class_cache.ENV_VARS_TO_PROPAGATE = frozenset(class_cache.ENV_VARS_TO_PROPAGATE) - AWS_SECRET_VARS
+
+
 def make_tuner(config: StudyConfig, setup: TrialSetup, callbacks: list[Callback], resume: bool) -> tune.Tuner:
     """A new Tuner, or the interrupted one restored: finished trials kept, unfinished ones continued."""
+    keep_credentials_out_of_ray()
     trainable = tune.with_resources(tune.with_parameters(run_trial, setup=setup), trial_resources(config))
+    storage = setup.storage
     if resume:
-        tuner = tune.Tuner.restore(tune_dir(config), trainable, resume_unfinished=True, resume_errored=False)
+        tuner = tune.Tuner.restore(
+            tune_dir(storage, config),
+            trainable,
+            resume_unfinished=True,
+            resume_errored=False,
+            storage_filesystem=storage.filesystem,
+        )
         # Tune restores the callbacks it pickled at the start; ours carry this run's state instead.
         tuner._local_tuner.get_run_config().callbacks = callbacks
         return tuner
@@ -98,10 +131,41 @@ def make_tuner(config: StudyConfig, setup: TrialSetup, callbacks: list[Callback]
         ),
         run_config=tune.RunConfig(
             name=config.name,
-            storage_path=storage_root(config, "tune"),
+            storage_path=storage.path("tune"),
+            storage_filesystem=storage.filesystem,
             callbacks=callbacks,
             # A trial whose process died (OOM killer; its node left) starts again from its Train checkpoint.
             failure_config=tune.FailureConfig(max_failures=config.training.trial_max_failures),
             verbose=0,
         ),
     )
+
+
+def fit(tuner: tune.Tuner, verbose: bool) -> None:
+    """Run the study's trials. The console shows study.progress's lines; Tune's own output only with --verbose."""
+    if verbose:
+        tuner._local_tuner.get_run_config().verbose = 1  # Tune's box, status tables and TensorBoard hint
+        tuner.fit()
+        return
+    with _quiet_tune():
+        tuner.fit()
+
+
+@contextmanager
+def _quiet_tune() -> Iterator[None]:
+    """Tune's legacy (silent at verbose=0) output engine and fewer of Tune's log lines, for one fit."""
+    name, value = QUIET_TUNE_ENV
+    before_env = os.environ.get(name)
+    levels = {logger: logger.level for logger in map(logging.getLogger, QUIET_LOGGERS)}
+    os.environ[name] = value
+    for logger in levels:
+        logger.setLevel(QUIET_LOGGERS[logger.name])
+    try:
+        yield
+    finally:
+        for logger, level in levels.items():
+            logger.setLevel(level)
+        if before_env is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = before_env

@@ -4,7 +4,17 @@ from __future__ import annotations
 
 import logging
 import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -78,3 +88,133 @@ def s3_endpoint(aws_env: None) -> Iterator[str]:
         yield f"http://{host}:{port}"
     finally:
         server.stop()
+
+
+MARKER_VAR = "LESION_STUDY_TEST_MARKER"  # in the environment of every process a test's Ray starts (inherited)
+
+
+class RayProcesses:
+    """The processes of the Ray (or study driver) one test starts, told apart from anyone else's on this machine
+    by a marker in their environment, which they inherit from the test process."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def find(self) -> dict[int, tuple[bytes, int]]:
+        """{pid: (command line, parent pid)} of the processes whose environment carries the marker."""
+        found = {}
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                command = (entry / "cmdline").read_bytes()
+                environ = (entry / "environ").read_bytes().split(b"\0")
+                parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue  # gone meanwhile, or not ours to read
+            if f"{MARKER_VAR}={self.marker}".encode() in environ and int(entry.name) != os.getpid():
+                found[int(entry.name)] = (command, parent)
+        return found
+
+    def train_workers(self) -> dict[int, int]:
+        """{pid: parent pid} of the Ray Train worker processes."""
+        return {pid: parent for pid, (command, parent) in self.find().items() if b"RayTrainWorker" in command}
+
+    def kill_leftovers(self, grace_s: float = 2.0) -> list[bytes]:
+        """SIGKILL every marked process still alive after `grace_s` (never anyone else's); their command lines."""
+        time.sleep(grace_s)
+        killed = []
+        for _ in range(5):  # a process may start another while the first round kills
+            found = self.find()
+            for pid, (command, _) in found.items():
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                    killed.append(command)
+                except ProcessLookupError:
+                    pass
+            if not found:
+                break
+            time.sleep(0.5)
+        return killed
+
+
+@pytest.fixture
+def ray_processes(monkeypatch: pytest.MonkeyPatch) -> Iterator[RayProcesses]:
+    """Marks every process started from here on (Ray's, a study driver's); kills those left over after the test."""
+    processes = RayProcesses(uuid.uuid4().hex)
+    monkeypatch.setenv(MARKER_VAR, processes.marker)
+    try:
+        yield processes
+    finally:
+        processes.kill_leftovers()
+
+
+@dataclass(frozen=True)
+class MlflowServer:
+    uri: str  # http://127.0.0.1:PORT
+    store: Path  # its backend store and artifacts (what a secret scan reads)
+    username: str | None = None  # basic-auth credentials, where the server demands them
+    password: str | None = None
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextmanager
+def _serve_mlflow(store: Path, extra_args: list[str], env: dict[str, str]) -> Iterator[str]:
+    """A real `mlflow server` on loopback with its SQLite store and artifacts under `store`; yields its URI."""
+    port = _free_port()
+    command = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), *extra_args]
+    command += ["--backend-store-uri", f"sqlite:///{store / 'server.db'}"]
+    command += ["--artifacts-destination", str(store / "artifacts"), "--workers", "1"]
+    with (store / "server.log").open("wb") as log:
+        server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **env})
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                urllib.request.urlopen(f"{uri}/health", timeout=2)
+                break
+            except OSError:
+                assert server.poll() is None, f"mlflow server exited: {(store / 'server.log').read_text()[-3000:]}"
+                assert time.monotonic() < deadline, "mlflow server did not start"
+                time.sleep(1)
+        yield uri
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+@pytest.fixture
+def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real MLflow tracking server with its own SQLite store and artifact folder, on loopback."""
+    with _serve_mlflow(tmp_path_factory.mktemp("mlflow-server"), [], {}) as uri:
+        yield uri
+
+
+@pytest.fixture
+def protected_mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowServer]:
+    """A real `mlflow server` that refuses any request without its user's password (MLflow's basic-auth app).
+
+    The password reaches the server only through its environment; its auth settings file (outside `store`)
+    names the user store and the admin, and gives unauthenticated users no permission.
+    """
+    store = tmp_path_factory.mktemp("mlflow-protected")
+    settings = tmp_path_factory.mktemp("mlflow-auth") / "auth.ini"
+    settings.write_text(
+        "[mlflow]\ndefault_permission = NO_PERMISSIONS\n"
+        f"database_uri = sqlite:///{store / 'auth.db'}\nadmin_username = study-admin\n"
+        "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+    )
+    password = "mlflow-password-" + secrets.token_hex(16)
+    env = {
+        "MLFLOW_AUTH_CONFIG_PATH": str(settings),
+        "MLFLOW_AUTH_ADMIN_PASSWORD": password,
+        "MLFLOW_FLASK_SERVER_SECRET_KEY": secrets.token_hex(16),  # the auth app's CSRF key
+    }
+    with _serve_mlflow(store, ["--app-name", "basic-auth"], env) as uri:
+        yield MlflowServer(uri, store, "study-admin", password)

@@ -98,7 +98,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[Fa
         path = path / MODEL_FILE
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no trained detector here (expected a model.pt or a checkpoint folder)")
-    record = torch.load(path, map_location="cpu", weights_only=False)
+    record = torch.load(path, map_location="cpu", weights_only=True)  # tensors and plain data only: no code runs
     family = create_family(record["family"], record["hparams"])
     nets = family.build(record["image_size"])
     for key, weights in record["nets"].items():

@@ -52,7 +52,7 @@ def load_detector(path: str | Path, device: str | torch.device = "cpu") -> tuple
     """(family, nets in eval mode, model record) from a model.pt file or a checkpoint folder holding one.
 
     Raises :class:`ModelError` naming the file when it is missing, unreadable or not a detector.
-    The file is unpickled (``torch.load``): load only detectors you or your study produced.
+    The file is read with ``torch.load(weights_only=True)``: tensors and plain data, no pickled code.
     """
     path = Path(path)
     file = path / MODEL_FILE if path.is_dir() else path

@@ -1,30 +1,34 @@
 """The per-worker training loop run by Ray Train (DDP) for every detector family.
 
 Each epoch: train on this worker's shard of the healthy train slices, average the loss terms over
-workers, evaluate on the full val split (rank 0), keep the best epoch by the val objective, write a
-checkpoint (rank 0) and report. After the last epoch, rank 0 scores the test split once with the
+workers, score val (each rank its shard, gathered to rank 0), keep the best epoch by the val objective,
+write a checkpoint (rank 0) and report. After the last epoch, rank 0 scores the test split once with the
 chosen weights and reports the final record. Test data never influences a choice.
+
+Performance structure (issue 15 / 12.8): batches are read whole from the cache's memory maps (images
+only for training); loss terms stay on the device and are read once per epoch; on CUDA, training runs
+under bf16 autocast (``precision``), batches are pinned and read ahead by loader workers.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import shutil
 import tempfile
 import time
-from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import ray.train
 import ray.train.torch
 import torch
 import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, DistributedSampler
 
 from trainables.checkpoint import (
     BestRecord,
@@ -34,9 +38,12 @@ from trainables.checkpoint import (
     save_checkpoint,
     state_dicts,
 )
-from trainables.data.dataset import SliceDataset
+from trainables.data.dataset import TRAIN_FIELDS, ShardBatches, SliceDataset, slice_loader
 from trainables.families import Family, create_family
 from trainables.families.base import unwrap
+
+EVAL_BATCH = 256
+GPU_LOADER_WORKERS = 2  # read-ahead processes per Train worker on CUDA (the CPU path reads in-process)
 
 
 class NonFiniteLossError(RuntimeError):
@@ -55,38 +62,45 @@ class TrialSpec:
     objective_mode: str = "max"  # "max" or "min"
     seed: int = 0  # torch seed (DDP broadcasts rank 0's initial weights)
     threads: int = 1  # torch intra-op threads per worker
+    precision: str = "auto"  # "bf16" (autocast), "fp32", or "auto": bf16 on CUDA, fp32 otherwise
     preprocess: dict[str, Any] = field(default_factory=dict)  # recorded in model.pt for later inference
     node_data: Callable[[], str] | None = None  # returns this node's cache folder (stages it on other nodes)
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     """Ray Train entry point: `config` is a TrialSpec as a dict."""
+    entered = time.time()  # study.bench splits a trial's start cost at this point (Ray's part / this loop's part)
     spec = TrialSpec(**config)
     torch.set_num_threads(spec.threads)
     torch.manual_seed(spec.seed)
     rank = ray.train.get_context().get_world_rank()
     device = ray.train.torch.get_device()
+    if device.type == "cuda":
+        torch.cuda.set_device(device)  # NCCL collectives of Python objects (the val gather) use the current device
     family = create_family(spec.family, spec.hparams)
+    family.device_terms = True  # loss terms stay on the device; _train_epoch reads them once per epoch
     nets = family.build(spec.image_size).to(device)
     opts = family.optimizers(nets)
     progress = _restore(ray.train.get_checkpoint(), nets, opts)
     if spec.node_data is not None:
         spec.cache_dir = spec.node_data()
     nets = _wrap_ddp(nets, device)
-    train_loader, sampler = _train_loader(spec)
-    val_loader = _eval_loader(spec, "val") if rank == 0 else None
+    train_loader, sampler = _train_loader(spec, device)
+    val_loader = _eval_loader(spec, "val", device, shard=True)  # every rank scores its share of val
+    autocast = _autocast(spec.precision, device)
     for epoch in range(progress.epoch, spec.epochs):
         sampler.set_epoch(epoch)
         started = time.perf_counter()
-        losses = _train_epoch(family, nets, opts, train_loader, device, epoch)
+        losses = _train_epoch(family, nets, opts, train_loader, device, epoch, autocast)
         train_s = time.perf_counter() - started
         progress.epoch, progress.train_seconds = epoch + 1, progress.train_seconds + train_s
         metrics: dict[str, Any] = {"epoch": epoch + 1, **losses, "time_train_s": train_s}
         metrics["train_seconds"] = progress.train_seconds
-        if rank == 0:
-            from trainables.metrics import evaluate  # lazy: scikit-learn's import stays off every worker's start
-
-            val = {f"val_{k}": v for k, v in evaluate(family, _plain(nets), val_loader, device).items()}
+        if "first_step_at" in losses:
+            metrics["loop_start_at"] = entered
+        scored = _validate(family, nets, val_loader, device)  # None on ranks other than 0
+        if scored is not None:
+            val = {f"val_{k}": v for k, v in scored.items()}
             metrics.update(val, time_eval_s=time.perf_counter() - started - train_s)
             if _improves(val[spec.objective], progress.best.score, spec.objective_mode):
                 progress.best = BestRecord(epoch=epoch + 1, score=val[spec.objective], metrics=val)
@@ -98,48 +112,77 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         _report(progress.final, spec, family, nets, opts, progress, rank, Path(figures))
 
 
+def _autocast(precision: str, device: torch.device) -> Callable[[], contextlib.AbstractContextManager]:
+    """The context each training step runs in: bf16 autocast (no gradient scaler needed: bf16 has fp32's
+    exponent range) for ``bf16``, and for ``auto`` on CUDA; nothing for ``fp32``. Scoring always runs in fp32:
+    bf16's 8-bit mantissa would tie many residuals and move the pixel AUROCs."""
+    if precision not in ("auto", "bf16", "fp32"):
+        raise ValueError(f"precision must be auto, bf16 or fp32, got {precision!r}")
+    if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
+        return lambda: torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext
+
+
 def _train_epoch(
-    family: Family, nets: nn.ModuleDict, opts: dict, loader: DataLoader, device: torch.device, epoch: int
-) -> dict[str, float]:
+    family: Family, nets: nn.ModuleDict, opts: dict, loader: Iterable, device: torch.device, epoch: int,
+    autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+) -> dict[str, float]:  # fmt: skip
     """One pass over this worker's shard; loss terms averaged over all workers' steps.
 
+    The terms of each step stay on the device (one row per step); the epoch's rows are checked and summed
+    there and read with the all-reduce, once per epoch: no host sync between steps. A divergence is thus
+    raised at the end of the epoch it happened in, naming its first non-finite step.
     Also returns `workers` and `train_slices` (slices trained on by all workers together), which show
     that every DDP worker took its share.
     """
     nets.train()
-    sums: dict[str, float] = defaultdict(float)
+    keys: list[str] = []
+    rows: list[torch.Tensor] = []
+    slices = 0
     first_step_at = None  # wall clock (time.time) of the epoch's first step: study.bench's trial start cost
     for batch in loader:
         images = batch["image"].to(device, non_blocking=True)
         first_step_at = first_step_at or time.time()
-        terms = family.train_step(nets, opts, images)
-        if not all(math.isfinite(v) for v in terms.values()):
-            raise NonFiniteLossError(f"non-finite loss at epoch {epoch + 1}, step {int(sums['steps']) + 1}: {terms}")
-        for key, value in terms.items():
-            sums[key] += value
-        sums["steps"] += 1
-        sums["slices"] += len(images)
-    totals = _all_reduce_sum(dict(sums), device)
-    steps = max(totals.pop("steps", 0.0), 1.0)
-    out = {("train_loss" if k == "loss" else f"loss_{k}"): v / steps for k, v in totals.items() if k != "slices"}
-    out.update(train_slices=int(totals.get("slices", 0)), workers=_world_size())
+        with autocast():
+            terms = family.train_step(nets, opts, images)
+        keys = keys or sorted(terms)
+        rows.append(torch.stack([torch.as_tensor(terms[k], dtype=torch.float32, device=device) for k in keys]))
+        slices += len(images)
+    out: dict[str, Any] = {"workers": _world_size()}
     if epoch == 0 and first_step_at is not None:
         out["first_step_at"] = first_step_at  # only in the first epoch's metrics (Tune forwards it; MLflow skips it)
-    return out
+    if not rows:
+        return out | {"train_slices": 0}
+    table = torch.stack(rows)
+    local = torch.cat([table.sum(0), torch.tensor([len(rows), slices], dtype=torch.float32, device=device)])
+    totals = _all_reduce_sum(local)
+    if not all(math.isfinite(v) for v in totals):
+        raise NonFiniteLossError(_divergence(table, keys, epoch))
+    steps, count = max(totals[-2], 1.0), totals[-1]
+    means = {("train_loss" if k == "loss" else f"loss_{k}"): v / steps for k, v in zip(keys, totals, strict=False)}
+    out.update(means)  # zip stops at the terms: totals ends with the step and slice counts
+    return out | {"train_slices": int(count)}
+
+
+def _divergence(table: torch.Tensor, keys: list[str], epoch: int) -> str:
+    """The error message of a non-finite epoch: its first bad step on this worker and that step's terms."""
+    bad = (~torch.isfinite(table).all(1)).nonzero().flatten().tolist()
+    if not bad:
+        return f"non-finite loss at epoch {epoch + 1}, on another worker"
+    terms = dict(zip(keys, table[bad[0]].tolist(), strict=True))
+    return f"non-finite loss at epoch {epoch + 1}, step {bad[0] + 1}: {terms}"
 
 
 def _world_size() -> int:
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
-def _all_reduce_sum(values: dict[str, float], device: torch.device) -> dict[str, float]:
-    """Sum per-worker floats over the DDP group (one small collective per epoch)."""
-    if _world_size() == 1:
-        return values
-    keys = sorted(values)
-    tensor = torch.tensor([values[k] for k in keys], dtype=torch.float64, device=device)
-    dist.all_reduce(tensor)
-    return dict(zip(keys, tensor.tolist(), strict=True))
+def _all_reduce_sum(values: torch.Tensor) -> list[float]:
+    """Sum a small per-worker tensor over the DDP group and read it on the host (one collective, one sync)."""
+    if _world_size() > 1:
+        values = values.double()
+        dist.all_reduce(values)
+    return values.tolist()
 
 
 def _report(
@@ -189,7 +232,8 @@ def _draw_figures(
     from trainables.figures import collect, render  # matplotlib takes ~1 s to import: only the final report pays
 
     threshold = best.metrics.get("val_best_threshold")
-    record = collect(family, chosen, _eval_loader(spec, "test"), ray.train.torch.get_device())
+    device = ray.train.torch.get_device()
+    record = collect(family, chosen, _eval_loader(spec, "test", device), device)
     test = record.metrics.compute(threshold)
     try:
         render(record, test, out_dir, "test", threshold)
@@ -241,20 +285,61 @@ def _plain(nets: nn.ModuleDict) -> nn.ModuleDict:
     return nn.ModuleDict({k: unwrap(n) for k, n in nets.items()})
 
 
-def _train_loader(spec: TrialSpec) -> tuple[DataLoader, DistributedSampler]:
-    """This worker's shard of the healthy train slices, reshuffled every epoch."""
+def _train_loader(spec: TrialSpec, device: torch.device) -> tuple[Iterable, ShardBatches]:
+    """This worker's shard of the healthy train slices, reshuffled every epoch, images only, read a batch at once."""
     context = ray.train.get_context()
-    dataset = SliceDataset(Path(spec.cache_dir), "train")
+    dataset = SliceDataset(Path(spec.cache_dir), "train", fields=TRAIN_FIELDS)
     world = context.get_world_size()
-    sampler = DistributedSampler(
-        dataset, num_replicas=world, rank=context.get_world_rank(), shuffle=True, seed=spec.seed, drop_last=True
-    )
-    per_worker = max(1, spec.batch_size // world)
-    return DataLoader(dataset, batch_size=per_worker, sampler=sampler, drop_last=True), sampler
+    batches = ShardBatches(len(dataset), max(1, spec.batch_size // world), shuffle=True, seed=spec.seed,
+                           rank=context.get_world_rank(), world=world, drop_last=True)  # fmt: skip
+    return slice_loader(dataset, batches, **_loader_options(device)), batches
 
 
-def _eval_loader(spec: TrialSpec, split: str) -> DataLoader:
-    return DataLoader(SliceDataset(Path(spec.cache_dir), split), batch_size=256, shuffle=False)
+def _eval_loader(spec: TrialSpec, split: str, device: torch.device, shard: bool = False) -> Iterable:
+    """A split in order; with ``shard``, this rank's positions only (rank, rank + world, ...)."""
+    dataset = SliceDataset(Path(spec.cache_dir), split)
+    where = {"rank": _rank(), "world": _world_size()} if shard else {}
+    return slice_loader(dataset, ShardBatches(len(dataset), EVAL_BATCH, **where), **_loader_options(device))
+
+
+def _loader_options(device: torch.device) -> dict[str, Any]:
+    """Pinned batches and read-ahead workers on CUDA; on CPUs the batch is read where it is used."""
+    return {"pin_memory": True, "num_workers": GPU_LOADER_WORKERS} if device.type == "cuda" else {}
+
+
+def _rank() -> int:
+    return dist.get_rank() if _world_size() > 1 else 0
+
+
+def _validate(family: Family, nets: nn.ModuleDict, loader: Iterable, device: torch.device) -> dict[str, float] | None:
+    """Score this rank's shard of val with the plain nets; rank 0 gathers every rank's scores and masks and
+    computes the metrics (exact AUROCs need every pixel: pooled values, so the result does not depend on
+    the sharding), the other ranks return None. No rank idles while another scores."""
+    from trainables.metrics import DetectionMetrics, appearances_of  # lazy: keeps scikit-learn off worker start
+
+    appearances = appearances_of(loader)
+    metrics, plain = DetectionMetrics(appearances), _plain(nets)
+    for batch in loader:
+        scores = family.score(plain, batch["image"].to(device, non_blocking=True))
+        metrics.update_batch(scores, batch)
+    if _world_size() > 1:
+        mine = [np.concatenate(part) if part else None for part in _metric_parts(metrics)]
+        parts: list | None = [None] * _world_size() if _rank() == 0 else None
+        dist.gather_object(mine, parts, dst=0)
+        if parts is None:
+            return None
+        metrics = DetectionMetrics(appearances)
+        for part in parts:
+            for chunks, values in zip(_metric_parts(metrics), part, strict=True):
+                chunks.extend([] if values is None else [values])
+    return metrics.compute()
+
+
+def _metric_parts(metrics: Any) -> tuple[list, ...]:
+    """The per-batch chunks a DetectionMetrics accumulates (slice scores, labels and appearance codes, pixel
+    scores and codes)."""
+    m = metrics
+    return m.slice_scores, m.slice_labels, m.slice_codes, m.pixel_scores, m.pixel_codes
 
 
 def spec_from(config: dict[str, Any]) -> dict[str, Any]:

@@ -16,11 +16,9 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 import ray
@@ -35,33 +33,10 @@ from study.stage import stage_dataset, upload_cohort
 from trainables.data.nifti import load_volume
 from trainables.data.synthetic import generate_cohort
 
+if TYPE_CHECKING:
+    from conftest import RayProcesses  # tests/conftest.py
+
 ROOT = Path(__file__).parents[2]
-# Worker groups start slowly on a loaded 2-core machine; Ray Train's default (60 s) fails trials spuriously.
-START_TIMEOUT_S = "600"
-
-
-@pytest.fixture
-def slow_start(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Give Ray Train worker groups time to start (read from the environment by the Train controller)."""
-    monkeypatch.setenv("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", START_TIMEOUT_S)
-
-
-@contextmanager
-def deadline(seconds: int, what: str) -> Iterator[None]:
-    """Fail instead of hanging for ever: after `seconds`, SIGALRM raises in the main thread."""
-
-    def expire(signum: int, frame: Any) -> None:
-        raise TimeoutError(f"{what} still running after {seconds} s")
-
-    previous = signal.signal(signal.SIGALRM, expire)
-    signal.alarm(seconds)
-    try:
-        yield
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, previous)
-
-
 def _trial_rows(study_dir: Path) -> list[dict[str, Any]]:
     return [r for r in read_trials_csv(study_dir / "trials.csv") if r["status"] != "baseline"]
 
@@ -231,60 +206,23 @@ def test_unreachable_mlflow_refuses_the_study_quickly(
 # ---------------------------------------------------------------- 3. a diverging trial
 
 
-MARKER_VAR = "LESION_STUDY_FAULT_TEST"  # in the environment of every process of this test's Ray (inherited)
-
-
 @pytest.fixture
-def local_ray(slow_start: None, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    """A local Ray of 2 CPUs for one in-process study, shut down afterwards; yields its processes' marker."""
-    marker = uuid.uuid4().hex
-    monkeypatch.setenv(MARKER_VAR, marker)  # other people's Ray processes on this machine lack it
+def local_ray(ray_processes: RayProcesses) -> Iterator[RayProcesses]:
+    """A local Ray of 2 CPUs for one in-process study, shut down afterwards; yields its processes."""
     ray.init(num_cpus=2, log_to_driver=False)
     try:
-        yield marker
+        yield ray_processes
     finally:
         ray.shutdown()
-        kill_leftovers(marker)
-
-
-def marked_processes(marker: str) -> dict[int, tuple[bytes, int]]:
-    """{pid: (command line, parent pid)} of the processes whose environment carries `marker`."""
-    found = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            command = (entry / "cmdline").read_bytes()
-            environ = (entry / "environ").read_bytes().split(b"\0")
-            parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, ValueError, IndexError):
-            continue  # gone meanwhile, or not ours to read
-        if f"{MARKER_VAR}={marker}".encode() in environ and int(entry.name) != os.getpid():
-            found[int(entry.name)] = (command, parent)
-    return found
-
-
-def train_workers(marker: str) -> dict[int, int]:
-    """{pid: parent pid} of this test's Ray Train worker processes."""
-    return {pid: parent for pid, (command, parent) in marked_processes(marker).items() if b"RayTrainWorker" in command}
-
-
-def kill_leftovers(marker: str) -> None:
-    """After Ray's own shutdown: SIGKILL any process of this test's Ray that outlived it (never anyone else's)."""
-    time.sleep(2)
-    for pid in marked_processes(marker):
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
 
 
 # Adam steps every weight by about lr: at 1e6 the VAE's log-variance overflows at the second step (checked).
 DIVERGING_VAE = {"lr": 1.0e6, "latent_dim": 32, "kl_weight": 1.0, "batch_size": 32, "width": 8}
 
 
+@pytest.mark.timeout(900)
 def test_diverging_trial_fails_with_its_reason_and_the_others_finish(
-    write_config: Callable[..., Path], local_ray: None
+    write_config: Callable[..., Path], local_ray: RayProcesses
 ) -> None:
     # No retries: Ray Train V2 (max_failures) and Tune (trial_max_failures) retry every error alike, with no
     # per-error-type policy, and a divergence is deterministic: a retry would only diverge again.
@@ -293,8 +231,7 @@ def test_diverging_trial_fails_with_its_reason_and_the_others_finish(
             points_to_evaluate=[DIVERGING_VAE], training={"epochs": 1, "max_failures": 0, "trial_max_failures": 0}
         )
     )
-    with deadline(900, "the study"):
-        outcome = run_study(config)
+    outcome = run_study(config)
     assert not outcome.interrupted
     rows = {r["param_lr"]: r for r in _trial_rows(config.study_dir)}
     assert len(rows) == config.num_samples
@@ -315,9 +252,9 @@ def test_diverging_trial_fails_with_its_reason_and_the_others_finish(
 class WorkerKiller(threading.Thread):
     """Once `ready()` holds, SIGKILLs one Train worker; then notes every worker pid seen until stopped."""
 
-    def __init__(self, marker: str, ready: Callable[[], bool]) -> None:
+    def __init__(self, processes: RayProcesses, ready: Callable[[], bool]) -> None:
         super().__init__(daemon=True)
-        self.marker, self.ready = marker, ready
+        self.processes, self.ready = processes, ready
         self.before: set[int] = set()  # workers alive at the kill
         self.killed: int | None = None
         self.seen: set[int] = set()  # every worker pid seen, before and after
@@ -325,13 +262,13 @@ class WorkerKiller(threading.Thread):
 
     def run(self) -> None:
         while not self.stop.is_set() and self.killed is None:
-            if self.ready() and (workers := train_workers(self.marker)):
+            if self.ready() and (workers := self.processes.train_workers()):
                 self.before = set(workers)
                 self.killed = min(workers)
                 os.kill(self.killed, signal.SIGKILL)
             self.stop.wait(0.5)
         while not self.stop.is_set():
-            self.seen |= set(train_workers(self.marker))
+            self.seen |= set(self.processes.train_workers())
             self.stop.wait(0.5)
 
 
@@ -346,13 +283,15 @@ def _first_epoch_reported(tracking_uri: str, experiment: str) -> Callable[[], bo
     return ready
 
 
-def test_killed_train_worker_restarts_from_the_checkpoint(write_config: Callable[..., Path], local_ray: str) -> None:
+@pytest.mark.timeout(900)
+def test_killed_train_worker_restarts_from_the_checkpoint(
+    write_config: Callable[..., Path], local_ray: RayProcesses
+) -> None:
     config = load_config(write_config(num_samples=1, training={"epochs": 3, "max_failures": 1}))
     killer = WorkerKiller(local_ray, _first_epoch_reported(config.mlflow.tracking_uri, config.name))
     killer.start()
     try:
-        with deadline(900, "the study"):
-            run_study(config)
+        run_study(config)
     finally:
         killer.stop.set()
         killer.join(timeout=30)
@@ -371,38 +310,35 @@ def test_killed_train_worker_restarts_from_the_checkpoint(write_config: Callable
 
 
 @pytest.fixture
-def two_nodes(slow_start: None, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Any, Any, str]]:
-    """A head and a worker node (2 CPUs each) on this machine, this process connected; (cluster, worker, marker)."""
+def two_nodes(ray_processes: RayProcesses) -> Iterator[tuple[Any, Any, RayProcesses]]:
+    """A head and a worker node (2 CPUs each) on this machine, this process connected; (cluster, worker, processes)."""
     from ray.cluster_utils import Cluster
 
-    marker = uuid.uuid4().hex
-    monkeypatch.setenv(MARKER_VAR, marker)  # inherited by both nodes' processes
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2})
     try:
         worker = cluster.add_node(num_cpus=2)
         cluster.wait_for_nodes()
         ray.init(address=cluster.address, log_to_driver=False)
-        yield cluster, worker, marker
+        yield cluster, worker, ray_processes
     finally:
         ray.shutdown()
         cluster.shutdown()
-        kill_leftovers(marker)
 
 
 class NodeRemover(threading.Thread):
     """Removes `node` from `cluster` once Train workers run on it (children of its raylet) and every running
     trial has reported an epoch: the node then leaves in the middle of training, after a checkpoint."""
 
-    def __init__(self, cluster: Any, node: Any, marker: str, training: Callable[[], bool]) -> None:
+    def __init__(self, cluster: Any, node: Any, processes: RayProcesses, training: Callable[[], bool]) -> None:
         super().__init__(daemon=True)
-        self.cluster, self.node, self.marker, self.training = cluster, node, marker, training
+        self.cluster, self.node, self.processes, self.training = cluster, node, processes, training
         self.raylet = node.all_processes["raylet"][0].process.pid
         self.removed_workers: list[int] = []  # Train workers that were on the node when it left
         self.stop = threading.Event()
 
     def run(self) -> None:
         while not self.stop.is_set():
-            on_node = [pid for pid, parent in train_workers(self.marker).items() if parent == self.raylet]
+            on_node = [pid for pid, parent in self.processes.train_workers().items() if parent == self.raylet]
             if on_node and self.training():
                 self.removed_workers = on_node
                 self.cluster.remove_node(self.node)
@@ -424,18 +360,18 @@ def _all_running_trials_reported(tracking_uri: str, experiment: str) -> Callable
     return training
 
 
+@pytest.mark.timeout(1200)
 def test_trials_of_a_removed_node_are_retried_elsewhere(
-    write_config: Callable[..., Path], two_nodes: tuple[Any, Any, str]
+    write_config: Callable[..., Path], two_nodes: tuple[Any, Any, RayProcesses]
 ) -> None:
-    cluster, worker, marker = two_nodes
+    cluster, worker, processes = two_nodes
     # Two concurrent trials of 1.2 CPUs cannot both fit on the head's 2 CPUs: one must use the worker node.
     config = load_config(write_config(num_samples=2, max_concurrent_trials=2, training={"epochs": 3}))
     training = _all_running_trials_reported(config.mlflow.tracking_uri, config.name)
-    remover = NodeRemover(cluster, worker, marker, training)
+    remover = NodeRemover(cluster, worker, processes, training)
     remover.start()
     try:
-        with deadline(1200, "the study"):
-            outcome = run_study(config)
+        outcome = run_study(config)
     finally:
         remover.stop.set()
         remover.join(timeout=60)

@@ -1,52 +1,18 @@
-"""A two-objective study, tracked by a real `mlflow server` on 127.0.0.1, yields the right Pareto front."""
+"""Two-objective studies, one tracked by a real `mlflow server` on 127.0.0.1, one searching two families, yield
+the right Pareto fronts: overall and per family, equal to a brute-force filter of trials.csv."""
 
 from __future__ import annotations
 
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import ray
 from mlflow.tracking import MlflowClient
 
 from study.config import load_config
 from study.results import read_trials_csv
 from study.run import run_study
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@pytest.fixture
-def mlflow_server(tmp_path: Path) -> Iterator[str]:
-    """A real MLflow tracking server with its own SQLite store and artifact folder, on loopback."""
-    port = _free_port()
-    command = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port)]
-    command += ["--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}"]
-    command += ["--artifacts-destination", str(tmp_path / "server-artifacts"), "--workers", "1"]
-    server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    uri = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                urllib.request.urlopen(f"{uri}/health", timeout=2)
-                break
-            except OSError:
-                assert server.poll() is None, "mlflow server exited"
-                assert time.monotonic() < deadline, "mlflow server did not start"
-                time.sleep(1)
-        yield uri
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
 
 
 def _brute_force_front(rows: list[dict], keys: list[tuple[str, str]]) -> set[str]:
@@ -101,3 +67,35 @@ def test_two_objective_front_matches_brute_force(write_config: Callable[..., Pat
     children = client.search_runs([parent.info.experiment_id], query)
     assert len(children) == 4
     assert all("train_seconds" in c.data.metrics for c in children)
+
+
+@pytest.mark.timeout(900)
+def test_two_family_fronts_match_brute_force(write_config: Callable[..., Path]) -> None:
+    objectives = [{"metric": "val_pixel_auroc", "mode": "max"}, {"metric": "train_seconds", "mode": "min"}]
+    keys = [("val_pixel_auroc", "max"), ("train_seconds", "min")]
+    path = write_config(
+        families=["vae", "ae"],
+        objectives=objectives,
+        sampler="nsga2",
+        num_samples=4,
+        points_to_evaluate=[{"family": "vae"}, {"family": "ae"}],  # both families are trained whatever NSGA-II draws
+        training={"epochs": 1},
+    )
+    config = load_config(path)
+    ray.shutdown()  # a Ray left by an earlier test in this process would be reused with its own resources
+    ray.init(num_cpus=2, log_to_driver=False)
+    try:
+        outcome = run_study(config)
+    finally:
+        ray.shutdown()
+    assert not outcome.interrupted
+
+    rows = [r for r in read_trials_csv(outcome.study_dir / "trials.csv") if r["status"] != "baseline"]
+    assert len(rows) == 4 and {r["status"] for r in rows} == {"completed"}
+    assert {r["family"] for r in rows} == {"vae", "ae"}
+    pareto = read_trials_csv(outcome.study_dir / "pareto.csv")
+    assert {r["front"] for r in pareto} == {"overall", "vae", "ae"}
+    assert {r["trial_id"] for r in pareto if r["front"] == "overall"} == _brute_force_front(rows, keys)
+    for family in ("vae", "ae"):
+        expected = _brute_force_front([r for r in rows if r["family"] == family], keys)
+        assert {r["trial_id"] for r in pareto if r["front"] == family} == expected, family

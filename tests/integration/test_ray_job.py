@@ -111,7 +111,11 @@ def test_job_submit_runs_a_study_to_completion(head: dict, write_config: Callabl
         str(ROOT),
     ]
     start = time.monotonic()
-    result = subprocess.run(command, env=head["env"], capture_output=True, text=True, timeout=540)
+    while True:  # the head's dashboard agent comes up some seconds after `ray start` returns
+        result = subprocess.run(command, env=head["env"], capture_output=True, text=True, timeout=540)
+        if "No available agent to submit job" not in result.stderr or time.monotonic() - start > 180:
+            break
+        time.sleep(5)
     seconds = time.monotonic() - start
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "succeeded" in result.stdout + result.stderr

@@ -199,6 +199,48 @@ def test_mlflow_run_id(trained: Path, planted: Planted, tmp_path: Path, capsys: 
     assert unknown in capsys.readouterr().err
 
 
+def test_mlflow_model_references(trained: Path, planted: Planted, data: Data, tmp_path: Path) -> None:
+    """A trial's detector logged as an MLflow model, registered as the champion, scored by each reference."""
+    import mlflow.pyfunc
+    from mlflow.tracking import MlflowClient
+
+    from study.config import Objective, StudyConfig
+    from study.models import log_model_file, register_winners
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri)
+    experiment = client.create_experiment("score", artifact_location=(tmp_path / "artifacts").as_uri())
+    run_ids = [client.create_run(experiment).info.run_id for _ in range(2)]
+    for run_id in run_ids:
+        assert log_model_file(client, run_id, trained / "model.pt") == f"runs:/{run_id}/model"
+    config = StudyConfig(name="score", objectives=[Objective("val_pixel_auroc"), Objective("val_slice_auroc")])
+    rows = [
+        {"status": "completed", "val_pixel_auroc": 0.9, "val_slice_auroc": 0.6, "mlflow_run_id": run_ids[0]},
+        {"status": "completed", "val_pixel_auroc": 0.8, "val_slice_auroc": 0.7, "mlflow_run_id": run_ids[1]},
+    ]
+    registered = register_winners(client, config, rows)
+    assert registered == {"champion": "1", "best_val_pixel_auroc": "1", "best_val_slice_auroc": "2"}
+    assert register_winners(client, config, rows) == registered  # a resumed study adds no version
+    assert client.get_model_version_by_alias("score-detector", "champion").run_id == run_ids[0]
+
+    reference = _score(trained, planted.scan, tmp_path / "ref.nii.gz")[1]
+    for model in (run_ids[0], f"runs:/{run_ids[0]}/model", "models:/score-detector@champion"):
+        code, out = _score(model, planted.scan, tmp_path / "map.nii.gz", "--tracking-uri", uri)
+        assert code == 0, model
+        np.testing.assert_array_equal(out.get_fdata(), reference.get_fdata())
+    argv = ["--model", "models:/score-detector@champion", "--tracking-uri", uri, "--data", str(planted.folder)]
+    assert evaluate_cli.main([*argv, "--out", str(tmp_path / "eval"), "--device", "cpu"]) == 0
+    assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["model"] == "models:/score-detector@champion"
+
+    mlflow.set_tracking_uri(uri)
+    model = mlflow.pyfunc.load_model("models:/score-detector@best_val_slice_auroc")
+    images = SliceDataset(data.cache, "test")[0]["image"].numpy()[None].astype(np.float32)
+    maps = model.predict(images)
+    family, nets, record = load_detector(trained)
+    assert maps.shape == images.shape and maps.dtype == np.float32
+    np.testing.assert_allclose(maps, family.score(nets, torch.from_numpy(images)).pixel_map.numpy(), atol=1e-6)
+
+
 def test_bad_inputs_exit_2_naming_the_file(
     trained: Path, planted: Planted, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

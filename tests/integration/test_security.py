@@ -1,9 +1,11 @@
 """Secrets stay secret and doors stay shut.
 
-A smoke study runs with secret values in its environment (S3 keys, MLflow token and password, Ray's auth token);
-none may reach MLflow (store and artifacts), results/ (including Ray's Tune and Train state) or the output.
-The Ray the study starts keeps token authentication on: a client with another token is turned away. MLflow
-servers and dashboards listen on loopback only.
+A smoke study stages its scans from S3 (moto's server, over HTTP) and logs to an `mlflow server` that demands a
+password, with secret values in its environment (S3 keys, MLflow password and token, Ray's auth token). None may
+reach MLflow (the server's store, artifacts and log), results/ (with Ray's Tune and Train state), the staged data,
+the Ray session's own logs (/tmp/ray/session_*/logs of the Ray the study started) or the output. The Ray the study
+starts keeps token authentication on: a client with another token is turned away. MLflow servers and dashboards
+listen on loopback only.
 """
 
 from __future__ import annotations
@@ -13,16 +15,27 @@ import os
 import secrets
 import subprocess
 import sys
-import warnings
+import urllib.error
+import urllib.request
+import uuid
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
+from study.cluster import read_study_block
+from study.stage import upload_cohort
+from trainables.data.synthetic import ensure_cohort
+
+if TYPE_CHECKING:
+    from conftest import MlflowServer  # tests/conftest.py
+
 ROOT = Path(__file__).parents[2]
 CLUSTER_YAMLS = sorted((ROOT / "cluster").glob("*.yaml"))
+COHORT_FILES = 8 + 4 * 3  # the smoke cohort: 8 healthy subjects (one T2 each), 4 BraTS cases (t2, flair, seg)
 
 # Runs the study through its entry point; just before the study shuts down the Ray it started, reports how
 # that Ray is guarded (token auth on, another client turned away, dashboard on loopback).
@@ -53,7 +66,7 @@ def inspect_then_shutdown(*args, **kwargs):
 
 
 ray.shutdown = inspect_then_shutdown
-report["code"] = main(["--config", sys.argv[1]])
+report["code"] = main(sys.argv[1:])
 print("PROBE " + json.dumps(report))
 """
 
@@ -87,31 +100,64 @@ def _mlflow_text(tracking_uri: str) -> str:
     return json.dumps([[r.data.params, r.data.tags, sorted(r.data.metrics)] for r in runs])
 
 
+def _seeded_cluster_yaml(folder: Path, data_root: Path, endpoint: str, tracking_uri: str) -> Path:
+    """A cluster YAML whose datasets live in a fresh bucket of `endpoint`, seeded with the smoke cohort."""
+    bucket = f"brain-{uuid.uuid4().hex[:10]}"
+    block = {
+        "storage": {"endpoint_url": endpoint, "region": "us-east-1"},
+        "data": {"healthy": f"s3://{bucket}/hcp/", "lesion": f"s3://{bucket}/brats/"},
+        "cache_dir": str(folder / "staged"),
+        "mlflow": {"tracking_uri": tracking_uri},
+    }
+    path = folder / "cluster.yaml"
+    path.write_text(json.dumps({"metadata": {"study": block}}))  # JSON is YAML
+    cohort = ensure_cohort(data_root / "synthetic-h8-l4-s0", 8, 4, 0)  # the smoke cohort (study.data's folder)
+    assert upload_cohort(read_study_block(path), cohort.healthy_dir.parent, create_bucket=True) == COHORT_FILES
+    return path
+
+
+def _refuses_anonymous(uri: str) -> bool:
+    """True when the server answers an unauthenticated API call with 401."""
+    try:
+        urllib.request.urlopen(f"{uri}/api/2.0/mlflow/experiments/search?max_results=1", timeout=10)
+    except urllib.error.HTTPError as err:
+        return err.code == 401
+    return False
+
+
+@pytest.mark.timeout(900)
 def test_no_secret_leaves_the_environment_and_ray_stays_locked(
-    tmp_path: Path, write_config: Callable[..., Path]
+    tmp_path: Path,
+    write_config: Callable[..., Path],
+    data_root: Path,
+    s3_endpoint: str,
+    protected_mlflow_server: MlflowServer,
 ) -> None:
-    values = _secrets()
+    server = protected_mlflow_server
+    assert _refuses_anonymous(server.uri)
+    values = {**_secrets(), "MLFLOW_TRACKING_PASSWORD": server.password}
+    cluster_yaml = _seeded_cluster_yaml(tmp_path, data_root, s3_endpoint, server.uri)
     config_path = write_config(num_samples=1, training={"epochs": 1})
-    env = {**os.environ, **values, "RAY_AUTH_MODE": "token", "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "600"}
-    env["MLFLOW_TRACKING_USERNAME"] = "study-user"
-    script = [sys.executable, "-c", PROBE, str(config_path)]
-    run = subprocess.run(script, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1200)
+    env = {**os.environ, **values, "RAY_AUTH_MODE": "token", "MLFLOW_TRACKING_USERNAME": server.username}
+    script = [sys.executable, "-c", PROBE, "--config", str(config_path), "--cluster", str(cluster_yaml)]
+    run = subprocess.run(script, cwd=ROOT, env=env, capture_output=True, text=True, timeout=840)
     output = run.stdout + run.stderr
     assert run.returncode == 0, output[-5000:]
     report = json.loads(output.split("PROBE ", 1)[1].splitlines()[0])
     assert report["code"] == 0, output[-5000:]
     assert "token_auth" in report, "the study did not start (and shut down) a Ray of its own"
 
+    # The scan covered a real study that staged from S3 and logged to the protected server.
+    assert (tmp_path / "results" / "smoke" / "trials.csv").is_file()
+    assert len(list((tmp_path / "staged").rglob("*.nii.gz"))) == COHORT_FILES
+    assert not (tmp_path / "mlflow.db").exists()  # the cluster's tracking URI replaced the YAML's
+    logged = _mlflow_text(f"sqlite:///{server.store / 'server.db'}")  # read from the server's store directly
+    assert "smoke" in logged and [name for name, value in values.items() if value in logged] == []
+
     assert _leaks(tmp_path, output, values) == []
-    logged = _mlflow_text(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    assert [name for name, value in values.items() if value in logged] == []
-    assert (tmp_path / "results" / "smoke" / "trials.csv").is_file()  # the scan covered a real study
-    # Ray's own logs on the node: Ray Tune copies AWS_* keys from the driver's environment into each trial's
-    # runtime_env, which Ray's runtime_env_agent.log records (Ray 2.60, not ours to change): only said here.
-    ray_logs = _leaks(Path(report["session"]), "", values)
-    assert [leak for leak in ray_logs if "AWS_" not in leak] == []
-    if ray_logs:
-        warnings.warn(f"Ray's session logs hold S3 keys from the environment: {ray_logs}", stacklevel=1)
+    assert _leaks(server.store, "", values) == []  # the server's store, artifacts, user database and log
+    session_logs = Path(report["session"]) / "logs"
+    assert session_logs.is_dir() and _leaks(session_logs, "", values) == []
 
     assert report["token_auth"] is True
     assert report["intruder_code"] != 0 and "CONNECTED" not in report["intruder_output"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import socket
 import threading
 import time
@@ -15,7 +16,6 @@ from pathlib import Path
 import boto3
 import pytest
 
-from study import stage
 from study.cluster import ClusterStudy, apply_cluster, read_study_block
 from study.config import StudyConfig
 from study.stage import MANIFEST, StageError, check_buckets, main, stage_dataset, upload_cohort
@@ -98,36 +98,6 @@ def test_leftover_partial_download_is_removed(seeded: ClusterStudy, tmp_path: Pa
     leftover.write_bytes(b"half a scan")  # as a killed stager would leave it
     assert stage_dataset(seeded, tmp_path / "node").downloaded_files == 0
     assert not leftover.exists()
-
-
-def test_transient_errors_are_retried_then_reported(monkeypatch: pytest.MonkeyPatch) -> None:
-    from botocore.exceptions import ClientError, ConnectionClosedError, IncompleteReadError
-
-    monkeypatch.setattr(stage, "BACKOFF_S", 0.001)
-    calls: list[int] = []
-
-    def failing(times: int, error: Exception) -> int:
-        calls.append(1)
-        if len(calls) <= times:
-            raise error
-        return 42
-
-    dropped = ConnectionClosedError(endpoint_url="http://127.0.0.1:1")
-    assert stage._retrying(lambda: failing(stage.OBJECT_ATTEMPTS - 1, dropped), "s3://b/k") == 42
-    assert len(calls) == stage.OBJECT_ATTEMPTS
-    calls.clear()
-    with pytest.raises(StageError, match="s3://b/k: ConnectionClosedError"):
-        stage._retrying(lambda: failing(99, dropped), "s3://b/k")
-    assert len(calls) == stage.OBJECT_ATTEMPTS
-    calls.clear()
-    with pytest.raises(StageError, match="s3://b/k: OSError: disk full"):
-        stage._retrying(lambda: failing(99, OSError("disk full")), "s3://b/k")
-    assert len(calls) == 1  # not worth retrying
-    assert stage._transient(IncompleteReadError(actual_bytes=1, expected_bytes=2))  # a body cut short
-    throttled = {"Error": {"Code": "SlowDown"}, "ResponseMetadata": {"HTTPStatusCode": 503}}
-    denied = {"Error": {"Code": "AccessDenied"}, "ResponseMetadata": {"HTTPStatusCode": 403}}
-    assert stage._transient(ClientError(throttled, "GetObject"))
-    assert not stage._transient(ClientError(denied, "GetObject"))
 
 
 def test_object_removed_from_bucket_is_pruned(seeded: ClusterStudy, s3_endpoint: str, tmp_path: Path) -> None:
@@ -217,6 +187,57 @@ def test_wrong_credentials_are_rejected(
         monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAUNKNOWNKEY000000")
         with pytest.raises(StageError, match="credentials rejected"):
             stage_dataset(seeded, tmp_path / "other")
+
+
+def test_a_rotated_key_keeps_working_in_one_process(
+    seeded: ClusterStudy, tmp_path: Path, s3_endpoint: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One boto3 session serves the whole process, yet a key rotated between two stagings is picked up: in
+    the environment, then in the shared credentials file. The old key is deleted in IAM, so a session that
+    kept it would be rejected (checked: the old key alone fails)."""
+    iam = boto3.client("iam", endpoint_url=s3_endpoint, region_name="us-east-1")
+    user = f"rotator-{uuid.uuid4().hex[:6]}"
+    iam.create_user(UserName=user)
+    policy = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": ["s3:*", "iam:*"], "Resource": "*"}]}
+    iam.put_user_policy(UserName=user, PolicyName="rotate", PolicyDocument=json.dumps(policy))
+    keys = [iam.create_access_key(UserName=user)["AccessKey"] for _ in range(2)]
+    bucket = seeded.healthy_uri.split("/")[2]
+
+    def use(key: dict) -> None:
+        monkeypatch.setenv("AWS_ACCESS_KEY_ID", key["AccessKeyId"])
+        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", key["SecretAccessKey"])
+
+    def rotate(old: dict, new: dict) -> None:
+        signed = boto3.client("iam", endpoint_url=s3_endpoint, region_name="us-east-1",
+                              aws_access_key_id=new["AccessKeyId"], aws_secret_access_key=new["SecretAccessKey"])
+        signed.delete_access_key(UserName=user, AccessKeyId=old["AccessKeyId"])
+
+    with moto_checks_signatures(s3_endpoint):
+        use(keys[0])
+        check_buckets(seeded, [bucket])  # the process's session is made with the first key
+        rotate(keys[0], keys[1])
+        with pytest.raises(StageError, match="credentials rejected"):
+            check_buckets(seeded, [bucket])  # the old key is dead
+        use(keys[1])
+        check_buckets(seeded, [bucket])  # rotated in the environment: a fresh session
+        third = iam_key_signed_by(s3_endpoint, user, keys[1])
+        rotate(keys[1], third)
+        for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+            monkeypatch.delenv(name)
+        credentials = Path(os.environ["AWS_SHARED_CREDENTIALS_FILE"])
+        credentials.write_text(f"[default]\naws_access_key_id = {third['AccessKeyId']}\n"
+                               f"aws_secret_access_key = {third['SecretAccessKey']}\n")  # fmt: skip
+        try:
+            check_buckets(seeded, [bucket])  # rotated in the credentials file
+        finally:
+            credentials.unlink()
+
+
+def iam_key_signed_by(endpoint: str, user: str, key: dict) -> dict:
+    """A new access key of ``user``, asked for with ``key`` (the server checks signatures)."""
+    signed = boto3.client("iam", endpoint_url=endpoint, region_name="us-east-1",
+                          aws_access_key_id=key["AccessKeyId"], aws_secret_access_key=key["SecretAccessKey"])
+    return signed.create_access_key(UserName=user)["AccessKey"]
 
 
 def test_unrecognised_layout_is_named(seeded: ClusterStudy, tmp_path: Path, s3_endpoint: str) -> None:

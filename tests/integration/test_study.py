@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import io
 import json
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -32,10 +35,13 @@ def smoke(tmp_path_factory: pytest.TempPathFactory, data_root: Path):
     config.mlflow.tracking_uri = f"sqlite:///{tmp / 'mlflow.db'}"
     ray.shutdown()  # a Ray left by an earlier test in this process would be reused with its own resources
     ray.init(num_cpus=2, log_to_driver=False)
+    console = io.StringIO()  # what the study prints, read back by test_console_is_quiet
     try:
-        outcome = run_study(config)
+        with contextlib.redirect_stdout(console):
+            outcome = run_study(config)
     finally:
         ray.shutdown()
+        (tmp / "console.txt").write_text(console.getvalue())
     return config, outcome
 
 
@@ -105,7 +111,7 @@ def test_mlflow_has_parent_and_child_runs_with_epoch_metrics(smoke) -> None:
     assert {"trials.csv", "best.json", "config.yaml", "search_space.py", "pareto.csv", "best_so_far.png"} <= artifacts
     assert "optuna_history_val_pixel_auroc.png" in artifacts
     model_artifacts = {a.path for a in client.list_artifacts(children[0].info.run_id, "model")}
-    assert model_artifacts == {"model/model.pt"}
+    assert {"model/MLmodel", "model/artifacts"} <= model_artifacts  # an MLflow model, model.pt inside
 
 
 def test_checkpoint_is_a_usable_detector(smoke) -> None:
@@ -119,3 +125,51 @@ def test_checkpoint_is_a_usable_detector(smoke) -> None:
     x = torch.randn(3, 1, 32, 32)
     scores = family.score(nets, x)
     assert scores.pixel_map.shape == x.shape and scores.slice_score.shape == (3,)
+
+
+def test_mlflow_shows_a_training_experiment_with_data_and_a_summary(smoke, tmp_path: Path) -> None:
+    config, outcome = smoke
+    client = MlflowClient(config.mlflow.tracking_uri)
+    parent = client.get_run(outcome.parent_run_id)
+    experiment = client.get_experiment(parent.info.experiment_id)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"  # the UI opens on the runs
+    cache_dir, _ = prepare_data(config)
+    query = f"tags.mlflow.parentRunId = '{outcome.parent_run_id}'"
+    digests = set()
+    for run in client.search_runs([experiment.experiment_id], query):
+        inputs = {t.value: i.dataset for i in run.inputs.dataset_inputs for t in i.tags}
+        trained = run.data.tags["role"] == "trial"
+        assert sorted(inputs) == (["test", "training"] if trained else ["test"]) + ["validation"]
+        for context, dataset in inputs.items():
+            split = {"training": "train", "validation": "val"}.get(context, context)
+            assert dataset.name == f"synthetic-h8-l4-s0:{split}" and len(dataset.digest) == 12
+            assert json.loads(dataset.profile)["slice_cache"] == cache_dir.name
+            digests.add((context, dataset.digest))
+        if trained:  # the run's name says what the trial is; family and status are tags to group and filter by
+            params = run.data.params
+            assert run.info.run_name.startswith(f"vae batch_size={params['batch_size']} kl_weight=")
+            assert run.data.tags["family"] == "vae" and run.data.tags["status"] == "completed"
+    assert len(digests) == 3  # one digest per split, the same on every run
+    best = json.loads((outcome.study_dir / "best.json").read_text())
+    for metric, entry in best.items():
+        assert parent.data.metrics[f"best/{metric}"] == entry["overall"][metric]
+    (baseline,) = [r for r in outcome.rows if r["status"] == "baseline"]
+    assert parent.data.metrics["threshold/val_pixel_auroc"] == baseline["val_pixel_auroc"]
+    summary = Path(client.download_artifacts(outcome.parent_run_id, "summary.md", str(tmp_path))).read_text()
+    assert parent.data.tags["mlflow.note.content"] == summary  # shown as the run's description
+    winner = best["val_pixel_auroc"]["overall"]
+    assert parent.data.tags["winner_run_id"] == winner["mlflow_run_id"]
+    assert f"**Winner** by `val_pixel_auroc`: trial `{winner['trial_id']}`" in summary
+    assert f"python -m study.score --model {winner['mlflow_run_id']} --tracking-uri" in summary
+    assert f"| baseline | {baseline['trial_id']} | threshold |" in summary
+
+
+def test_console_is_quiet(smoke) -> None:
+    config, outcome = smoke
+    console = (Path(config.results_dir).parent / "console.txt").read_text()
+    assert "Configuration for experiment" not in console and "tensorboard" not in console.lower()
+    progress = [line for line in console.splitlines() if re.match(r"\[ *\d+s\] trial \d+/\d+ ", line)]
+    # per trial: started, one line per epoch, the chosen epoch with its test scores, completed
+    assert len(progress) == config.num_samples * (config.training.epochs + 3)
+    assert sum(" started vae batch_size=" in line for line in progress) == config.num_samples
+    assert re.search(r"^trial_id +family +status", console, re.MULTILINE)  # the closing table

@@ -161,7 +161,8 @@ def test_study_clock_arithmetic() -> None:
     clock.started, clock.ended = {"a": 100.0, "b": 160.0}, {"a": 150.0, "b": 210.0}
     clock.results = {
         "a": [
-            {"epoch": 1, "time_train_s": 5.0, "time_eval_s": 1.0, "first_step_at": 112.0, "at": 119.0},
+            {"epoch": 1, "time_train_s": 5.0, "time_eval_s": 1.0, "first_step_at": 112.0, "loop_start_at": 109.0,
+             "at": 119.0},
             {"epoch": 2, "time_train_s": 4.0, "time_eval_s": 1.0, "at": 126.0},
             {"final": True, "at": 140.0},
         ],
@@ -169,6 +170,8 @@ def test_study_clock_arithmetic() -> None:
     }
     assert inner_seconds(clock.results) == pytest.approx(19.0)
     assert start_costs(clock) == [12.0, 10.0]
+    assert start_costs(clock, "loop_start_at") == [9.0]  # b reported no loop start
+    assert start_costs(clock, "first_step_at", since="loop_start_at") == [3.0]
     assert tail_costs(clock) == [24.0, 30.0]
     assert gaps(clock) == [10.0]
     assert in_trial_overhead(clock) == [pytest.approx(126 - 112 - 11), pytest.approx(180 - 170 - 8)]
@@ -209,3 +212,16 @@ def test_family_figures_ratio_of_medians_and_eval_share() -> None:
     assert found["ray"] == pytest.approx(90.0)
     assert found["ratio"] == pytest.approx(0.9)
     assert found["eval_share"] == pytest.approx(0.2)
+
+
+def test_gpu_section_is_skipped_without_cuda(tmp_path: Path) -> None:
+    """Without a CUDA device the gpu section measures nothing and says why, in bench.json too."""
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is here: the gpu section measures instead")
+    out = tmp_path / "bench.json"
+    assert bench.main(["--only", "gpu", "--out", str(out)]) == 0
+    data = json.loads(out.read_text())
+    assert data["gpu_skipped"] == "no CUDA device" and data["sections"] == "gpu"
+    assert not [key for key in data if key.startswith("gpu_") and key != "gpu_skipped"]

@@ -24,6 +24,13 @@ def test_default_and_smoke_configs_load() -> None:
     assert smoke.name == "smoke" and smoke.num_samples == 2
 
 
+def test_gpu_settings(tmp_path: Path) -> None:
+    """bf16 is the default where a GPU is used (precision auto); a fraction of a GPU is fine for one worker."""
+    assert load_config().training.precision == "auto"
+    one = load_config(_write(tmp_path, "training: {gpus_per_worker: 0.5, workers_per_trial: 1, precision: fp32}\n"))
+    assert (one.training.gpus_per_worker, one.training.precision) == (0.5, "fp32")
+
+
 def test_values_are_typed(tmp_path: Path) -> None:
     config = load_config(_write(tmp_path, "objectives: val_slice_auroc\ntraining: {cpus_per_worker: 1}\n"))
     assert config.objectives[0].metric == "val_slice_auroc" and config.objectives[0].mode == "max"
@@ -50,6 +57,9 @@ def test_values_are_typed(tmp_path: Path) -> None:
         ("data: {healthy: /nope/hcp, lesion: /nope/brats}\n", "data folder '/nope/hcp' does not exist"),
         ("- just\n- a list\n", "expected a mapping"),
         ("name: [unclosed\n", "not valid YAML"),
+        ("training: {precision: fp16}\n", "key 'training.precision': expected one of ('auto', 'bf16', 'fp32')"),
+        ("training: {gpus_per_worker: 0.5}\n", "key 'training.gpus_per_worker': a fraction of a GPU (0.5) with 2 DDP"),
+        ("training: {gpus_per_worker: -1}\n", "key 'training.gpus_per_worker': expected >= 0"),
     ],
 )
 def test_bad_config_names_file_and_key(tmp_path: Path, text: str, expected: str) -> None:

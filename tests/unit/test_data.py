@@ -444,3 +444,35 @@ def test_slice_dataset(cohort: tuple[Path, Path], tmp_path: Path) -> None:
     torch.testing.assert_close(clone[0]["image"], healthy[0]["image"])
     batch = next(iter(torch.utils.data.DataLoader(val, batch_size=4)))
     assert batch["image"].shape == (4, 1, 32, 32)
+
+
+def test_slice_loader_reads_whole_batches(cohort: tuple[Path, Path], tmp_path: Path) -> None:
+    """A batch read at once equals the same slices read one by one, in ascending position order; the
+    training loader reads only the images; rank shards cover a split once, as DistributedSampler would."""
+    from torch.utils.data import BatchSampler, DistributedSampler
+
+    from trainables.data.dataset import TRAIN_FIELDS, ShardBatches, slice_loader
+
+    entry = prepare_slice_cache(*cohort, tmp_path, PreprocessConfig(), SplitConfig())
+    val = SliceDataset(entry, "val", healthy_only=True)
+    positions = [5, 0, 3]
+    batch = val[positions]
+    for row, position in enumerate(sorted(positions)):
+        for key, value in val[position].items():
+            torch.testing.assert_close(batch[key][row], value)
+    assert set(batch) == {"image", "brain", "lesion", "subject", "slice_index"}
+    train = SliceDataset(entry, "train", fields=TRAIN_FIELDS)
+    for rank in (0, 1):  # the same batches as DistributedSampler(drop_last) + BatchSampler, epoch by epoch
+        ours = ShardBatches(len(train), 8, shuffle=True, seed=3, rank=rank, world=2, drop_last=True)
+        theirs = DistributedSampler(range(len(train)), num_replicas=2, rank=rank, shuffle=True, seed=3, drop_last=True)
+        for epoch in (0, 1):
+            ours.set_epoch(epoch), theirs.set_epoch(epoch)
+            assert [list(b) for b in ours] == list(BatchSampler(theirs, 8, drop_last=True))
+        assert len(ours) == len(train) // 2 // 8
+    seen = list(slice_loader(train, ours))
+    assert set(seen[0]) == {"image"} and all(b["image"].shape == (8, 1, 32, 32) for b in seen)
+    shards = [list(slice_loader(val, ShardBatches(len(val), 4, rank=r, world=2))) for r in (0, 1)]
+    keys = torch.cat([b["slice_index"] * 1000 + b["subject"] for s in shards for b in s])
+    assert len(keys) == len(val) == len(set(keys.tolist()))
+    with pytest.raises(ValueError, match="fields"):
+        SliceDataset(entry, "val", fields=("image", "mask"))

@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from trainables.families.ae import build_autoencoder, reconstruction_loss, reconstruction_terms, score_reconstruction
-from trainables.families.base import Family, Scores, parameters, scoring
+from trainables.families.base import Family, Scores, local_grads, parameters, scoring
 from trainables.families.losses import gradient_penalty, wasserstein_estimate
 from trainables.families.nets import Critic
 from trainables.families.registry import register_family
@@ -131,13 +131,13 @@ class AAE(Family):
         for _ in range(n):
             for key, value in critic_step(nets, opts["critic"], z.detach(), self.hp.gp_weight).items():
                 sums[key] = sums.get(key, 0.0) + value
-        terms["adv"] = -nets["critic"](z).mean()
+        with local_grads(nets["critic"]):  # the critic's gradients from this step are zeroed unused: no all-reduce
+            terms["adv"] = -nets["critic"](z).mean()
         loss = reconstruction_loss(terms, self.latent_weight) + self.hp.adv_weight * terms["adv"]
         opts["ae"].zero_grad(set_to_none=True)
         loss.backward()  # also fills the critic's .grad; critic_step zeroes it before using it
         opts["ae"].step()
-        out = {"loss": loss.item(), **{k: v.item() for k, v in terms.items()}}
-        return out | {k: (v / n).item() for k, v in sums.items()}
+        return self.terms({"loss": loss, **terms, **{k: v / n for k, v in sums.items()}})
 
     @scoring
     def score(self, nets: nn.ModuleDict, x: torch.Tensor) -> Scores:

@@ -116,7 +116,7 @@ class AE(Family):
         opts["ae"].zero_grad(set_to_none=True)
         loss.backward()
         opts["ae"].step()
-        return {"loss": loss.item(), **{k: v.item() for k, v in terms.items()}}
+        return self.terms({"loss": loss, **terms})
 
     @scoring
     def score(self, nets: nn.ModuleDict, x: torch.Tensor) -> Scores:

@@ -8,7 +8,10 @@ The training loop, evaluation, checkpointing and reporting are shared and live e
 DDP rules for family code:
 - call networks only as ``nets[key](...)``: DDP syncs gradients in the wrapper's ``forward``;
 - reach attributes of a network only through ``unwrap(nets[key])``;
-- ``score`` must not leave the networks in eval mode: decorate it with ``@scoring``.
+- ``score`` must not leave the networks in eval mode: decorate it with ``@scoring``;
+- a net whose gradients a step throws away (a critic's during the generator's step) is called inside
+  ``local_grads(nets[key])``, so DDP does not all-reduce gradients nobody uses;
+- ``train_step`` returns ``self.terms({...})``: floats, or device tensors when the training loop asks.
 """
 
 from __future__ import annotations
@@ -50,6 +53,7 @@ class Family(abc.ABC):
     name: ClassVar[str]
     Hparams: ClassVar[type]
     trainable: ClassVar[bool] = True
+    device_terms: bool = False  # set by the training loop: train_step's terms stay on the device (no host sync)
 
     def __init__(self, hparams) -> None:
         self.hp = hparams
@@ -75,10 +79,26 @@ class Family(abc.ABC):
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.hp})"
 
+    def terms(self, values: dict[str, torch.Tensor]) -> dict[str, float]:
+        """What ``train_step`` returns for its loss terms: python floats read in one host sync, or (with
+        ``device_terms`` set) detached float32 tensors left on the device, which the training loop sums
+        there and reads once per epoch, so a GPU never waits for the host between steps."""
+        detached = {key: value.detach().float() for key, value in values.items()}
+        if self.device_terms:
+            return detached  # type: ignore[return-value]
+        return dict(zip(detached, torch.stack(list(detached.values())).tolist(), strict=True))
+
 
 def unwrap(module: nn.Module) -> nn.Module:
     """The network inside a (Distributed)DataParallel wrapper, or the module itself."""
     return module.module if isinstance(module, (DistributedDataParallel, DataParallel)) else module
+
+
+def local_grads(net: nn.Module) -> contextlib.AbstractContextManager:
+    """Context for a forward whose gradients this step discards: DDP's ``no_sync`` (no all-reduce in the
+    backward that follows), nothing for a plain module. The next optimiser step of ``net`` must be preceded
+    by ``zero_grad``, since the local gradients stay in ``.grad``."""
+    return net.no_sync() if isinstance(net, DistributedDataParallel) else contextlib.nullcontext()
 
 
 @contextlib.contextmanager

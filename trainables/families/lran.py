@@ -44,7 +44,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from trainables.families.base import Family, Scores, parameters, scoring
+from trainables.families.base import Family, Scores, local_grads, parameters, scoring
 from trainables.families.losses import bce_logits, feature_matching, l1_recon, mse, rank_energy
 from trainables.families.nets import DCGANDecoder, DCGANDiscriminator, DCGANEncoder
 from trainables.families.registry import register_family
@@ -110,7 +110,8 @@ class LRAN(Family):
         z2 = nets["encoder2"](xr)
         with torch.no_grad():  # D's features of x are the target; only x' carries gradient
             _, real_features = nets["disc"](xs)
-        fake_logits, fake_features = nets["disc"](xr)
+        with local_grads(nets["disc"]):  # D's gradients from the generator's step are zeroed unused: no all-reduce
+            fake_logits, fake_features = nets["disc"](xr)
         # 0 * logits: D's head must take part in this backward, since under DDP (no unused-parameter search)
         # every parameter of a net called with grad enabled has to receive a gradient, zero or not
         terms = {
@@ -142,7 +143,7 @@ class LRAN(Family):
         opts["disc"].zero_grad(set_to_none=True)
         disc.backward()
         opts["disc"].step()
-        return {"loss": loss.item(), **{k: v.item() for k, v in terms.items()}, "disc": disc.item()}
+        return self.terms({"loss": loss, **terms, "disc": disc})
 
     @scoring
     def score(self, nets: nn.ModuleDict, x: torch.Tensor) -> Scores:

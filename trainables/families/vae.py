@@ -57,7 +57,7 @@ class VAE(Family):
         opts["ae"].zero_grad(set_to_none=True)
         loss.backward()
         opts["ae"].step()
-        return {"loss": loss.item(), "recon": recon.item(), "kl": kl.item()}
+        return self.terms({"loss": loss, "recon": recon, "kl": kl})
 
     @scoring
     def score(self, nets: nn.ModuleDict, x: torch.Tensor) -> Scores:

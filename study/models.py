@@ -1,0 +1,170 @@
+"""Detectors in MLflow's model format, on the driver side.
+
+- Each trial's chosen detector, and the threshold baseline, is logged as an MLflow model at ``runs:/<id>/model``
+  (trainables.mlflow_model: pyfunc with a signature, the self-contained model.pt inside), whether the trial's
+  checkpoint is a local folder or objects on S3 (fetched with Ray's Checkpoint API).
+- The winner per objective (chosen on val: study.results.best_trial) is registered in the Model Registry
+  under ``mlflow.registered_model`` (default ``<study>-detector``): the first objective's winner gets the
+  alias ``champion``, and every objective's winner ``best_<metric>`` (so the first one has both).
+- ``--model`` of study.score / study.evaluate: a run id, ``runs:/ID/...`` or ``models:/NAME@ALIAS`` (or
+  ``models:/NAME/VERSION``) becomes a local model.pt.
+"""
+
+from __future__ import annotations
+
+import re
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from trainables.inference import ModelError
+
+if TYPE_CHECKING:
+    from mlflow.tracking import MlflowClient
+
+    from study.config import StudyConfig
+    from study.storage import RayStorage
+
+MODEL_PATH = "model"  # runs:/<id>/model
+CHAMPION = "champion"  # alias of the first objective's winner
+RUN_ID = re.compile(r"[0-9a-f]{32}")  # MLflow run ids are uuid4 hex strings
+RUNS_URI = re.compile(r"runs:/([0-9a-f]{32})(/[^\s]*)?")
+MODELS_URI = re.compile(r"models:/([^/@\s]+)(@[\w\-]+|/[0-9]+)")
+MODEL_FILES = ("artifacts/model.pt", "model.pt")  # inside an MLflow model folder; a bare model.pt artifact
+
+
+def log_trial_model(client: MlflowClient, run_id: str, checkpoint_path: str | None, storage: RayStorage | None) -> None:
+    """Attach a trial's chosen detector (an MLflow model) and its figures to its run, from its final checkpoint.
+
+    A failure is printed and tagged on the run (``model_error``), not raised: the trial's metrics stay logged.
+    """
+    if not checkpoint_path:
+        return
+    from ray.train import Checkpoint
+
+    where = storage.uri(checkpoint_path) if storage is not None else checkpoint_path
+    client.set_tag(run_id, "checkpoint_path", where)
+    checkpoint = storage.checkpoint(checkpoint_path) if storage is not None else Checkpoint(checkpoint_path)
+    try:
+        with tempfile.TemporaryDirectory(prefix="study-checkpoint-") as scratch:
+            folder = Path(checkpoint.to_directory(scratch))  # a copy, downloaded when the checkpoint is on S3
+            log_model_file(client, run_id, folder / "model.pt")
+            if (folder / "figures").is_dir():
+                client.log_artifacts(run_id, str(folder / "figures"), "figures")
+    except Exception as err:  # S3, MLflow and torch errors alike: the trial is done, its metrics are logged
+        message = f"detector not logged from {where}: {type(err).__name__}: {err}"
+        print(f"warning: MLflow run {run_id}: {message}", flush=True)
+        client.set_tag(run_id, "model_error", message[:5000])
+
+
+def log_model_file(client: MlflowClient, run_id: str, model_pt: Path) -> str:
+    """Log ``model_pt`` as the MLflow model ``runs:/<run_id>/model``; return that URI."""
+    from trainables.mlflow_model import save_detector_model  # mlflow.pyfunc and torch: only when a model is logged
+
+    with tempfile.TemporaryDirectory(prefix="study-model-") as scratch:
+        folder = Path(scratch) / MODEL_PATH
+        save_detector_model(model_pt, folder)
+        client.log_artifacts(run_id, str(folder), MODEL_PATH)
+    uri = f"runs:/{run_id}/{MODEL_PATH}"
+    client.set_tag(run_id, "model_uri", uri)
+    return uri
+
+
+def log_baseline_model(client: MlflowClient, run_id: str, family: str, cache_dir: Path, metrics: dict) -> str:
+    """Log an untrained baseline (e.g. threshold) as an MLflow model, like a trial's detector."""
+    from trainables.baseline import write_untrained_model
+
+    with tempfile.TemporaryDirectory(prefix="study-baseline-") as scratch:
+        model_pt = write_untrained_model(family, cache_dir, metrics, Path(scratch) / "model.pt")
+        return log_model_file(client, run_id, model_pt)
+
+
+def registered_model_name(config: StudyConfig) -> str:
+    return config.mlflow.registered_model or f"{config.name}-detector"
+
+
+def aliases(index: int, metric: str) -> list[str]:
+    """Aliases of the objective at ``index``'s winner: ``champion`` for the first, ``best_<metric>`` for each."""
+    return ([CHAMPION] if index == 0 else []) + [f"best_{metric}"]
+
+
+def register_winners(client: MlflowClient, config: StudyConfig, rows: list[dict[str, Any]]) -> dict[str, str]:
+    """Register each objective's winner (chosen on val) and point its aliases at it; return alias -> version.
+
+    A winner already registered (a resumed study) keeps its version: only the aliases move.
+    """
+    from study.results import best_trial
+
+    name = registered_model_name(config)
+    done: dict[str, str] = {}
+    for index, objective in enumerate(config.objectives):
+        row = best_trial(rows, objective)
+        run_id = (row or {}).get("mlflow_run_id")
+        if not run_id:
+            continue
+        if not client.list_artifacts(run_id, MODEL_PATH):
+            print(f"warning: winner by {objective.metric} (run {run_id}) has no MLflow model; not registered")
+            continue
+        version = _version_of(client, name, run_id)
+        for alias in aliases(index, objective.metric):
+            client.set_registered_model_alias(name, alias, version)
+            done[alias] = version
+    return done
+
+
+def _version_of(client: MlflowClient, name: str, run_id: str) -> str:
+    """The registered version of ``runs:/<run_id>/model`` under ``name``, created (with the model) if need be."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client.get_registered_model(name)
+    except MlflowException:
+        client.create_registered_model(name, description="Winners of the study, chosen on val")
+    for version in client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'"):
+        return str(version.version)
+    return str(client.create_model_version(name, f"runs:/{run_id}/{MODEL_PATH}", run_id=run_id).version)
+
+
+def model_uri(model: str) -> str | None:
+    """The MLflow URI a ``--model`` value names, or None when it is not one (then it is a path).
+
+    A bare run id means ``runs:/<id>/model``. Raises ModelError for a runs:/ or models:/ URI of the wrong shape.
+    """
+    if RUN_ID.fullmatch(model):
+        return f"runs:/{model}/{MODEL_PATH}"
+    if model.startswith("runs:/"):
+        match = RUNS_URI.fullmatch(model)
+        if match is None:
+            raise ModelError(f"{model}: expected runs:/<32-hex run id>/model")
+        return model if match.group(2) not in (None, "/") else f"runs:/{match.group(1)}/{MODEL_PATH}"
+    if model.startswith("models:/"):
+        if MODELS_URI.fullmatch(model) is None:
+            raise ModelError(f"{model}: expected models:/NAME@ALIAS or models:/NAME/VERSION")
+        return model
+    return None
+
+
+def fetch_model_file(uri: str, tracking_uri: str, scratch: Path) -> Path:
+    """Download the MLflow model (or model.pt artifact) ``uri`` names into ``scratch``; return its model.pt."""
+    from mlflow.artifacts import download_artifacts  # slow import: only for MLflow references
+
+    try:
+        local = Path(download_artifacts(artifact_uri=uri, dst_path=str(scratch), tracking_uri=tracking_uri))
+    except Exception as err:  # MlflowException, OSError, HTTP errors: all mean the same to the user
+        raise ModelError(f"{uri} at {tracking_uri}: cannot fetch the model ({type(err).__name__}: {err})") from err
+    if local.is_file():
+        return local
+    found = next((local / name for name in MODEL_FILES if (local / name).is_file()), None)
+    if found is None:
+        raise ModelError(f"{uri} at {tracking_uri}: no model.pt in it (expected {' or '.join(MODEL_FILES)})")
+    return found
+
+
+def reference_name(model: str) -> str:
+    """A short, file-name-safe name of an MLflow reference, for output folders (run id, NAME@ALIAS, NAME-v3)."""
+    match = RUNS_URI.fullmatch(model)
+    if match is not None:
+        return match.group(1)
+    if model.startswith("models:/"):
+        return model[len("models:/") :].replace("/", "-v")
+    return model

@@ -1,0 +1,111 @@
+"""The training loop's collective parts with 2 real gloo ranks (spawned processes, no Ray): validation
+sharded across ranks and gathered on rank 0 equals one process scoring the whole split; the epoch's loss
+terms, summed on the device and all-reduced once, equal the mean over both ranks' steps; a non-finite
+step is named at the end of its epoch."""
+
+from __future__ import annotations
+
+import math
+import os
+import socket
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from trainables.data.cache import SplitConfig, prepare_slice_cache
+from trainables.data.dataset import TRAIN_FIELDS, ShardBatches, SliceDataset, slice_loader
+from trainables.data.preprocess import PreprocessConfig
+from trainables.data.synthetic import generate_cohort
+from trainables.families import create_family
+from trainables.metrics import evaluate
+from trainables.train_loop import NonFiniteLossError, _train_epoch, _validate, _wrap_ddp
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("loop")
+    generate_cohort(root / "cohort", n_healthy=6, n_lesion=3, seed=0)
+    return prepare_slice_cache(root / "cohort" / "hcp", root / "cohort" / "brats", root / "cache",
+                               PreprocessConfig(), SplitConfig())  # fmt: skip
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _rank_main(rank: int, world: int, port: int, cache: str, out: dict) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        torch.set_num_threads(1)
+        torch.manual_seed(0)
+        family = create_family("vae", {})
+        family.device_terms = True
+        nets = _wrap_ddp(family.build(32), CPU)
+        opts = family.optimizers(nets)
+        val = SliceDataset(Path(cache), "val")
+        scored = _validate(family, nets, slice_loader(val, ShardBatches(len(val), 16, rank=rank, world=world)), CPU)
+        train = SliceDataset(Path(cache), "train", fields=TRAIN_FIELDS)
+        batches = ShardBatches(len(train), 8, shuffle=True, rank=rank, world=world, drop_last=True)
+        losses = _train_epoch(family, nets, opts, slice_loader(train, batches), CPU, 0)
+        bad = torch.full((8, 1, 32, 32), float("nan"))
+        try:
+            _train_epoch(family, nets, opts, [{"image": bad}], CPU, 1)
+            error = ""
+        except NonFiniteLossError as err:
+            error = str(err)
+        out[rank] = {"val": scored, "losses": losses, "error": error, "steps": len(batches)}
+    finally:
+        dist.destroy_process_group()
+
+
+def test_sharded_validation_and_epoch_sums_over_two_gloo_ranks(cache: Path) -> None:
+    with mp.Manager() as manager:
+        out = manager.dict()
+        mp.spawn(_rank_main, args=(2, _free_port(), str(cache), out), nprocs=2, join=True)
+        results = dict(out)
+    torch.manual_seed(0)
+    family = create_family("vae", {})
+    val = SliceDataset(cache, "val")
+    whole = evaluate(family, family.build(32), slice_loader(val, ShardBatches(len(val), 16)), CPU)
+    assert results[1]["val"] is None  # only rank 0 computes
+    gathered = results[0]["val"]
+    assert gathered.keys() == whole.keys()
+    for key, value in whole.items():  # pooled metrics: the sharding does not change them
+        assert (math.isnan(value) and math.isnan(gathered[key])) or gathered[key] == pytest.approx(value, rel=1e-5), key
+    train = len(SliceDataset(cache, "train"))
+    for rank in (0, 1):
+        losses = results[rank]["losses"]
+        assert losses["workers"] == 2 and losses["train_slices"] == 2 * results[rank]["steps"] * 8
+        assert losses["train_slices"] == (train // 2 // 8) * 16
+        assert math.isfinite(losses["train_loss"]) and losses["train_loss"] > 0
+        assert {"loss_recon", "loss_kl"} <= set(losses) and "first_step_at" in losses
+    assert results[0]["losses"]["train_loss"] == results[1]["losses"]["train_loss"]  # all-reduced: one value
+    assert "non-finite loss at epoch 2, step 1" in results[0]["error"]
+
+
+def test_precision_and_device_terms() -> None:
+    """auto trains in fp32 on CPUs (bf16 only where asked or on CUDA); a family's terms stay tensors when the
+    loop asks, floats otherwise."""
+    from trainables.train_loop import _autocast
+
+    with _autocast("auto", CPU)():
+        assert torch.ones(2, 2).matmul(torch.ones(2, 2)).dtype == torch.float32
+    with _autocast("bf16", CPU)():
+        assert torch.ones(2, 2).matmul(torch.ones(2, 2)).dtype == torch.bfloat16
+    with pytest.raises(ValueError, match="precision"):
+        _autocast("fp16", CPU)
+    family = create_family("vae", {})
+    nets, x = family.build(32), torch.randn(4, 1, 32, 32)
+    opts = family.optimizers(nets)
+    assert all(isinstance(v, float) for v in family.train_step(nets, opts, x).values())
+    family.device_terms = True
+    terms = family.train_step(nets, opts, x)
+    assert all(isinstance(v, torch.Tensor) and v.dim() == 0 and not v.requires_grad for v in terms.values())
