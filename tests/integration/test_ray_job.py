@@ -30,6 +30,15 @@ from ray.autoscaler._private.util import prepare_config
 from study.cluster import launcher_ray_running
 
 ROOT = Path(__file__).parents[2]
+AGENT_PORTS = (
+    "dashboard-agent-listen-port",
+    "dashboard-agent-grpc-port",
+    "metrics-export-port",
+    "runtime-env-agent-port",
+    "ray-client-server-port",
+    "node-manager-port",
+    "object-manager-port",
+)
 
 
 def free_port() -> int:
@@ -67,6 +76,8 @@ def head(tmp_path: Path) -> Iterator[dict]:
         "--head",
         f"--port={port}",
         f"--dashboard-port={dashboard}",
+        # every port free: other Rays on this machine hold the defaults (the job agent's 52365 among them)
+        *(f"--{name}={free_port()}" for name in AGENT_PORTS),
         "--num-cpus=2",
         f"--temp-dir={temp_dir}",
         f"--autoscaling-config={bootstrap}",
@@ -91,6 +102,7 @@ def head(tmp_path: Path) -> Iterator[dict]:
 
 
 @pytest.mark.slow  # about 2 minutes on 2 cores: a head, a dashboard, a job and a 2-trial study
+@pytest.mark.timeout(900)
 def test_job_submit_runs_a_study_to_completion(head: dict, write_config: Callable, tmp_path: Path) -> None:
     assert launcher_ray_running(head["bootstrap"])  # a Ray started from it is running: cluster fallback allowed
     with pytest.raises(urllib.error.HTTPError) as info:  # token authentication is on for the job API
