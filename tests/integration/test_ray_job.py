@@ -101,7 +101,7 @@ def head(tmp_path: Path) -> Iterator[dict]:
         shutil.rmtree(temp_dir, ignore_errors=True)
 
 
-@pytest.mark.slow  # about 2 minutes on 2 cores: a head, a dashboard, a job and a 2-trial study
+@pytest.mark.slow  # a head, a dashboard, a job and a 2-trial study: 407 s niced on a loaded 2-core box
 @pytest.mark.timeout(900)
 def test_job_submit_runs_a_study_to_completion(head: dict, write_config: Callable, tmp_path: Path) -> None:
     assert launcher_ray_running(head["bootstrap"])  # a Ray started from it is running: cluster fallback allowed
