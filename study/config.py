@@ -60,6 +60,7 @@ class TrainingConfig:
     gpus_per_worker: float = 0.0  # >0 trains on GPU with NCCL
     cpus_per_trial: float = 0.2  # logical CPUs of the Tune trial process that drives the trainer
     threads_per_worker: int = 1  # torch intra-op threads per worker (cores are shared by workers)
+    sync_batchnorm: bool = False  # SyncBatchNorm under DDP (batch statistics of the global batch); GPUs only
     max_failures: int = 1  # Ray Train restarts of a failed worker group, from the last checkpoint
     trial_max_failures: int = 0  # Tune retries of a failed trial (e.g. its process died with its node when
     # trials_on_head is off), continuing from its last checkpoint; any error is retried alike, a divergence too
@@ -180,6 +181,8 @@ def _check_positive(config: StudyConfig, fail: Any) -> None:
             fail(key, f"expected an integer >= 1, got {value}")
     if config.training.cpus_per_worker <= 0:
         fail("training.cpus_per_worker", f"expected > 0, got {config.training.cpus_per_worker}")
+    if config.training.sync_batchnorm and config.training.gpus_per_worker <= 0:
+        fail("training.sync_batchnorm", "SyncBatchNorm runs on GPUs only; set training.gpus_per_worker > 0")
 
 
 def _build(cls: type, raw: dict, file: str, prefix: str) -> Any:
