@@ -6,8 +6,9 @@ trains each paper configuration with its published settings (the families' defau
 constrained AAE with lambda 0.5 and 1.0; the latent-regularised network and its Table 4 ablations) and
 the two baselines (plain AE, intensity threshold) on the healthy train slices of a slice cache, once per
 seed. Budget, the same for every run: up to ``--max-epochs`` epochs (50), stopping early once the run's
-val measure has not improved for ``--patience`` epochs (10) after ``--min-epochs`` (20, which covers the
-AAEs' published 20-epoch critic warm-up); each run records its epochs and steps and why it stopped.
+val measure has not improved for ``--patience`` epochs (6) after ``--min-epochs`` (10); each run records
+its epochs and steps and why it stopped. The AAEs' critic warm-up is scaled to the cap (the official 20
+of 300 epochs, see ``_scaled_warmup``).
 After each epoch val is scored and the best epoch kept by the paper's own measure: the first paper's
 pixel AUROC on lesion subjects (its tables use BraTS, lesion subjects only), the second paper's slice
 AUROC. Test is scored once, with those weights; Dice thresholds come from val. The papers chose their
@@ -67,21 +68,22 @@ RUNS = (
     Run("threshold", "threshold", PAPER1),
     Run("vae", "vae", PAPER1),
     Run("caae_1.0", "caae", PAPER1, {"latent_weight": 1.0}),
-    Run("aae", "aae", PAPER1),
     Run("lran", "lran", PAPER2),
     Run("lran_no_rank", "lran", PAPER2, {"use_rank": False}),  # = GANomaly with the paper's weights
-    Run("lran_no_zrec", "lran", PAPER2, {"use_zrec": False}),
+    Run("aae", "aae", PAPER1),
     Run("lran_irec_adv", "lran", PAPER2, {"use_rank": False, "use_zrec": False}),
+    Run("lran_no_zrec", "lran", PAPER2, {"use_zrec": False}),
     Run("caae_0.5", "caae", PAPER1, {"latent_weight": 0.5}),
     Run("ae", "ae", PAPER1),
 )
+OFFICIAL_EPOCHS, OFFICIAL_WARMUP = 300, 20  # the official code trains 300 epochs, the first 20 with 200 critic steps
 
 
 @dataclass(frozen=True)
 class Budget:
-    max_epochs: int = 50  # the issue's minimum on the default cohort, as a cap
-    min_epochs: int = 20  # never stop before (covers the AAEs' 20-epoch critic warm-up)
-    patience: int = 10  # stop after this many epochs without a val improvement
+    max_epochs: int = 50  # cap on epochs (the issue asks for at least 50 on the default cohort)
+    min_epochs: int = 10  # never stop before
+    patience: int = 6  # stop after this many epochs without a val improvement
     deadline: float | None = None  # wall clock (time.time()) after which no further epoch starts
     batch_size: int = 64  # both papers
 
@@ -177,7 +179,7 @@ def run_one(run: Run, cache: Path, budget: Budget, seed: int, say: Say) -> dict[
     """Train ``run`` with ``seed``, choose its epoch on val, score test once with val's Dice thresholds."""
     started = time.perf_counter()
     torch.manual_seed(seed)
-    family = create_family(run.family, run.hparams)
+    family = create_family(run.family, {**_scaled_warmup(run, budget), **run.hparams})
     nets = family.build(read_meta(cache)["preprocess"]["image_size"])
     record = fit(run, family, nets, cache, budget, seed, say)
     scorers = {"main": family}
@@ -192,6 +194,17 @@ def run_one(run: Run, cache: Path, budget: Budget, seed: int, say: Say) -> dict[
         record["test_residual"] = test["residual"]
     record["seconds"] = round(time.perf_counter() - started, 1)
     return record
+
+
+def _scaled_warmup(run: Run, budget: Budget) -> dict[str, int]:
+    """The AAEs' critic warm-up scaled to the budget: the official 20 of 300 epochs, i.e. 1/15 of the cap.
+
+    Departure (docs/decisions.md): a 20-epoch warm-up would take 40% of a 50-epoch budget (10x the critic
+    steps), where the official code spends 1/15 of its training in it.
+    """
+    if run.family not in ("aae", "caae"):
+        return {}
+    return {"warmup_epochs": max(1, round(budget.max_epochs * OFFICIAL_WARMUP / OFFICIAL_EPOCHS))}
 
 
 def _deadline(text: str | None) -> float | None:
