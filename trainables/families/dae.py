@@ -196,7 +196,7 @@ class DAE(Family):
         opts["unet"].zero_grad(set_to_none=True)
         loss.backward()
         opts["unet"].step()
-        return {"loss": loss.item()}
+        return self.terms({"loss": loss})
 
     @scoring
     def score(self, nets: nn.ModuleDict, x: torch.Tensor) -> Scores:
