@@ -194,36 +194,43 @@ def _check_writable(folder: Path, key: str) -> None:
 
 
 def _check_ray_storage(dry: DryRun) -> None:
-    """Where Tune and Train keep state: an S3 probe object written and deleted, or a writable folder."""
-    from study.tuning import storage_root
+    """Where Tune and Train keep state, opened as the study opens it: a probe file written and deleted there."""
+    from study.storage import ray_storage
 
     config = dry.config
-    dry.facts["checkpoints"] = f"{storage_root(config, 'train')} (Tune: {storage_root(config, 'tune')})"
-    root = config.ray_storage
-    if root is None:
-        if _worker_node_types(dry):
-            raise Problem(
-                "ray_storage is unset, so checkpoints go to the head's disk, which Train workers on other nodes "
-                "cannot reach: set metadata.study.ray_storage (s3://bucket/prefix) in the cluster YAML"
-            )
-        _check_writable(config.study_dir, "results_dir")
-    elif root.startswith("s3://"):
-        _probe_s3(dry, f"{root.rstrip('/')}/{config.name}/")
+    try:
+        storage = ray_storage(config, dry.cluster)
+    except ConfigError as err:
+        raise Problem(str(err)) from err
+    dry.facts["checkpoints"] = f"{storage.uri(storage.path('train'))} (Tune: {storage.uri(storage.path('tune'))})"
+    if config.ray_storage is None and _worker_node_types(dry):
+        raise Problem(
+            "ray_storage is unset, so checkpoints go to the head's disk, which Train workers on other nodes "
+            "cannot reach: set metadata.study.ray_storage (s3://bucket/prefix) in the cluster YAML"
+        )
+    if storage.on_s3:
+        _probe(storage, dry.cluster)
     else:
-        _check_writable(Path(root).expanduser(), "ray_storage")
+        _check_writable(Path(storage.root).expanduser(), "ray_storage" if config.ray_storage else "results_dir")
 
 
-def _probe_s3(dry: DryRun, uri: str) -> None:
+def _probe(storage: Any, cluster: ClusterStudy | None) -> None:
+    """Write and delete one small object below the study's root.
+
+    With boto3 on the same endpoint and credentials as Ray's pyarrow filesystem: pyarrow would leave a folder
+    marker object behind after the delete, and the dry run writes nothing.
+    """
     from botocore.exceptions import BotoCoreError, ClientError
 
-    from study.cluster import s3_client
     from study.stage import _explain
 
-    bucket, prefix = parse_s3_uri(uri)
-    key = f"{prefix}.dry-run-probe-{uuid.uuid4().hex}"
-    if dry.cluster is not None:
-        client = s3_client(dry.cluster, probe=True)
-    else:  # ray_storage from the study config alone: boto3's own settings (AWS_ENDPOINT_URL, profile, role)
+    bucket, _, prefix = storage.root.partition("/")
+    key = f"{prefix}/.dry-run-probe-{uuid.uuid4().hex}"
+    if cluster is not None:
+        from study.cluster import s3_client
+
+        client = s3_client(cluster, probe=True)
+    else:  # ray_storage from the study config alone: boto3 reads AWS_ENDPOINT_URL, the profile or the role
         import boto3
 
         client = boto3.client("s3")
@@ -231,7 +238,7 @@ def _probe_s3(dry: DryRun, uri: str) -> None:
         client.put_object(Bucket=bucket, Key=key, Body=b"dry run")
         client.delete_object(Bucket=bucket, Key=key)
     except (BotoCoreError, ClientError) as err:
-        raise Problem(f"ray_storage {uri} is not writable: {_explain(err, f'bucket {bucket!r}')}") from err
+        raise Problem(f"ray_storage {storage.uri(storage.root)} is not writable: {_explain(err, bucket)}") from err
 
 
 def _worker_node_types(dry: DryRun) -> list[str]:

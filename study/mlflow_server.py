@@ -25,7 +25,10 @@ from study.cluster import BOOTSTRAP_CONFIG, ClusterConfigError, ClusterStudy, re
 
 DEFAULT_DIR = Path("~/mlflow")
 DEFAULT_PORT = 5000
-START_TIMEOUT_S = 90  # a cold `mlflow server` imports for 10-30 s on a small head
+START_TIMEOUT_S = 180  # a cold `mlflow server` took 80 s to answer on 2 busy shared cores
+# One server process: the study driver is its only heavy writer. With several, uvicorn's supervisor restarts any
+# worker that misses its 5 s health check, and on a busy machine (seen on 2 shared cores) they never all come up.
+SERVER_WORKERS = 1
 
 
 def backend_store(study: ClusterStudy) -> str:
@@ -52,14 +55,16 @@ def answering(port: int) -> bool:
 
 
 def running_pid(folder: Path) -> int | None:
-    """The server's pid from its pid file, if that process still exists."""
-    pid_file = folder / "server.pid"
+    """The server's pid from its pid file, if that process still runs and is an MLflow server (pids are reused)."""
+    import psutil  # a Ray dependency
+
     try:
-        pid = int(pid_file.read_text().strip())
-        os.kill(pid, 0)
-        return pid
-    except (FileNotFoundError, ValueError, ProcessLookupError):
+        pid = int((folder / "server.pid").read_text().strip())
+        proc = psutil.Process(pid)
+        alive = proc.status() != psutil.STATUS_ZOMBIE and "mlflow" in " ".join(proc.cmdline())
+    except (FileNotFoundError, ValueError, psutil.Error):
         return None
+    return pid if alive else None
 
 
 def start(study: ClusterStudy, folder: Path) -> int:
@@ -72,6 +77,7 @@ def start(study: ClusterStudy, folder: Path) -> int:
     if store.startswith("sqlite:///"):  # SQLite makes the file, not its folder
         Path(store[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
     command = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port)]
+    command += ["--workers", str(SERVER_WORKERS)]
     command += ["--backend-store-uri", store]
     if study.mlflow_artifacts:
         command += ["--artifacts-destination", study.mlflow_artifacts]
@@ -102,13 +108,16 @@ def stop(folder: Path, quiet: bool = False) -> int:
             print(f"no MLflow server recorded in {folder / 'server.pid'}")
         (folder / "server.pid").unlink(missing_ok=True)
         return 0
-    os.killpg(pid, signal.SIGTERM)  # the server and the workers it forked share its session
-    for _ in range(20):
-        if running_pid(folder) is None:
-            break
-        time.sleep(0.5)
-    else:
-        os.killpg(pid, signal.SIGKILL)
+    try:
+        os.killpg(pid, signal.SIGTERM)  # the server and the workers it forked share its session
+        for _ in range(20):
+            if running_pid(folder) is None:
+                break
+            time.sleep(0.5)
+        else:
+            os.killpg(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass  # it ended meanwhile
     (folder / "server.pid").unlink(missing_ok=True)
     if not quiet:
         print(f"stopped MLflow (pid {pid}); its store and {folder / 'server.log'} are kept")

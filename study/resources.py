@@ -64,16 +64,22 @@ def running_cluster() -> dict[str, float] | None:
 
 
 def node_types(ray_yaml: dict[str, Any]) -> list[tuple[str, int, dict[str, float]]]:
-    """(name, how many nodes at most, resources) per node type; the head counts once. Global max_workers applies."""
+    """(name, how many nodes at most, resources) per node type, the head first (once)."""
     head = ray_yaml["head_node_type"]
     types = ray_yaml["available_node_types"]
     rows = [(head, 1, types[head].get("resources") or {})]
-    budget = ray_yaml.get("max_workers", 0)
-    for name, spec in types.items():
-        if name != head:
-            count = min(spec.get("max_workers", 0), budget)
-            rows.append((name, count, spec.get("resources") or {}))
+    rows += [(name, t.get("max_workers", 0), t.get("resources") or {}) for name, t in types.items() if name != head]
     return rows
+
+
+def worker_capacity(worker: dict[str, float], head: dict[str, float], others: list, budget: int) -> int:
+    """Train workers the cluster holds scaled up: the best-fitting node types first, within global max_workers."""
+    capacity = fits(worker, head)
+    for _, count, resources in sorted(others, key=lambda row: fits(worker, row[2]), reverse=True):
+        take = min(count, budget)
+        budget -= take
+        capacity += take * fits(worker, resources)
+    return capacity
 
 
 def check_resources(config: StudyConfig, ray_yaml: dict[str, Any] | None) -> dict[str, str]:
@@ -109,8 +115,9 @@ def _against_yaml(
 ) -> str:
     rows = node_types(ray_yaml)
     unknown = [name for name, count, res in rows if count and not res]
+    state = f"now {fmt(now)}" if now else "no Ray running here now"
     if unknown:
-        return f"node types {', '.join(unknown)} learn their resources at launch: not checked; now {fmt(now)}"
+        return f"node types {', '.join(unknown)} learn their resources at launch: not checked; {state}"
     has_gpu = any(res.get("GPU", 0) > 0 and count for name, count, res in rows)
     if has_gpu and "GPU" not in worker:
         raise ValueError(
@@ -122,7 +129,7 @@ def _against_yaml(
         if fits(driver, head_res) < 1:
             raise ValueError(f"a trial process asks {fmt(driver)} on the head; head type '{head}' has {fmt(head_res)}")
         head_res = minus(head_res, driver)
-    capacity = fits(worker, head_res) + sum(count * fits(worker, res) for _, count, res in others)
+    capacity = worker_capacity(worker, head_res, others, ray_yaml.get("max_workers", 0))
     if capacity < n:
         offered = "; ".join(f"{name}: {count} x {fmt(res)}" for name, count, res in rows)
         raise ValueError(
@@ -130,5 +137,4 @@ def _against_yaml(
             f"max_workers the cluster holds {capacity} ({offered})"
         )
     at_once = min(capacity // n, config.max_concurrent_trials)
-    state = f"now {fmt(now)}" if now else "no Ray running here now"
     return f"scaled up, {capacity} Train workers fit ({at_once} trial(s) at once); {state}"
