@@ -68,7 +68,7 @@ def test_noise_is_added_inside_the_brain_only():
     assert outside.any() and (~outside).any()
     assert torch.equal(noisy[outside], x[outside])  # background untouched
     moved = (noisy - x)[~outside].abs()
-    assert (moved > 0).float().mean() > 0.99 and moved.mean() > 0.2  # brain pixels all moved, by ~std 0.9
+    assert (moved > 0).float().mean() > 0.99 and moved.mean() > 0.2  # brain pixels all moved (lattice std 1.4)
 
 
 def test_grid_and_windows_scale_with_the_slice():
@@ -105,7 +105,7 @@ def test_denoiser_beats_the_identity_after_short_training():
     """After 150 seeded steps on smooth slices, the U-Net's output on a noisy slice is closer to the clean
     slice than the noisy slice itself is (measured: about 0.35 of the identity's error at 150 steps)."""
     torch.manual_seed(0)
-    family = create_family("dae", {"channels": 8, "depth": 3, "lr": 3e-3, "noise_res": 16, "noise_std": 0.9})
+    family = create_family("dae", {"channels": 8, "depth": 3, "lr": 3e-3, "noise_res": 16, "noise_std": 1.4})
     nets = family.build(32)
     opts = family.optimizers(nets)
     for step in range(150):
