@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import subprocess
 import sys
@@ -27,6 +28,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from study.cluster import read_study_block
+from study.config import TrainingConfig
 from study.stage import upload_cohort
 from trainables.data.synthetic import ensure_cohort
 
@@ -158,6 +160,10 @@ def test_no_secret_leaves_the_environment_and_ray_stays_locked(
     assert _leaks(server.store, "", values) == []  # the server's store, artifacts, user database and log
     session_logs = Path(report["session"]) / "logs"
     assert session_logs.is_dir() and _leaks(session_logs, "", values) == []
+    # What Ray does record there: the Train controller's runtime_env, carrying the product's start timeout.
+    value = re.escape(f'"{TrainingConfig().worker_start_timeout_s}"')
+    agent_log = (session_logs / "runtime_env_agent.log").read_text()
+    assert re.search(f'"RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": ?{value}', agent_log)
 
     assert report["token_auth"] is True
     assert report["intruder_code"] != 0 and "CONNECTED" not in report["intruder_output"]
