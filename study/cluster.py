@@ -1,8 +1,9 @@
 """What a study needs from its Ray cluster, read from the cluster YAML's free-form ``metadata.study`` block.
 
 The block (see cluster/gpu.yaml) names the object store, the two dataset prefixes, the per-node cache
-folder and the MLflow tracking URI. Credentials never live there: boto3 finds them in the environment
-or the instance's role. ``s3_client`` opens the store the block names.
+folder, where Ray keeps checkpoints, and where MLflow and Optuna keep their records. Credentials never live
+there: boto3 finds them in the environment or the instance's role, databases in ~/.pgpass or PGPASSWORD.
+``s3_client`` opens the store the block names.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
+from urllib.parse import urlparse
 
 import yaml
 
@@ -18,6 +20,7 @@ from study.config import ConfigError, StudyConfig
 
 BOOTSTRAP_CONFIG = Path("~/ray_bootstrap_config.yaml")  # Ray's copy of the cluster YAML on a `ray up` head
 BLOCK = "metadata.study"
+DEFAULT_BACKEND_STORE = "sqlite:///~/mlflow/mlflow.db"  # the head's MLflow server: on the head's disk
 DEFAULT_CONCURRENCY = 8  # parallel transfers per node
 
 
@@ -36,6 +39,10 @@ class ClusterStudy:
     cache_dir: Path  # per-node folder the data is staged into, shared by every trial on that node
     mlflow_tracking_uri: str | None  # tracking URI the driver logs to; None keeps the study config's
     source: Path  # the YAML this came from, for messages
+    ray_storage: str | None = None  # Tune/Train state and checkpoints (s3://... or a shared folder); None: config's
+    optuna_storage: str | None = None  # Optuna RDB URL (sqlite, postgresql); None: the config's (SQLite on the head)
+    mlflow_backend_store: str = DEFAULT_BACKEND_STORE  # what the head's MLflow server keeps runs in
+    mlflow_artifacts: str | None = None  # where that server puts artifacts (s3://...); None: beside its store
 
     @property
     def label(self) -> str:
@@ -102,6 +109,10 @@ def read_study_block(path: str | Path) -> ClusterStudy:
         cache_dir=Path(reader.text("cache_dir")).expanduser(),
         mlflow_tracking_uri=reader.text("mlflow.tracking_uri", required=False),
         source=path,
+        ray_storage=reader.storage_path("ray_storage"),
+        optuna_storage=reader.database("optuna_storage"),
+        mlflow_backend_store=reader.database("mlflow.backend_store_uri") or DEFAULT_BACKEND_STORE,
+        mlflow_artifacts=reader.s3_uri("mlflow.artifacts_destination", required=False),
     )
 
 
@@ -127,33 +138,119 @@ class _Reader:
             self.fail(key, f"expected a non-empty string, got {value!r}")
         return value.strip()
 
-    def s3_uri(self, key: str) -> str:
-        uri = self.text(key)
+    def s3_uri(self, key: str, required: bool = True) -> str | None:
+        uri = self.text(key, required)
+        if uri is None:
+            return None
         try:
             parse_s3_uri(uri)
         except ValueError as err:
             self.fail(key, str(err))
         return uri
 
+    def storage_path(self, key: str) -> str | None:
+        """Ray's storage: an s3:// URI (every node reaches it) or an absolute folder (a shared file system)."""
+        value = self.text(key, required=False)
+        if value is None or not value.startswith("s3://"):
+            if value is not None and not value.startswith(("/", "~")):
+                self.fail(key, f"expected s3://bucket/prefix or an absolute shared folder, got {value!r}")
+            return value
+        return self.s3_uri(key)
+
+    def database(self, key: str) -> str | None:
+        """A database URL (sqlite:///..., postgresql://user@host/db) without a password in it."""
+        url = self.text(key, required=False)
+        if url is None:
+            return None
+        scheme, sep, rest = url.partition("://")
+        if not sep or not scheme:
+            self.fail(key, f"expected a database URL such as sqlite:///path or postgresql://user@host/db, got {url!r}")
+        userinfo = rest.split("/", 1)[0].rpartition("@")[0]
+        if ":" in userinfo:
+            self.fail(key, "no password in a cluster YAML: put it in ~/.pgpass (or PGPASSWORD) on the head")
+        return url
+
 
 def default_cluster_yaml() -> Path | None:
-    """Ray's copy of the cluster YAML on a head node started by ``ray up``, if this is one; else None."""
-    path = BOOTSTRAP_CONFIG.expanduser()
-    return path if path.is_file() else None
+    """Ray's copy of the cluster YAML, when Ray on this node was started by the launcher from it and still runs.
 
-
-def apply_cluster(config: StudyConfig, cluster_yaml: str | Path, progress: Any = print) -> StudyConfig:
-    """Stage the cluster's datasets on this node and return ``config`` reading them (and its MLflow URI).
-
-    ``data.healthy``/``data.lesion`` become the staged folders and ``mlflow.tracking_uri`` the block's
-    URI (when given); everything else is kept. Raises ClusterConfigError or stage.StageError.
+    The file alone is not enough: `ray down` of a local-provider cluster leaves it behind, and a later plain
+    study on that machine must not run in cluster mode. The head that `ray up` starts runs Ray's autoscaler
+    (monitor) with ``--autoscaling-config=~/ray_bootstrap_config.yaml``; that process is the evidence.
     """
-    from study.stage import stage_dataset  # boto3 is imported only when a cluster is used
+    path = BOOTSTRAP_CONFIG.expanduser()
+    return path if path.is_file() and launcher_ray_running(path) else None
 
-    study = read_study_block(cluster_yaml)
-    staged = stage_dataset(study, study.cache_dir, progress=progress, modality=config.data.modality)
-    data = dataclasses.replace(config.data, healthy=str(staged.healthy_dir), lesion=str(staged.lesion_dir))
+
+def launcher_ray_running(bootstrap: Path) -> bool:
+    """Whether a Ray autoscaler on this machine runs from ``bootstrap`` (a head started by the launcher)."""
+    import psutil  # a Ray dependency
+
+    flag = "--autoscaling-config="
+    for proc in psutil.process_iter(["cmdline"]):
+        for arg in proc.info.get("cmdline") or []:
+            if arg.startswith(flag) and Path(arg[len(flag) :]).expanduser().resolve() == bootstrap.resolve():
+                return True
+    return False
+
+
+def cluster_settings(config: StudyConfig, study: ClusterStudy) -> StudyConfig:
+    """``config`` with what the block decides: MLflow's tracking URI, Ray's and Optuna's storage (when given)."""
     mlflow = config.mlflow
     if study.mlflow_tracking_uri is not None:
         mlflow = dataclasses.replace(mlflow, tracking_uri=study.mlflow_tracking_uri)
-    return dataclasses.replace(config, data=data, mlflow=mlflow)
+    return dataclasses.replace(
+        config,
+        mlflow=mlflow,
+        ray_storage=study.ray_storage or config.ray_storage,
+        optuna_storage=study.optuna_storage or config.optuna_storage,
+    )
+
+
+def stage_cluster_data(config: StudyConfig, study: ClusterStudy, progress: Any = print) -> StudyConfig:
+    """Stage the cluster's datasets on this node; ``config`` with ``data.healthy``/``data.lesion`` reading them."""
+    from study.stage import stage_dataset  # boto3 is imported only when a cluster is used
+
+    staged = stage_dataset(study, study.cache_dir, progress=progress, modality=config.data.modality)
+    data = dataclasses.replace(config.data, healthy=str(staged.healthy_dir), lesion=str(staged.lesion_dir))
+    return dataclasses.replace(config, data=data)
+
+
+def apply_cluster(config: StudyConfig, cluster_yaml: str | Path, progress: Any = print) -> StudyConfig:
+    """Both of the above: the block's settings, and the data staged on this node (no MLflow probe: see run.py).
+
+    Raises ClusterConfigError or stage.StageError.
+    """
+    study = read_study_block(cluster_yaml)
+    return stage_cluster_data(cluster_settings(config, study), study, progress)
+
+
+def mlflow_ui_hint(tracking_uri: str, cluster_yaml: Path | None = None) -> str:
+    """How to see the study's runs, for the store they are in.
+
+    A database is opened by ``mlflow ui``; a server is already a UI: its URL, and for a server on the head's
+    loopback, the ``ray attach`` that forwards its port to the user's machine.
+    """
+    if not tracking_uri.startswith(("http://", "https://")):
+        return f"mlflow ui --backend-store-uri {tracking_uri}"
+    url = urlparse(tracking_uri)
+    if cluster_yaml is None or url.hostname not in ("127.0.0.1", "localhost"):
+        return f"open {tracking_uri}"
+    port = url.port or (443 if url.scheme == "https" else 80)
+    yaml_name = launcher_yaml(Path(cluster_yaml))
+    return f"{tracking_uri} on the head; from your machine: ray attach {yaml_name} --port-forward {port}, then open it"
+
+
+def launcher_yaml(cluster_yaml: Path) -> str:
+    """The name to give ``ray attach`` on the user's machine: for Ray's copy on the head, the repository's
+    cluster/*.yaml with the same cluster_name (the repository is synced to the head), else the path as given."""
+    if cluster_yaml.expanduser() != BOOTSTRAP_CONFIG.expanduser():
+        return str(cluster_yaml)
+    try:
+        name = (yaml.safe_load(cluster_yaml.expanduser().read_text()) or {}).get("cluster_name")
+        for candidate in sorted(Path("cluster").glob("*.yaml")):
+            if name and (yaml.safe_load(candidate.read_text()) or {}).get("cluster_name") == name:
+                return str(candidate)
+    except (OSError, yaml.YAMLError, AttributeError):
+        pass
+    return "<your cluster YAML>"

@@ -38,6 +38,9 @@ class SyntheticData:
     healthy: int = 24  # healthy (HCP-layout) subjects generated from the MNI152 template
     lesion: int = 12  # lesion (BraTS-layout) subjects with planted tumours
     seed: int = 0  # generator seed; the cohort is regenerated only when these numbers change
+    # lesion appearances and their shares (bright, dark, iso, multifocal; see trainables/data/synthetic.py);
+    # recorded in cohort.json; every pixel metric is also reported per appearance
+    mix: dict[str, float] = field(default_factory=lambda: {"bright": 1.0, "dark": 1.0, "iso": 1.0, "multifocal": 1.0})
 
 
 @dataclass
@@ -167,6 +170,13 @@ def validate(config: StudyConfig) -> None:
             fail(f"data.{key}", f"data folder '{folder}' does not exist")
     if (config.data.healthy is None) != (config.data.lesion is None):
         fail("data", "give both 'healthy' and 'lesion' folders, or neither (synthetic cohort)")
+    if config.data.healthy is None:
+        from trainables.data.lesions import check_mix  # lazy: keeps `import study.config` light
+
+        try:
+            check_mix(config.data.synthetic.mix)
+        except ValueError as err:
+            fail("data.synthetic.mix", str(err))
     if config.data.image_size not in (32, 64, 128):
         fail("data.image_size", f"expected 32, 64 or 128, got {config.data.image_size}")
 

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from study.config import StudyConfig
 from trainables.data.cache import SplitConfig, prepare_slice_cache
+from trainables.data.lesions import check_mix
 from trainables.data.preprocess import PreprocessConfig
 from trainables.data.synthetic import ensure_cohort
 
@@ -18,9 +21,15 @@ def data_folders(config: StudyConfig) -> tuple[Path, Path]:
     if data.healthy is not None and data.lesion is not None:
         return Path(data.healthy), Path(data.lesion)
     synthetic = data.synthetic
-    folder = Path(data.root) / f"synthetic-h{synthetic.healthy}-l{synthetic.lesion}-s{synthetic.seed}"
-    print(f"synthetic cohort: {folder} ({synthetic.healthy} healthy, {synthetic.lesion} lesion subjects)", flush=True)
-    cohort = ensure_cohort(folder, synthetic.healthy, synthetic.lesion, synthetic.seed)
+    mix = check_mix(synthetic.mix)
+    name = f"synthetic-h{synthetic.healthy}-l{synthetic.lesion}-s{synthetic.seed}"
+    if mix != check_mix(None):  # another mix is another cohort: keep both rather than regenerate in turn
+        name += "-m" + hashlib.sha1(json.dumps(mix, sort_keys=True).encode()).hexdigest()[:8]
+    folder = Path(data.root) / name
+    shares = ", ".join(f"{k} {v:g}" for k, v in mix.items() if v > 0)
+    counts = f"{synthetic.healthy} healthy, {synthetic.lesion} lesion subjects"
+    print(f"synthetic cohort: {folder} ({counts}; appearances {shares})", flush=True)
+    cohort = ensure_cohort(folder, synthetic.healthy, synthetic.lesion, synthetic.seed, mix=mix)
     return cohort.healthy_dir, cohort.lesion_dir
 
 

@@ -19,7 +19,7 @@ from ray.tune.experiment import Trial
 
 from study.config import Objective
 from study.tracking import failure_reason
-from trainables.metric_names import TEST_METRICS, VAL_METRICS
+from trainables.metric_names import TEST_METRICS, VAL_METRICS, is_appearance_metric
 
 JOURNAL = "trials.jsonl"
 TRIALS_CSV = "trials.csv"
@@ -33,6 +33,7 @@ def trial_row(trial_id: str, config: dict[str, Any], last: dict[str, Any], statu
     row: dict[str, Any] = {"trial_id": trial_id, "family": config.get("family"), "status": status}
     row.update({f"param_{k}": v for k, v in sorted(config.items()) if k != "family"})
     row.update({k: last.get(k) for k in (*VAL_METRICS, *TEST_METRICS)})
+    row.update({k: v for k, v in sorted(last.items()) if is_appearance_metric(k)})  # where the cohort has them
     row["train_seconds"] = last.get("train_seconds")
     row["best_epoch"] = last.get("best_epoch")
     row["failure_reason"] = reason

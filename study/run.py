@@ -1,7 +1,8 @@
 """python -m study.run: the hyperparameter study (Ray Tune + Optuna over Ray Train DDP trials, MLflow).
 
 With no arguments it runs the embedded default: a small real study on a synthetic cohort, local Ray,
-MLflow in results/mlflow.db. `--config` names another study YAML; `--resume` continues an interrupted one.
+MLflow in results/mlflow.db. `--config` names another study YAML; `--resume` continues an interrupted one;
+`--dry-run` checks everything that can be checked without training and writes nothing.
 """
 
 from __future__ import annotations
@@ -16,7 +17,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from study.cluster import ClusterStudy, apply_cluster, default_cluster_yaml, read_study_block
+from study.cluster import (
+    BOOTSTRAP_CONFIG,
+    ClusterStudy,
+    cluster_settings,
+    default_cluster_yaml,
+    mlflow_ui_hint,
+    read_study_block,
+    stage_cluster_data,
+)
 from study.config import ConfigError, StudyConfig, load_config
 from study.stage import StageError
 from study.tracking import TrackingError
@@ -52,28 +61,54 @@ class StudyOutcome:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m study.run", description=__doc__.splitlines()[0])
     parser.add_argument("--config", default=None, help="study YAML (default: study/configs/default.yaml)")
-    parser.add_argument(
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument(
         "--cluster",
         default=None,
         metavar="YAML",
-        help="cluster YAML whose metadata.study names the S3 data and MLflow (default on a `ray up` head: "
-        "~/ray_bootstrap_config.yaml)",
+        help="cluster YAML whose metadata.study names the S3 data, Ray storage and MLflow (default on a head "
+        "that `ray up` started and whose Ray runs: ~/ray_bootstrap_config.yaml)",
     )
+    where.add_argument("--no-cluster", action="store_true", help="ignore ~/ray_bootstrap_config.yaml: a local study")
     parser.add_argument("--resume", action="store_true", help="continue the interrupted study of this config")
+    parser.add_argument(
+        "--dry-run", action="store_true", help="check config, cluster, storage, MLflow; print the plan; train nothing"
+    )
     parser.add_argument("--verbose", action="store_true", help="show Ray's own worker and controller logs")
     return parser.parse_args(argv)
 
 
+def choose_cluster_yaml(args: argparse.Namespace) -> Path | None:
+    """The cluster YAML this run uses, said first: everything after depends on it."""
+    chosen = None if args.no_cluster else Path(args.cluster) if args.cluster else default_cluster_yaml()
+    left_over = BOOTSTRAP_CONFIG.expanduser()
+    if chosen is not None:
+        why = " (Ray's copy on this head, whose Ray `ray up` started; --no-cluster to ignore it)"
+        print(f"cluster: {chosen}{why if args.cluster is None else ''}", flush=True)
+    elif left_over.is_file() and not args.no_cluster:
+        print(f"cluster: none ({left_over} is there, but no Ray started from it runs on this machine)", flush=True)
+    else:
+        print("cluster: none (this machine)", flush=True)
+    return chosen
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    cluster_yaml = choose_cluster_yaml(args)
+    if args.dry_run:
+        from study.dryrun import dry_run
+
+        return dry_run(args.config, cluster_yaml)
     try:
         config = load_config(args.config)
         cluster = None
-        cluster_yaml = args.cluster or default_cluster_yaml()
         if cluster_yaml is not None:
-            print(f"cluster: {cluster_yaml}", flush=True)
+            from study.tracking import check_reachable, tracking_uri
+
             cluster = read_study_block(cluster_yaml)
-            config = apply_cluster(config, cluster_yaml)  # stage on this node; data.* and MLflow from the YAML
+            config = cluster_settings(config, cluster)  # MLflow, Ray and Optuna storage from the YAML
+            check_reachable(tracking_uri(config))  # seconds, before minutes of staging
+            config = stage_cluster_data(config, cluster)  # data.* read the copy staged on this node
         outcome = run_study(config, resume=args.resume, verbose=args.verbose, cluster=cluster)
     except (ConfigError, TrackingError, DataError, StageError) as err:
         print(f"error: {err}", file=sys.stderr)
@@ -107,7 +142,7 @@ def run_study(
         baseline_row(study_dir, cache_dir, client, parent_run_id)
         setup = trial_setup(config, cache_dir, preprocess, cluster)
         rows = _tune(config, setup, parent_run_id, resume)
-        outcome = _finish(config, rows, study_dir, client, parent_run_id)
+        outcome = _finish(config, rows, study_dir, client, parent_run_id, cluster)
     except BaseException as err:
         status = RunStatus.KILLED if isinstance(err, KeyboardInterrupt) else RunStatus.FAILED
         client.set_terminated(parent_run_id, RunStatus.to_string(status))
@@ -181,7 +216,14 @@ def _tune(config: StudyConfig, setup: TrialSetup, parent_run_id: str, resume: bo
     return recorder.rows
 
 
-def _finish(config: StudyConfig, rows: list[dict], study_dir: Path, client: Any, parent_run_id: str) -> StudyOutcome:
+def _finish(
+    config: StudyConfig,
+    rows: list[dict],
+    study_dir: Path,
+    client: Any,
+    parent_run_id: str,
+    cluster: ClusterStudy | None = None,
+) -> StudyOutcome:
     from study.report import log_study_report, write_study_report
     from study.results import best_trial, format_table
 
@@ -196,9 +238,10 @@ def _finish(config: StudyConfig, rows: list[dict], study_dir: Path, client: Any,
         print(f"best by {objective.metric} ({objective.mode}, chosen on val): {chosen}")
     if interrupted:
         print(f"\ninterrupted after {len(trials)} of {config.num_samples} trials; continue with:")
-        print(f"  python -m study.run --config {config.source} --resume")
+        where = f" --cluster {cluster.source}" if cluster else ""
+        print(f"  python -m study.run --config {config.source}{where} --resume")
     print(f"\nresults: {study_dir}/ (trials.csv, best.json, pareto.csv, plots)")
-    print(f"MLflow:  mlflow ui --backend-store-uri {config.mlflow.tracking_uri}")
+    print(f"MLflow:  {mlflow_ui_hint(config.mlflow.tracking_uri, cluster.source if cluster else None)}")
     return StudyOutcome(rows=rows, study_dir=study_dir, parent_run_id=parent_run_id, interrupted=interrupted)
 
 

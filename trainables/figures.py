@@ -28,7 +28,7 @@ from matplotlib.figure import Figure
 from torch import nn
 
 from trainables.families.base import Family, Scores
-from trainables.metrics import DetectionMetrics, healthy_interval, unpack_batch
+from trainables.metrics import DetectionMetrics, appearances_of, healthy_interval, unpack_batch
 
 N_EXAMPLES = 4  # rows of the example grid
 DPI = 110
@@ -95,11 +95,11 @@ def collect(
     family: Family, nets: nn.ModuleDict, loader: Iterable, device: torch.device, n_examples: int = N_EXAMPLES
 ) -> SplitRecord:
     """Score every batch of ``loader`` once, feeding the metric accumulator and the example picker."""
-    record = SplitRecord(examples=ExampleSlices(n_examples))
+    record = SplitRecord(examples=ExampleSlices(n_examples), metrics=DetectionMetrics(appearances_of(loader)))
     for batch in loader:
         image, brain, lesion = unpack_batch(batch)
         scores = family.score(nets, image.to(device, non_blocking=True))
-        record.metrics.update(scores, brain, lesion)
+        record.metrics.update_batch(scores, batch)
         subject = batch.get("subject") if isinstance(batch, Mapping) else None
         record.examples.update(image, scores, brain, lesion, subject)
     return record

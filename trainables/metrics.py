@@ -18,6 +18,11 @@ Definitions (names as in DESIGN.md, without the ``val_``/``test_`` prefix):
   predicted positive when its value is ``>= threshold``.
 A metric that is undefined on the data (a single class, no lesion pixel, no data) is NaN.
 
+Per lesion appearance (where the data says each slice's appearance code, see trainables.data.cache): every
+metric of ``APPEARANCE_METRICS`` is also computed on the slices of healthy subjects plus those of the lesion
+subjects of one appearance, i.e. as if the split held only that kind of lesion, and reported as
+``<metric>_<appearance>``. Slices of lesion subjects without a recorded appearance join no subset.
+
 Memory: exact metrics need every value, so ``DetectionMetrics`` keeps, on the CPU until ``compute``, one
 float32 score plus one uint8 mask code (brain, lesion) per pixel, i.e. 5 bytes per pixel (e.g. 10,000 slices
 of 128x128: ~0.8 GB), and 5 bytes per slice. ``compute`` joins the batches once and sorts the scores (inside
@@ -38,6 +43,7 @@ from sklearn.metrics import average_precision_score, precision_recall_curve, roc
 from torch import nn
 
 from trainables.families.base import Family, Scores
+from trainables.metric_names import APPEARANCE_METRICS
 
 NAN = float("nan")
 
@@ -122,14 +128,19 @@ class DetectionMetrics:
     split gives both the metrics and its pictures.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, appearances: Sequence[str] = ()) -> None:
+        self.appearances = list(appearances)  # names of appearance codes 1..k
+        self.slice_codes: list[np.ndarray] = []  # int16 per slice: 0 healthy subject, k appearance, -1 unknown
         self.slice_scores: list[np.ndarray] = []
         self.slice_labels: list[np.ndarray] = []
         self.pixel_scores: list[np.ndarray] = []  # float32, every pixel
         self.pixel_codes: list[np.ndarray] = []  # uint8, every pixel: BRAIN | LESION bits
 
-    def update(self, scores: Scores, brain: torch.Tensor, lesion: torch.Tensor) -> None:
-        """Add a batch: ``brain`` and ``lesion`` are (B,1,H,W) masks (bool, or float > 0.5 = inside)."""
+    def update(
+        self, scores: Scores, brain: torch.Tensor, lesion: torch.Tensor, appearance: torch.Tensor | None = None
+    ) -> None:
+        """Add a batch: ``brain`` and ``lesion`` are (B,1,H,W) masks (bool, or float > 0.5 = inside);
+        ``appearance`` (B,) the slices' appearance codes (None: unknown, -1)."""
         lesion_b = (lesion > 0.5) if lesion.is_floating_point() else lesion.bool()
         brain_b = (brain > 0.5) if brain.is_floating_point() else brain.bool()
         if scores.pixel_map.shape != lesion_b.shape or brain_b.shape != lesion_b.shape:
@@ -142,6 +153,15 @@ class DetectionMetrics:
         self.pixel_scores.append(_numpy(scores.pixel_map, np.float32))
         code = _numpy(brain_b, np.uint8) | (_numpy(lesion_b, np.uint8) << 1)
         self.pixel_codes.append(code)
+        n = len(self.slice_labels[-1])
+        codes = np.full(n, -1, np.int16) if appearance is None else _numpy(appearance, np.int16)
+        self.slice_codes.append(codes)
+
+    def update_batch(self, scores: Scores, batch: Any) -> None:
+        """``update`` from a loader batch (``unpack_batch``), with its ``appearance`` codes where it has them."""
+        _, brain, lesion = unpack_batch(batch)
+        appearance = batch.get("appearance") if isinstance(batch, Mapping) else None
+        self.update(scores, brain, lesion, appearance)
 
     @property
     def n_slices(self) -> int:
@@ -171,21 +191,38 @@ class DetectionMetrics:
         return {"slice": _roc(*self._slices()), "pixel": _roc(lesion[brain], scores[brain])}
 
     def compute(self, threshold: float | None = None) -> dict[str, float]:
-        """All metrics over the batches seen so far; ``dice`` is NaN unless a ``threshold`` is given."""
+        """All metrics over the batches seen so far; ``dice`` is NaN unless a ``threshold`` is given.
+
+        With appearance names, also every ``APPEARANCE_METRICS`` entry per appearance (module docstring).
+        """
         scores, brain, lesion = self._pixels()
         out: dict[str, float] = {}
         out["slice_auroc"], out["slice_auprc"] = _ranking(*self._slices())
-        in_brain, in_lesion = scores[brain], lesion[brain]
-        out["pixel_auroc"], out["pixel_auprc"], out["best_dice"], out["best_threshold"] = _pixel_ranking(
-            in_lesion, in_brain
-        )
-        out["pixel_auroc_all"], _ = _ranking(lesion, scores)
-        healthy_vals, lesion_vals = in_brain[~in_lesion], in_brain[in_lesion]
-        out["healthy_mu"], out["healthy_sigma"] = _moments(healthy_vals)
-        out["lesion_mu"], out["lesion_sigma"] = _moments(lesion_vals)
-        out["overlap_pct"] = overlap_pct(healthy_vals, lesion_vals)
-        out["dice"] = NAN if threshold is None or math.isnan(threshold) else dice_at(in_lesion, in_brain, threshold)
+        out.update(_pixel_metrics(scores, brain, lesion, threshold))
+        if self.appearances and len(scores):
+            per_slice = len(scores) // self.n_slices
+            codes = np.repeat(_cat(self.slice_codes, np.int16), per_slice)
+            for k, name in enumerate(self.appearances, start=1):
+                keep = (codes == 0) | (codes == k)
+                sub = _pixel_metrics(scores[keep], brain[keep], lesion[keep], threshold)
+                out.update({f"{metric}_{name}": sub[metric] for metric in APPEARANCE_METRICS})
         return out
+
+
+def _pixel_metrics(scores: np.ndarray, brain: np.ndarray, lesion: np.ndarray, threshold: float | None) -> dict:
+    """The pixel metrics of ``DetectionMetrics.compute`` on the given pixels."""
+    out: dict[str, float] = {}
+    in_brain, in_lesion = scores[brain], lesion[brain]
+    out["pixel_auroc"], out["pixel_auprc"], out["best_dice"], out["best_threshold"] = _pixel_ranking(
+        in_lesion, in_brain
+    )
+    out["pixel_auroc_all"], _ = _ranking(lesion, scores)
+    healthy_vals, lesion_vals = in_brain[~in_lesion], in_brain[in_lesion]
+    out["healthy_mu"], out["healthy_sigma"] = _moments(healthy_vals)
+    out["lesion_mu"], out["lesion_sigma"] = _moments(lesion_vals)
+    out["overlap_pct"] = overlap_pct(healthy_vals, lesion_vals)
+    out["dice"] = NAN if threshold is None or math.isnan(threshold) else dice_at(in_lesion, in_brain, threshold)
+    return out
 
 
 def _roc(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
@@ -213,9 +250,14 @@ def evaluate(
     threshold: float | None = None,
 ) -> dict[str, float]:
     """Score every batch of ``loader`` with ``family`` and return ``DetectionMetrics.compute(threshold)``."""
-    metrics = DetectionMetrics()
+    metrics = DetectionMetrics(appearances_of(loader))
     for batch in loader:
-        image, brain, lesion = unpack_batch(batch)
+        image, _, _ = unpack_batch(batch)
         scores = family.score(nets, image.to(device, non_blocking=True))
-        metrics.update(scores, brain, lesion)
+        metrics.update_batch(scores, batch)
     return metrics.compute(threshold)
+
+
+def appearances_of(loader: Iterable) -> list[str]:
+    """The appearance names of a DataLoader's dataset (``SliceDataset.appearances``); [] when it has none."""
+    return list(getattr(getattr(loader, "dataset", None), "appearances", []) or [])

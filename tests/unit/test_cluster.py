@@ -12,7 +12,15 @@ import pytest
 import yaml
 from ray.autoscaler._private.util import prepare_config, validate_config
 
-from study.cluster import ClusterConfigError, default_cluster_yaml, parse_s3_uri, read_study_block
+from study.cluster import (
+    ClusterConfigError,
+    cluster_settings,
+    default_cluster_yaml,
+    mlflow_ui_hint,
+    parse_s3_uri,
+    read_study_block,
+)
+from study.config import StudyConfig
 
 CLUSTER_DIR = Path(__file__).parents[2] / "cluster"
 CLUSTER_YAMLS = sorted(CLUSTER_DIR.glob("*.yaml"))
@@ -65,10 +73,57 @@ def test_no_credentials_and_token_auth_on(path: Path) -> None:
 @pytest.mark.parametrize("path", CLUSTER_YAMLS, ids=lambda p: p.name)
 def test_head_serves_mlflow_locally_with_s3_artifacts(path: Path) -> None:
     raw = yaml.safe_load(path.read_text())
-    server = " ".join(c for c in raw["head_start_ray_commands"] if "mlflow server" in c)
-    assert "--host 127.0.0.1" in server and "--backend-store-uri sqlite:///" in server
-    assert "--artifacts-destination s3://" in server
+    starts = raw["head_start_ray_commands"]
+    server = [i for i, c in enumerate(starts) if "study.mlflow_server start" in c]
+    ray_start = [i for i, c in enumerate(starts) if "ray start --head" in c]
+    assert server and ray_start and server[0] < ray_start[0]  # MLflow answers before any study can start
+    study = read_study_block(path)
+    assert study.mlflow_backend_store.startswith("sqlite:///") and study.mlflow_artifacts.startswith("s3://")
+    assert study.ray_storage.startswith("s3://")  # checkpoints every node reaches
     assert any("pip install" in c and "lesion-study" in c for c in raw["setup_commands"])
+
+
+@pytest.mark.parametrize("path", CLUSTER_YAMLS, ids=lambda p: p.name)
+def test_repeatable_boot(path: Path) -> None:
+    """Pinned installs, apt that waits for the dpkg lock, no virtualenv copied, data staged at boot."""
+    raw = yaml.safe_load(path.read_text())
+    installs = [c for c in raw["setup_commands"] if "pip install" in c and "lesion-study" in c]
+    assert installs and all("-c ~/lesion-study/cluster/constraints.txt" in c for c in installs)
+    commands = [c for key, value in raw.items() if key.endswith("_commands") for c in value or []]
+    for command in commands:
+        for apt in command.split("apt-get")[1:]:
+            assert apt.lstrip().startswith("-o DPkg::Lock::Timeout="), command
+    assert {".venv/", "venv/", "env/"} <= set(raw["rsync_exclude"]) and raw["rsync_filter"] == [".gitignore"]
+    assert any(f"python -m study.stage --cluster cluster/{path.name}" in c for c in raw["worker_setup_commands"])
+
+
+def test_gpu_yaml_pins_its_image_and_has_a_fallback() -> None:
+    raw = yaml.safe_load((CLUSTER_DIR / "gpu.yaml").read_text())
+    images = [raw["docker"]["image"], raw["docker"]["head_image"]]
+    assert all(image.startswith("rayproject/ray:2.60.0-py311-") for image in images)
+    assert not any("latest" in image for image in images)
+    workers = {n: t for n, t in raw["available_node_types"].items() if n != raw["head_node_type"]}
+    spot = [n for n, t in workers.items() if t["node_config"].get("InstanceMarketOptions", {}).get("MarketType")]
+    on_demand = [n for n in workers if n not in spot]
+    assert len({workers[n]["node_config"]["InstanceType"] for n in spot}) >= 2 and on_demand
+    # Ray 2.60 breaks ties between equally fitting types by name, the last first: spot before on-demand
+    assert max(workers) in spot and min(workers) in on_demand
+    assert all(t["resources"] == {"CPU": 4, "GPU": 1} for t in workers.values())
+
+
+def test_constraints_pin_every_dependency_as_tested() -> None:
+    from importlib import metadata
+
+    from packaging.utils import canonicalize_name
+
+    from study.pins import project_requirements, read_constraints
+
+    pins = read_constraints()
+    for req in project_requirements():
+        name = canonicalize_name(req.name)
+        assert name in pins and req.specifier.contains(pins[name], prereleases=True), (req, pins.get(name))
+    assert pins["ray"] == "2.60.0" and pins["torch"] == "2.13.0" and "aiohttp-cors" in pins  # ray[default]
+    assert pins["mlflow"] == metadata.version("mlflow")  # made from this environment
 
 
 @pytest.mark.parametrize("path", CLUSTER_YAMLS, ids=lambda p: p.name)
@@ -193,7 +248,79 @@ def test_parse_s3_uri_refuses(uri: Any) -> None:
 
 
 def test_default_cluster_yaml_only_on_a_ray_up_head(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The file alone (left behind by `ray down` of a local cluster) is not enough: Ray must run from it.
+
+    The positive case, a head started with --autoscaling-config, is in tests/integration/test_ray_job.py.
+    """
     monkeypatch.setenv("HOME", str(tmp_path))
     assert default_cluster_yaml() is None
     (tmp_path / "ray_bootstrap_config.yaml").write_text("metadata: {}\n")
-    assert default_cluster_yaml() == tmp_path / "ray_bootstrap_config.yaml"
+    assert default_cluster_yaml() is None
+
+
+def test_block_storage_and_tracking_keys(tmp_path: Path) -> None:
+    study = read_study_block(
+        write(
+            tmp_path,
+            block(
+                ray_storage="s3://brain-mri/ray",
+                optuna_storage="postgresql://optuna@db.internal:5432/optuna",
+                mlflow={
+                    "tracking_uri": "http://127.0.0.1:5000",
+                    "backend_store_uri": "postgresql://mlflow@db/mlflow",
+                    "artifacts_destination": "s3://brain-mri/mlflow-artifacts/",
+                },
+            ),
+        )
+    )
+    assert study.ray_storage == "s3://brain-mri/ray" and study.optuna_storage.startswith("postgresql://optuna@")
+    assert study.mlflow_backend_store == "postgresql://mlflow@db/mlflow"
+    config = cluster_settings(StudyConfig(), study)
+    assert (config.ray_storage, config.optuna_storage) == (study.ray_storage, study.optuna_storage)
+    assert config.mlflow.tracking_uri == "http://127.0.0.1:5000"
+    defaults = read_study_block(write(tmp_path, block(), "plain.yaml"))
+    assert (defaults.ray_storage, defaults.optuna_storage) == (None, None)
+    assert defaults.mlflow_backend_store == "sqlite:///~/mlflow/mlflow.db"
+    assert cluster_settings(StudyConfig(ray_storage="/shared/ray"), defaults).ray_storage == "/shared/ray"
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"optuna_storage": "postgresql://optuna:hunter2@db/optuna"}, r"optuna_storage': no password"),
+        ({"mlflow": {"backend_store_uri": "postgresql://u:p@db/m"}}, r"backend_store_uri': no password"),
+        ({"optuna_storage": "results/optuna.db"}, r"optuna_storage': expected a database URL"),
+        ({"ray_storage": "relative/ray"}, r"ray_storage': expected s3://bucket/prefix or an absolute"),
+        ({"ray_storage": "s3:///ray"}, r"ray_storage': .*bucket name"),
+        ({"mlflow": {"artifacts_destination": "/tmp/a"}}, r"artifacts_destination': expected an s3"),
+    ],
+)
+def test_bad_storage_keys(tmp_path: Path, changes: dict, message: str) -> None:
+    with pytest.raises(ClusterConfigError, match=message):
+        read_study_block(write(tmp_path, block(**changes)))
+
+
+@pytest.mark.parametrize(
+    ("uri", "cluster_yaml", "expected"),
+    [
+        ("sqlite:///results/mlflow.db", None, "mlflow ui --backend-store-uri sqlite:///results/mlflow.db"),
+        ("postgresql://m@db/mlflow", None, "mlflow ui --backend-store-uri postgresql://m@db/mlflow"),
+        ("http://127.0.0.1:5000", "cluster/gpu.yaml", "ray attach cluster/gpu.yaml --port-forward 5000"),
+        ("http://localhost:5001", "site.yaml", "ray attach site.yaml --port-forward 5001"),
+        ("https://mlflow.example.org", "cluster/gpu.yaml", "open https://mlflow.example.org"),
+        ("http://127.0.0.1:5000", None, "open http://127.0.0.1:5000"),
+    ],
+)
+def test_mlflow_ui_hint_matches_the_store(uri: str, cluster_yaml: str | None, expected: str) -> None:
+    hint = mlflow_ui_hint(uri, Path(cluster_yaml) if cluster_yaml else None)
+    assert expected in hint and ("mlflow ui" in hint) == (not uri.startswith("http"))
+
+
+def test_hint_on_the_head_names_the_repository_yaml(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On the head the study reads Ray's copy; the user's machine knows it as cluster/gpu.yaml."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.chdir(CLUSTER_DIR.parent)
+    copy_of_gpu = tmp_path / "ray_bootstrap_config.yaml"
+    copy_of_gpu.write_text((CLUSTER_DIR / "gpu.yaml").read_text())
+    hint = mlflow_ui_hint("http://127.0.0.1:5000", copy_of_gpu)
+    assert "ray attach cluster/gpu.yaml --port-forward 5000" in hint

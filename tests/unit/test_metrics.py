@@ -225,3 +225,54 @@ def test_roc_curves_and_pixel_values_read_the_accumulator():
     one_class = DetectionMetrics()
     one_class.update(_scores(torch.rand(2, 1, S, S)), torch.ones(2, 1, S, S), torch.zeros(2, 1, S, S))
     assert one_class.roc_curves() == {"slice": None, "pixel": None}
+
+
+def test_per_appearance_metrics_on_a_constructed_case():
+    """Three healthy-subject slices, two 'bright' and two 'dark' lesion slices, one of unknown appearance.
+
+    The map sees bright lesions perfectly (1 on their lesion pixels, 0.5 elsewhere) and dark ones not at all
+    (their lesion pixels score 0): per appearance the numbers follow by hand; overall they mix.
+    """
+    n = 8
+    brain = torch.ones(n, 1, S, S)
+    lesion = torch.zeros(n, 1, S, S)
+    lesion[3:8, 0, 2:4, 2:4] = 1.0  # 4 lesion pixels in each of slices 3..7
+    pixel_map = torch.full((n, 1, S, S), 0.5)
+    pixel_map[3:5, 0, 2:4, 2:4] = 1.0  # bright lesions: above every healthy pixel
+    pixel_map[5:7, 0, 2:4, 2:4] = 0.0  # dark lesions: below every healthy pixel
+    pixel_map[7, 0, 2:4, 2:4] = 0.75  # the unknown-appearance subject
+    codes = torch.tensor([0, 0, 0, 1, 1, 2, 2, -1])
+    m = DetectionMetrics(appearances=["bright", "dark"])
+    m.update(_scores(pixel_map), brain, lesion, codes)
+    out = m.compute(threshold=0.9)
+    assert out["pixel_auroc_bright"] == 1.0 and out["pixel_auprc_bright"] == 1.0
+    assert out["pixel_auroc_dark"] == 0.0
+    assert out["dice_bright"] == 1.0 and out["dice_dark"] == 0.0  # threshold 0.9: exactly the bright lesions
+    assert out["lesion_mu_bright"] == 1.0 and out["lesion_mu_dark"] == 0.0
+    assert out["overlap_pct_bright"] == 0.0 and out["overlap_pct_dark"] == 0.0  # all outside [0.5, 0.5]
+    # the dark subset: 3 healthy-subject slices + 2 dark slices, the unknown one excluded
+    healthy = 3 * S * S + 2 * (S * S - 4)
+    assert out["healthy_mu_dark"] == pytest.approx(0.5) and out["healthy_sigma_dark"] == 0.0
+    labels = np.r_[np.zeros(healthy, bool), np.ones(8, bool)]
+    scores = np.r_[np.full(healthy, 0.5), np.zeros(8)]
+    assert out["pixel_auprc_dark"] == pytest.approx(average_precision_score(labels, scores))
+    # overall: 8 bright pixels above all, 8 dark below all, 4 unknown in between
+    les = lesion.numpy().ravel() > 0
+    assert out["pixel_auroc"] == pytest.approx(roc_auc_score(les, pixel_map.numpy().ravel()))
+    assert 0.3 < out["pixel_auroc"] < 0.7
+
+
+def test_no_appearances_means_no_extra_metrics():
+    scores, brain, lesion = _random_batch(3)
+    m = DetectionMetrics()
+    m.update(scores, brain, lesion)
+    assert not any(k.endswith(("_bright", "_dark")) for k in m.compute())
+
+
+def test_appearance_metric_names():
+    from trainables.metric_names import is_appearance_metric, is_reported_metric
+
+    assert is_appearance_metric("test_pixel_auroc_dark") and is_reported_metric("val_dice_multifocal")
+    assert is_appearance_metric("test_pixel_auroc_all_iso")
+    assert not is_appearance_metric("test_pixel_auroc_all")  # a metric of its own, not appearance "all"
+    assert not is_appearance_metric("test_slice_auroc_dark") and not is_appearance_metric("train_loss_dark")

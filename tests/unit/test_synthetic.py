@@ -55,7 +55,12 @@ def test_layout(cohort: CohortPaths) -> None:
     root = cohort.healthy_dir.parent
     assert cohort.healthy_dir == root / "hcp" and cohort.lesion_dir == root / "brats"
     assert sorted(p.name for p in cohort.healthy_dir.iterdir()) == HEALTHY
-    assert sorted(p.name for p in cohort.lesion_dir.iterdir()) == CASES
+    assert sorted(p.name for p in cohort.lesion_dir.iterdir() if p.is_dir()) == CASES
+    assert (cohort.lesion_dir / "appearance.csv").read_text().splitlines() == [
+        "subject,appearance",
+        f"{CASES[0]},bright",
+        f"{CASES[1]},dark",
+    ]
     for path in _all_files(cohort):
         assert path.is_file(), path
     meta = json.loads((root / "cohort.json").read_text())
@@ -92,15 +97,16 @@ def test_lesion_masks(cohort: CohortPaths) -> None:
             assert not (lesion & ~brain).any(), f"{case}: lesion voxel outside the brain in {modality}"
 
 
-def test_lesion_hyperintense(cohort: CohortPaths) -> None:
-    for case in CASES:
+def test_lesion_intensity_follows_its_appearance(cohort: CohortPaths) -> None:
+    """Case 0 is bright (above the healthy brain and its own surroundings), case 1 dark (below both)."""
+    for case, sign in zip(CASES, (1, -1), strict=True):
         lesion = _load(_case(cohort, case, "seg")) > 0
         shell = ndi.binary_dilation(lesion, iterations=3) & ~lesion  # the tissue around the tumour
         for modality in ("t2", "flair"):
             img = _load(_case(cohort, case, modality))
             healthy = (img > 0) & ~lesion
-            assert img[lesion].mean() > 1.2 * img[healthy].mean(), (case, modality)
-            assert img[lesion].mean() > img[shell & (img > 0)].mean(), (case, modality)
+            assert sign * (img[lesion].mean() - 1.2 ** sign * img[healthy].mean()) > 0, (case, modality)
+            assert sign * (img[lesion].mean() - img[shell & (img > 0)].mean()) > 0, (case, modality)
 
 
 def test_t2_contrast(cohort: CohortPaths) -> None:
@@ -200,3 +206,55 @@ def test_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert (out / "hcp" / HEALTHY[0] / HCP_T2).is_file()
     with pytest.raises(SystemExit):
         synthetic.main(["--out", str(out), "--healthy", "-1"])
+
+
+@pytest.fixture(scope="module")
+def mixed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    """16 tumour cases with the default mix (about 8 s on 2 cores)."""
+    out = tmp_path_factory.mktemp("mixed") / "cohort"
+    generate_cohort(out, n_healthy=0, n_lesion=16, seed=5)
+    return out, json.loads((out / "cohort.json").read_text())
+
+
+def test_appearance_mix_is_the_configured_one(mixed) -> None:
+    out, meta = mixed
+    names = [r["appearance"] for r in meta["lesion"]]
+    assert {name: names.count(name) for name in set(names)} == {"bright": 4, "dark": 4, "iso": 4, "multifocal": 4}
+    assert meta["mix"] == {"bright": 1.0, "dark": 1.0, "iso": 1.0, "multifocal": 1.0}
+    plan = synthetic.appearance_plan({"bright": 3, "dark": 1}, 8)
+    assert plan.count("bright") == 6 and plan.count("dark") == 2
+    assert synthetic.appearance_plan({"bright": 3, "dark": 1}, 5) == plan[:5]  # a prefix: independent of n
+    with pytest.raises(ValueError, match="glowing"):
+        synthetic.check_mix({"glowing": 1.0})
+
+
+def test_whole_tumour_volumes_are_brats_sized(mixed) -> None:
+    """Measured on the generated segmentations: single lesions tens to hundreds of cm3 (the generator's law:
+    log-normal, median 80 cm3, clipped to 10-300; cut at the brain's edge), multifocal foci a few cm3 each."""
+    out, meta = mixed
+    volumes = {}
+    for record in meta["lesion"]:
+        seg = _load(out / record["files"]["seg"])
+        cm3 = float((seg > 0).sum()) * 8 / 1000  # 2 mm voxels
+        assert cm3 == pytest.approx(record["volume_cm3"], abs=0.01)
+        volumes.setdefault(record["appearance"] == "multifocal", []).append(cm3)
+        labels = set(np.unique(seg)) - {0}
+        assert labels == {1, 2, 4} or (record["appearance"] == "multifocal" and {2, 4} <= labels), record["name"]
+    single, multi = np.array(volumes[False]), np.array(volumes[True])
+    assert 8 <= single.min() and single.max() <= 300 and 35 <= np.median(single) <= 160, single
+    assert (1.5 <= multi).all() and (multi <= 48).all(), multi
+    foci = [r["foci"] for r in meta["lesion"] if r["appearance"] == "multifocal"]
+    assert all(3 <= f <= 6 for f in foci)
+
+
+def test_iso_lesions_look_like_grey_matter_inside_white_matter(mixed) -> None:
+    out, meta = mixed
+    tpl = synthetic._load_template()
+    for record in (r for r in meta["lesion"] if r["appearance"] == "iso"):
+        t2 = _load(out / record["files"]["t2"])
+        core = ndi.binary_erosion(_load(out / record["files"]["seg"]) > 0, iterations=2)
+        wm = ndi.binary_erosion(tpl.tissue[2] > 0.9, iterations=2) & (t2 > 0) & ~ndi.binary_dilation(core, iterations=8)
+        gm = ndi.binary_erosion(tpl.tissue[1] > 0.9, iterations=1) & (t2 > 0) & ~ndi.binary_dilation(core, iterations=8)
+        ratio_gm = np.median(t2[core]) / np.median(t2[gm])
+        assert 0.85 < ratio_gm < 1.15, (record["name"], ratio_gm)
+        assert np.median(t2[core]) > 1.2 * np.median(t2[wm]), record["name"]

@@ -2,17 +2,24 @@
 
 Layout of one entry, ``cache_root/<key>/``::
 
-    meta.json          configs, counts, per-subject role/split/crop box/affine (written last: marks completeness)
+    meta.json          configs, counts, per-subject role/split/crop box/affine/appearance, the appearance names
+                       (written last: marks completeness)
     splits.json        {"train": [ids], "val": [ids], "test": [ids]}
     <split>/images.npy      (N, S, S) float32
     <split>/brain.npy       (N, S, S) uint8
     <split>/lesion.npy      (N, S, S) uint8
     <split>/subject.npy     (N,) int32, index into the split's subject ids (splits.json order)
     <split>/slice_index.npy (N,) int32, axial index in the subject's canonical volume
+
+Lesion appearances: a lesion folder may hold ``appearance.csv`` (columns ``subject,appearance``; the synthetic
+cohort writes one). Each lesion subject's appearance is recorded in meta.json, the lesion subjects are split
+between val and test within each appearance (so both splits see every appearance), and the metrics are then
+also reported per appearance (trainables.metrics).
 """
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import json
 import os
@@ -28,10 +35,13 @@ from filelock import FileLock, Timeout
 from trainables.data.errors import DataError
 from trainables.data.layouts import SubjectRecord, discover_subjects
 from trainables.data.preprocess import PreprocessConfig, SubjectSlices, subject_slices
+from trainables.metric_names import APPEARANCE_NAME  # names become part of metric names (test_pixel_auroc_<name>)
 
 SPLITS = ("train", "val", "test")
 ARRAYS = {"images": np.float32, "brain": np.uint8, "lesion": np.uint8, "subject": np.int32, "slice_index": np.int32}
-CACHE_VERSION = 1  # bump when the entry layout changes
+CACHE_VERSION = 2  # bump when the entry layout changes (2: lesion appearances)
+APPEARANCE_FILE = "appearance.csv"  # optional, in the lesion folder: subject,appearance
+NO_APPEARANCE = -1  # code of a lesion subject without a recorded appearance (healthy subjects: 0)
 
 Progress = Callable[[str], None]
 
@@ -57,7 +67,9 @@ class SliceArrays:
     """One split's slices (read-only memory maps) and its subjects.
 
     ``subject[i]`` indexes ``subject_ids``; ``lesion_subject[j]`` says whether ``subject_ids[j]`` came from
-    the lesion cohort (its slices may still have empty lesion masks).
+    the lesion cohort (its slices may still have empty lesion masks). ``subject_appearance[j]`` is 0 for a
+    healthy subject, ``k >= 1`` for a lesion subject of appearance ``appearances[k - 1]``, and -1 for a lesion
+    subject whose appearance is not recorded.
     """
 
     images: np.ndarray
@@ -67,6 +79,8 @@ class SliceArrays:
     slice_index: np.ndarray
     subject_ids: list[str]
     lesion_subject: np.ndarray
+    subject_appearance: np.ndarray
+    appearances: list[str]
 
     def __len__(self) -> int:
         return int(self.images.shape[0])
@@ -89,8 +103,9 @@ def prepare_slice_cache(
     """
     say = progress or (lambda message: None)
     healthy, lesion = _discover(Path(healthy_root), Path(lesion_root), pre.modality)
-    assignment = assign_splits([r.subject_id for r in healthy], [r.subject_id for r in lesion], split)
-    key = cache_key(healthy, lesion, pre, split)
+    appearance = read_appearances(Path(lesion_root), [r.subject_id for r in lesion])
+    assignment = assign_splits([r.subject_id for r in healthy], [r.subject_id for r in lesion], split, appearance)
+    key = cache_key(healthy, lesion, pre, split, appearance)
     cache_root = Path(cache_root)
     cache_root.mkdir(parents=True, exist_ok=True)
     entry = cache_root / key
@@ -110,7 +125,7 @@ def prepare_slice_cache(
         _clear_leftovers(cache_root, key, say)
         tmp = Path(tempfile.mkdtemp(prefix=f".{key}.tmp-", dir=cache_root))
         try:
-            _build(tmp, healthy, lesion, assignment, pre, split, say)
+            _build(tmp, healthy, lesion, assignment, pre, split, appearance, say)
             os.rename(tmp, entry)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -136,8 +151,37 @@ def _discover(healthy_root: Path, lesion_root: Path, modality: str) -> tuple[lis
     return healthy, lesion
 
 
+def read_appearances(lesion_root: Path, lesion_ids: list[str]) -> dict[str, str]:
+    """Lesion subject -> appearance from ``lesion_root/appearance.csv``; {} when the folder has none.
+
+    DataError naming the file for a malformed file, an unknown subject or a name that cannot be part of a
+    metric name (lower-case letters and digits, starting with a letter; not ``all``).
+    """
+    path = lesion_root / APPEARANCE_FILE
+    if not path.is_file():
+        return {}
+    try:
+        with path.open(newline="") as handle:
+            rows = list(csv.DictReader(handle))
+    except (OSError, UnicodeDecodeError, csv.Error) as err:
+        raise DataError(f"{path}: cannot read the appearance file ({err})") from err
+    known, out = set(lesion_ids), {}
+    for line, row in enumerate(rows, start=2):
+        subject, name = (row.get("subject") or "").strip(), (row.get("appearance") or "").strip()
+        if subject not in known:
+            raise DataError(f"{path}, line {line}: subject {subject!r} is not a lesion subject of {lesion_root}")
+        if not APPEARANCE_NAME.match(name) or name == "all":
+            raise DataError(f"{path}, line {line}: appearance {name!r} must be lower-case letters/digits, not 'all'")
+        out[subject] = name
+    return out
+
+
 def cache_key(
-    healthy: list[SubjectRecord], lesion: list[SubjectRecord], pre: PreprocessConfig, split: SplitConfig
+    healthy: list[SubjectRecord],
+    lesion: list[SubjectRecord],
+    pre: PreprocessConfig,
+    split: SplitConfig,
+    appearance: dict[str, str] | None = None,
 ) -> str:
     """Hash of settings and input files (path, size, mtime): any change makes a new cache entry."""
     files = []
@@ -148,14 +192,19 @@ def cache_key(
                     stat = Path(path).stat()
                     files.append([role, r.subject_id, str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns])
     payload = {"version": CACHE_VERSION, "pre": pre.key(), "split": asdict(split), "files": files}
+    payload["appearance"] = dict(sorted((appearance or {}).items()))
     return hashlib.sha1(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def assign_splits(healthy_ids: list[str], lesion_ids: list[str], split: SplitConfig) -> dict[str, str]:
+def assign_splits(
+    healthy_ids: list[str], lesion_ids: list[str], split: SplitConfig, appearance: dict[str, str] | None = None
+) -> dict[str, str]:
     """Map every subject id to "train", "val" or "test" (seeded, subject-level).
 
     Each of val and test gets at least one healthy and one lesion subject and train at least one healthy
     subject, so at least 3 healthy and 2 lesion subjects are needed (DataError naming the counts otherwise).
+    With ``appearance`` (lesion subject -> name), lesion subjects are dealt to val and test alternately
+    within each appearance, so both splits hold every appearance that has two subjects or more.
     """
     n_h, n_l = len(healthy_ids), len(lesion_ids)
     if n_h < 3 or n_l < 2:
@@ -168,6 +217,9 @@ def assign_splits(healthy_ids: list[str], lesion_ids: list[str], split: SplitCon
     rng = np.random.default_rng(split.seed)
     healthy = [healthy_ids[i] for i in rng.permutation(n_h)]
     lesion = [lesion_ids[i] for i in rng.permutation(n_l)]
+    if appearance:  # group by appearance (random order inside), then deal val, test, val, ... across groups
+        grouped = sorted(lesion, key=lambda s: appearance.get(s, ""))  # stable: keeps the random order
+        lesion = grouped[0::2] + grouped[1::2]
     assignment = {s: "test" for s in healthy[:n_test_h]}
     assignment.update({s: "val" for s in healthy[n_test_h : n_test_h + n_val_h]})
     assignment.update({s: "train" for s in healthy[n_test_h + n_val_h :]})
@@ -193,6 +245,7 @@ def _build(
     assignment: dict[str, str],
     pre: PreprocessConfig,
     split: SplitConfig,
+    appearance: dict[str, str],
     say: Progress,
 ) -> None:
     """Preprocess every subject into ``tmp/subjects``, then gather them into per-split arrays."""
@@ -212,6 +265,7 @@ def _build(
             "image": str(record.image),
             "n_slices": int(len(slices.slice_index)),
             "lesion_slices": int(slices.lesion.any(axis=(1, 2)).sum()),
+            "appearance": appearance.get(record.subject_id),
             "crop": slices.crop.to_dict(),
             "affine": np.round(slices.affine, 6).tolist(),
         }
@@ -229,6 +283,7 @@ def _build(
         "preprocess_key": pre.key(),
         "split": asdict(split),
         "counts": {name: _counts(splits[name], subjects) for name in SPLITS},
+        "appearances": sorted(set(appearance.values())),
         "subjects": subjects,
     }
     # meta.json last: its presence is what marks an entry complete
@@ -297,5 +352,11 @@ def load_split(cache_dir: Path, split: str) -> SliceArrays:
     meta = read_meta(cache_dir)
     ids = json.loads((cache_dir / "splits.json").read_text())[split]
     arrays = {name: np.load(cache_dir / split / f"{name}.npy", mmap_mode="r") for name in ARRAYS}
-    lesion_subject = np.array([meta["subjects"][s]["role"] == "lesion" for s in ids], dtype=bool)
-    return SliceArrays(subject_ids=ids, lesion_subject=lesion_subject, **arrays)
+    subjects = [meta["subjects"][s] for s in ids]
+    lesion_subject = np.array([info["role"] == "lesion" for info in subjects], dtype=bool)
+    names = list(meta.get("appearances", []))
+    codes = [names.index(i["appearance"]) + 1 if i.get("appearance") in names else NO_APPEARANCE for i in subjects]
+    codes = np.where(lesion_subject, codes, 0).astype(np.int16)
+    return SliceArrays(
+        subject_ids=ids, lesion_subject=lesion_subject, subject_appearance=codes, appearances=names, **arrays
+    )

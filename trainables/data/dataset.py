@@ -16,7 +16,9 @@ class SliceDataset(Dataset):
 
     An item is a dict of tensors: ``image`` (1,S,S) float32 (standardised), ``brain`` (1,S,S) float32 in
     {0, 1}, ``lesion`` (1,S,S) float32 in {0, 1}, ``subject`` int64 scalar (index into ``subject_ids``) and
-    ``slice_index`` int64 scalar (axial index in the subject's canonical volume). Masks are float so they
+    ``slice_index`` int64 scalar (axial index in the subject's canonical volume) and ``appearance`` int64
+    scalar (the subject's lesion appearance code, see ``SliceArrays``; ``appearances`` names codes 1..k,
+    for per-appearance metrics). Masks are float so they
     multiply images and losses directly. ``healthy_only`` keeps the slices of healthy-cohort subjects
     (a lesion subject's slices without lesion pixels are not kept: mass effect makes them atypical).
 
@@ -30,6 +32,8 @@ class SliceDataset(Dataset):
         arrays = load_split(self.cache_dir, split)
         self.subject_ids = list(arrays.subject_ids)
         self.lesion_subject = np.asarray(arrays.lesion_subject)
+        self.appearances = list(arrays.appearances)
+        self.subject_appearance = np.asarray(arrays.subject_appearance)
         if healthy_only:
             self.indices = np.flatnonzero(~self.lesion_subject[np.asarray(arrays.subject)])
         else:
@@ -56,6 +60,7 @@ class SliceDataset(Dataset):
             "lesion": torch.from_numpy(np.array(a.lesion[i], dtype=np.float32))[None],
             "subject": torch.tensor(int(a.subject[i]), dtype=torch.int64),
             "slice_index": torch.tensor(int(a.slice_index[i]), dtype=torch.int64),
+            "appearance": torch.tensor(int(self.subject_appearance[a.subject[i]]), dtype=torch.int64),
         }
 
     def __getstate__(self) -> dict:

@@ -1,0 +1,134 @@
+"""What one trial asks Ray for, against what the cluster has now and what its YAML lets it scale to.
+
+A trial is one Tune trial process (``training.cpus_per_trial``, on the head with ``trials_on_head``) and
+``training.workers_per_trial`` Ray Train workers of ``cpus_per_worker`` CPUs and ``gpus_per_worker`` GPUs each.
+Each worker must fit on one node; a trial needs all its workers at once.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import Any
+
+from study.config import StudyConfig
+
+
+def trial_ask(config: StudyConfig) -> tuple[dict[str, float], dict[str, float], int]:
+    """(trial process, one Train worker, number of Train workers)."""
+    training = config.training
+    worker = {"CPU": training.cpus_per_worker}
+    if training.gpus_per_worker > 0:
+        worker["GPU"] = training.gpus_per_worker
+    return {"CPU": training.cpus_per_trial}, worker, training.workers_per_trial
+
+
+def fmt(resources: dict[str, float] | None) -> str:
+    shown = {k: round(v, 3) for k, v in (resources or {}).items() if k in ("CPU", "GPU") and v}
+    return "{" + ", ".join(f"{k}: {v:g}" for k, v in shown.items()) + "}"
+
+
+def fits(bundle: dict[str, float], resources: dict[str, float]) -> int:
+    """How many copies of ``bundle`` one node with ``resources`` holds."""
+    counts = [math.floor(resources.get(k, 0) / v + 1e-9) for k, v in bundle.items() if v > 0]
+    return min(counts) if counts else 0
+
+
+def minus(resources: dict[str, float], bundle: dict[str, float]) -> dict[str, float]:
+    return {k: v - bundle.get(k, 0) for k, v in resources.items()}
+
+
+def this_machine() -> dict[str, float]:
+    """The CPUs and GPUs a Ray started here would offer."""
+    from ray._private.accelerators import get_accelerator_manager_for_resource
+
+    gpus = get_accelerator_manager_for_resource("GPU").get_current_node_num_accelerators()
+    return {"CPU": float(os.cpu_count() or 1), "GPU": float(gpus)}
+
+
+def running_cluster() -> dict[str, float] | None:
+    """The total resources of the Ray cluster running now (attached for a moment), or None when there is none."""
+    address = os.environ.get("RAY_ADDRESS")
+    if address == "local":  # this process would start its own Ray: nothing is running for it
+        return None
+    import ray
+
+    try:
+        ray.init(address=address or "auto", log_to_driver=False, logging_level="ERROR")
+    except ConnectionError:
+        return None
+    try:
+        return dict(ray.cluster_resources())
+    finally:
+        ray.shutdown()
+
+
+def node_types(ray_yaml: dict[str, Any]) -> list[tuple[str, int, dict[str, float]]]:
+    """(name, how many nodes at most, resources) per node type; the head counts once. Global max_workers applies."""
+    head = ray_yaml["head_node_type"]
+    types = ray_yaml["available_node_types"]
+    rows = [(head, 1, types[head].get("resources") or {})]
+    budget = ray_yaml.get("max_workers", 0)
+    for name, spec in types.items():
+        if name != head:
+            count = min(spec.get("max_workers", 0), budget)
+            rows.append((name, count, spec.get("resources") or {}))
+    return rows
+
+
+def check_resources(config: StudyConfig, ray_yaml: dict[str, Any] | None) -> dict[str, str]:
+    """Plan lines about resources; ValueError naming the shortfall when one trial can never be placed."""
+    driver, worker, n = trial_ask(config)
+    where = " on the head" if config.training.trials_on_head and ray_yaml is not None else ""
+    facts = {"per trial": f"1 trial process {fmt(driver)}{where} + {n} Train workers x {fmt(worker)}"}
+    now = running_cluster()
+    if ray_yaml is None:
+        machine = now or this_machine()
+        holds = fits(worker, minus(machine, driver))
+        if holds < n:
+            hint = " (a GPU study runs on a cluster: --cluster cluster/gpu.yaml)" if "GPU" in worker else ""
+            raise ValueError(
+                f"one trial needs {n} Train workers x {fmt(worker)} + {fmt(driver)}; this machine "
+                f"{'runs a Ray with' if now else 'has'} {fmt(machine)}, room for {holds}{hint}"
+            )
+        facts["resources"] = (
+            f"this machine {fmt(machine)}: {min(holds // n, config.max_concurrent_trials)} trial(s) at once"
+        )
+        return facts
+    facts["resources"] = _against_yaml(config, ray_yaml, driver, worker, n, now)
+    return facts
+
+
+def _against_yaml(
+    config: StudyConfig,
+    ray_yaml: dict[str, Any],
+    driver: dict[str, float],
+    worker: dict[str, float],
+    n: int,
+    now: dict[str, float] | None,
+) -> str:
+    rows = node_types(ray_yaml)
+    unknown = [name for name, count, res in rows if count and not res]
+    if unknown:
+        return f"node types {', '.join(unknown)} learn their resources at launch: not checked; now {fmt(now)}"
+    has_gpu = any(res.get("GPU", 0) > 0 and count for name, count, res in rows)
+    if has_gpu and "GPU" not in worker:
+        raise ValueError(
+            "the cluster has GPU node types but training.gpus_per_worker is 0: trials would train on "
+            "CPUs and the autoscaler would never start a GPU node (use study/configs/gpu.yaml)"
+        )
+    (head, _, head_res), others = rows[0], rows[1:]
+    if config.training.trials_on_head:
+        if fits(driver, head_res) < 1:
+            raise ValueError(f"a trial process asks {fmt(driver)} on the head; head type '{head}' has {fmt(head_res)}")
+        head_res = minus(head_res, driver)
+    capacity = fits(worker, head_res) + sum(count * fits(worker, res) for _, count, res in others)
+    if capacity < n:
+        offered = "; ".join(f"{name}: {count} x {fmt(res)}" for name, count, res in rows)
+        raise ValueError(
+            f"one trial needs {n} Train workers x {fmt(worker)}; scaled up to every node type's "
+            f"max_workers the cluster holds {capacity} ({offered})"
+        )
+    at_once = min(capacity // n, config.max_concurrent_trials)
+    state = f"now {fmt(now)}" if now else "no Ray running here now"
+    return f"scaled up, {capacity} Train workers fit ({at_once} trial(s) at once); {state}"

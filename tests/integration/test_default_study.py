@@ -1,0 +1,72 @@
+"""The embedded default study (study/configs/default.yaml) end to end at a reduced size: every family it names,
+its two objectives and Pareto front, the threshold row, and metrics per lesion appearance in trials.csv and
+MLflow. Only the sizes are reduced (cohort, trials, epochs); families, objectives, sampler, seeds and the
+paper settings tried first are the product's."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import ray
+from mlflow.tracking import MlflowClient
+
+from study.config import DEFAULT_CONFIG, load_config
+from study.results import read_trials_csv
+from study.run import run_study
+from trainables.data.lesions import APPEARANCES
+
+
+@pytest.fixture(scope="module")
+def default_small(tmp_path_factory: pytest.TempPathFactory, data_root: Path):
+    tmp = tmp_path_factory.mktemp("default")
+    config = load_config(DEFAULT_CONFIG)
+    config.results_dir = str(tmp / "results")
+    config.data.root = str(data_root)
+    # 8 lesion cases: two per appearance, so val and test each hold every appearance
+    config.data.synthetic.healthy, config.data.synthetic.lesion = 8, 8
+    config.num_samples = len(config.points_to_evaluate)  # the paper settings, one trial per family
+    config.training.epochs = 1
+    config.mlflow.tracking_uri = f"sqlite:///{tmp / 'mlflow.db'}"
+    ray.shutdown()
+    ray.init(num_cpus=2, log_to_driver=False)
+    try:
+        outcome = run_study(config)
+    finally:
+        ray.shutdown()
+    return config, outcome
+
+
+def test_default_study_runs_every_family_with_two_objectives(default_small) -> None:
+    config, outcome = default_small
+    assert {"caae", "lran"} <= set(config.families)
+    assert config.objective_names == ["val_pixel_auroc", "val_slice_auroc"]
+    rows = read_trials_csv(outcome.study_dir / "trials.csv")
+    (baseline,) = [r for r in rows if r["status"] == "baseline"]
+    trials = [r for r in rows if r["status"] != "baseline"]
+    assert sorted(r["family"] for r in trials) == sorted(p["family"] for p in config.points_to_evaluate)
+    assert {r["status"] for r in trials} == {"completed"}
+    caae = next(r for r in trials if r["family"] == "caae")
+    assert caae["param_latent_weight"] == 1.0  # the first paper's best lambda, tried first
+    for row in [baseline, *trials]:
+        for name in APPEARANCES:
+            value = row[f"test_pixel_auroc_{name}"]
+            assert 0.0 <= value <= 1.0, (row["trial_id"], name, value)
+    # the threshold sees bright lesions and cannot see dark ones: its map is the image
+    assert baseline["test_pixel_auroc_bright"] > 0.9 > 0.3 > baseline["test_pixel_auroc_dark"]
+    pareto = read_trials_csv(outcome.study_dir / "pareto.csv")
+    assert {r["front"] for r in pareto} >= {"overall"}
+    assert (outcome.study_dir / "pareto.png").is_file()
+
+
+def test_per_appearance_metrics_reach_mlflow(default_small) -> None:
+    config, outcome = default_small
+    client = MlflowClient(config.mlflow.tracking_uri)
+    parent = client.get_run(outcome.parent_run_id)
+    query = f"tags.mlflow.parentRunId = '{parent.info.run_id}'"
+    children = client.search_runs([parent.info.experiment_id], query)
+    assert len(children) == config.num_samples + 1  # + the threshold row
+    for child in children:
+        for name in APPEARANCES:
+            wanted = {f"test_pixel_auroc_{name}", f"test_pixel_auprc_{name}", f"val_pixel_auroc_{name}"}
+            assert wanted <= set(child.data.metrics), (child.data.tags.get("role"), name)
