@@ -28,9 +28,9 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from study.cluster import read_study_block
-from study.config import TrainingConfig
+from study.config import TrainingConfig, load_config
+from study.data import data_folders
 from study.stage import upload_cohort
-from trainables.data.synthetic import ensure_cohort
 
 if TYPE_CHECKING:
     from conftest import MlflowServer  # tests/conftest.py
@@ -102,8 +102,8 @@ def _mlflow_text(tracking_uri: str) -> str:
     return json.dumps([[r.data.params, r.data.tags, sorted(r.data.metrics)] for r in runs])
 
 
-def _seeded_cluster_yaml(folder: Path, data_root: Path, endpoint: str, tracking_uri: str) -> Path:
-    """A cluster YAML whose datasets live in a fresh bucket of `endpoint`, seeded with the smoke cohort."""
+def _seeded_cluster_yaml(folder: Path, config_path: Path, endpoint: str, tracking_uri: str) -> Path:
+    """A cluster YAML whose datasets live in a fresh bucket of `endpoint`, seeded with the study's own cohort."""
     bucket = f"brain-{uuid.uuid4().hex[:10]}"
     block = {
         "storage": {"endpoint_url": endpoint, "region": "us-east-1"},
@@ -113,8 +113,8 @@ def _seeded_cluster_yaml(folder: Path, data_root: Path, endpoint: str, tracking_
     }
     path = folder / "cluster.yaml"
     path.write_text(json.dumps({"metadata": {"study": block}}))  # JSON is YAML
-    cohort = ensure_cohort(data_root / "synthetic-h8-l4-s0", 8, 4, 0)  # the smoke cohort (study.data's folder)
-    assert upload_cohort(read_study_block(path), cohort.healthy_dir.parent, create_bucket=True) == COHORT_FILES
+    healthy, _ = data_folders(load_config(config_path))  # the synthetic cohort, generated once per session
+    assert upload_cohort(read_study_block(path), healthy.parent, create_bucket=True) == COHORT_FILES
     return path
 
 
@@ -131,15 +131,14 @@ def _refuses_anonymous(uri: str) -> bool:
 def test_no_secret_leaves_the_environment_and_ray_stays_locked(
     tmp_path: Path,
     write_config: Callable[..., Path],
-    data_root: Path,
     s3_endpoint: str,
     protected_mlflow_server: MlflowServer,
 ) -> None:
     server = protected_mlflow_server
     assert _refuses_anonymous(server.uri)
     values = {**_secrets(), "MLFLOW_TRACKING_PASSWORD": server.password}
-    cluster_yaml = _seeded_cluster_yaml(tmp_path, data_root, s3_endpoint, server.uri)
     config_path = write_config(num_samples=1, training={"epochs": 1})
+    cluster_yaml = _seeded_cluster_yaml(tmp_path, config_path, s3_endpoint, server.uri)
     env = {**os.environ, **values, "RAY_AUTH_MODE": "token", "MLFLOW_TRACKING_USERNAME": server.username}
     script = [sys.executable, "-c", PROBE, "--config", str(config_path), "--cluster", str(cluster_yaml)]
     run = subprocess.run(script, cwd=ROOT, env=env, capture_output=True, text=True, timeout=840)
