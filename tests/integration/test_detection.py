@@ -48,7 +48,6 @@ def _untrained(config_path: Path, hparams: dict, seed: int) -> dict[str, float]:
         return evaluate(family, nets, loader, torch.device("cpu"))
 
 
-@pytest.mark.timeout(900)
 def test_trained_vae_beats_the_same_vae_untrained(
     write_config: Callable[..., Path], capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -127,7 +127,6 @@ def _refuses_anonymous(uri: str) -> bool:
     return False
 
 
-@pytest.mark.timeout(900)
 def test_no_secret_leaves_the_environment_and_ray_stays_locked(
     tmp_path: Path,
     write_config: Callable[..., Path],
