@@ -8,8 +8,8 @@ DAE-specific:
 - noise_res: 4..32 grid cells per 128 pixels (log-int). The paper's 16 in the middle; the authors' follow-up
   work reports that the noise's spatial scale matters most, with coarser and finer grids both worse on BraTS,
   which we could not read in detail: the range spans a factor 4 each way around 16.
-- noise_std: 0.2..2.0 (log) in z-score units: the paper's 0.2 converts to about 0.9 of ours (see the family
-  module), and the range spans about 0.05..0.45 on the paper's scale.
+- noise_std: 0.3..3.0 (log) in z-score units: the paper's 0.2 converts to 1.4 of ours (see the family
+  module); the range spans about 0.04..0.4 on the paper's scale.
 - depth: 3 or 4 levels (the authors' 4; 3 is cheaper and at 32x32 keeps a 8x8 deepest level).
 Not searched: residual (a scoring choice on the same weights), noise_mode, median_kernel, weight_decay.
 """
@@ -27,6 +27,6 @@ def suggest(trial: optuna.Trial) -> dict[str, Any]:
     trial.suggest_categorical("batch_size", [32, 64])
     trial.suggest_categorical("channels", [16, 32, 64])
     trial.suggest_int("noise_res", 4, 32, log=True)
-    trial.suggest_float("noise_std", 0.2, 2.0, log=True)
+    trial.suggest_float("noise_std", 0.3, 3.0, log=True)
     trial.suggest_categorical("depth", [3, 4])
     return {}

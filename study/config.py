@@ -64,6 +64,7 @@ class TrainingConfig:
     precision: str = "auto"  # training arithmetic: bf16 (autocast) or fp32; auto: bf16 on a GPU, fp32 on CPUs
     cpus_per_trial: float = 0.2  # logical CPUs of the Tune trial process that drives the trainer
     threads_per_worker: int = 1  # torch intra-op threads per worker (cores are shared by workers)
+    sync_batchnorm: bool = False  # SyncBatchNorm under DDP (batch statistics of the global batch); GPUs only
     max_failures: int = 1  # Ray Train restarts of a failed worker group, from the last checkpoint
     trial_max_failures: int = 0  # Tune retries of a failed trial (e.g. its process died with its node when
     # trials_on_head is off), continuing from its last checkpoint; any error is retried alike, a divergence too
@@ -225,6 +226,8 @@ def _check_gpu(training: TrainingConfig, fail: Any) -> None:
              "workers: NCCL needs one whole GPU per worker; use 1 (or more), or workers_per_trial: 1")  # fmt: skip
     if training.precision not in PRECISIONS:
         fail("training.precision", f"expected one of {PRECISIONS}, got {training.precision!r}")
+    if training.sync_batchnorm and training.gpus_per_worker <= 0:
+        fail("training.sync_batchnorm", "SyncBatchNorm runs on GPUs only; set training.gpus_per_worker > 0")
 
 
 def _build(cls: type, raw: dict, file: str, prefix: str) -> Any:

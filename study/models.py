@@ -149,7 +149,8 @@ def fetch_model_file(uri: str, tracking_uri: str, scratch: Path) -> Path:
     from mlflow.artifacts import download_artifacts  # slow import: only for MLflow references
 
     try:
-        local = Path(download_artifacts(artifact_uri=uri, dst_path=str(scratch), tracking_uri=tracking_uri))
+        where = _registered_source(uri, tracking_uri) if uri.startswith("models:/") else uri
+        local = Path(download_artifacts(artifact_uri=where, dst_path=str(scratch), tracking_uri=tracking_uri))
     except Exception as err:  # MlflowException, OSError, HTTP errors: all mean the same to the user
         raise ModelError(f"{uri} at {tracking_uri}: cannot fetch the model ({type(err).__name__}: {err})") from err
     if local.is_file():
@@ -158,6 +159,19 @@ def fetch_model_file(uri: str, tracking_uri: str, scratch: Path) -> Path:
     if found is None:
         raise ModelError(f"{uri} at {tracking_uri}: no model.pt in it (expected {' or '.join(MODEL_FILES)})")
     return found
+
+
+def _registered_source(uri: str, tracking_uri: str) -> str:
+    """Where the registered version ``models:/NAME@ALIAS`` (or ``/VERSION``) of ``tracking_uri``'s registry lives.
+
+    download_artifacts would look models:/ up in the default registry, not in ``tracking_uri``: ask it here.
+    """
+    from mlflow.tracking import MlflowClient
+
+    name, ref = MODELS_URI.fullmatch(uri).groups()
+    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    version = client.get_model_version_by_alias(name, ref[1:]).version if ref.startswith("@") else ref[1:]
+    return client.get_model_version_download_uri(name, version)
 
 
 def reference_name(model: str) -> str:

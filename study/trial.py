@@ -40,6 +40,7 @@ class TrialSetup:
     cpus_per_worker: float  # logical CPUs per worker
     gpus_per_worker: float  # GPUs per worker (0: CPU with gloo)
     threads: int  # torch threads per worker
+    sync_batchnorm: bool  # SyncBatchNorm under DDP (GPU workers)
     max_failures: int  # worker-group restarts from the last checkpoint
     precision: str = "auto"  # training.precision: auto, bf16 or fp32 (resolved on the worker, which sees its device)
     node_data: Callable[[], str] | None = None  # gives each worker its node's slice cache (study.node_data)
@@ -74,6 +75,7 @@ def run_trial(config: dict[str, Any], setup: TrialSetup) -> None:
             "seed": setup.seed,
             "threads": setup.threads,
             "precision": setup.precision,
+            "sync_batchnorm": setup.sync_batchnorm,
             "preprocess": setup.preprocess,
             "node_data": setup.node_data,
         }

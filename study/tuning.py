@@ -62,6 +62,7 @@ def trial_setup(
         cpus_per_worker=training.cpus_per_worker,
         gpus_per_worker=training.gpus_per_worker,
         threads=training.threads_per_worker,
+        sync_batchnorm=training.sync_batchnorm,
         max_failures=training.max_failures,
         precision=training.precision,
         node_data=node_data,

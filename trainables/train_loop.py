@@ -60,7 +60,8 @@ class TrialSpec:
     batch_size: int  # global batch size, split evenly over the workers
     objective: str  # val_* metric that chooses the checkpoint
     objective_mode: str = "max"  # "max" or "min"
-    seed: int = 0  # torch seed (DDP broadcasts rank 0's initial weights)
+    seed: int = 0  # torch seed; rank r draws with seed + r (DDP broadcasts rank 0's initial weights)
+    sync_batchnorm: bool = False  # convert BatchNorm to SyncBatchNorm under DDP (statistics over the global batch)
     threads: int = 1  # torch intra-op threads per worker
     precision: str = "auto"  # "bf16" (autocast), "fp32", or "auto": bf16 on CUDA, fp32 otherwise
     preprocess: dict[str, Any] = field(default_factory=dict)  # recorded in model.pt for later inference
@@ -72,8 +73,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     entered = time.time()  # study.bench splits a trial's start cost at this point (Ray's part / this loop's part)
     spec = TrialSpec(**config)
     torch.set_num_threads(spec.threads)
-    torch.manual_seed(spec.seed)
     rank = ray.train.get_context().get_world_rank()
+    # a seed per rank: prior samples, noise and interpolates differ between workers (DDP broadcasts rank 0's
+    # initial weights, so the nets still start equal); data order comes from the sampler's shared seed
+    torch.manual_seed(spec.seed + rank)
     device = ray.train.torch.get_device()
     if device.type == "cuda":
         torch.cuda.set_device(device)  # NCCL collectives of Python objects (the val gather) use the current device
@@ -84,12 +87,13 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     progress = _restore(ray.train.get_checkpoint(), nets, opts)
     if spec.node_data is not None:
         spec.cache_dir = spec.node_data()
-    nets = _wrap_ddp(nets, device)
+    nets = _wrap_ddp(nets, device, spec.sync_batchnorm)
     train_loader, sampler = _train_loader(spec, device)
     val_loader = _eval_loader(spec, "val", device, shard=True)  # every rank scores its share of val
     autocast = _autocast(spec.precision, device)
     for epoch in range(progress.epoch, spec.epochs):
         sampler.set_epoch(epoch)
+        family.set_epoch(epoch)
         started = time.perf_counter()
         losses = _train_epoch(family, nets, opts, train_loader, device, epoch, autocast)
         train_s = time.perf_counter() - started
@@ -266,10 +270,17 @@ def _restore(checkpoint: ray.train.Checkpoint | None, nets: nn.ModuleDict, opts:
         return load_progress(Path(folder), nets, opts)
 
 
-def _wrap_ddp(nets: nn.ModuleDict, device: torch.device) -> nn.ModuleDict:
-    """Wrap each net with trainable parameters in DDP (one wrapper per separately optimised net)."""
+def _wrap_ddp(nets: nn.ModuleDict, device: torch.device, sync_batchnorm: bool = False) -> nn.ModuleDict:
+    """Wrap each net with trainable parameters in DDP (one wrapper per separately optimised net).
+
+    ``sync_batchnorm`` converts BatchNorm layers to SyncBatchNorm first (in place: the optimisers keep the
+    same parameter objects), so batch statistics are those of the global batch, as on one worker.
+    """
     if _world_size() == 1:
         return nets
+    if sync_batchnorm:
+        for key in list(nets.keys()):
+            nets[key] = nn.SyncBatchNorm.convert_sync_batchnorm(nets[key])
     device_ids = [device.index] if device.type == "cuda" else None
     return nn.ModuleDict(
         {k: DistributedDataParallel(n, device_ids=device_ids) if _has_params(n) else n for k, n in nets.items()}

@@ -15,7 +15,7 @@ from study.results import read_trials_csv
 from study.run import run_study
 
 
-@pytest.mark.timeout(900)
+@pytest.mark.slow  # four trials (about 3 minutes on a busy 2-core machine): run by .ci/run
 def test_asha_stops_weak_trials_and_keeps_them_off_the_front(write_config: Callable[..., Path]) -> None:
     # 3 epochs, so ASHA's only rung (after epoch 1; max_t is 3 epochs + the final report) can stop a trial.
     config = load_config(write_config(scheduler="asha", num_samples=4, training={"epochs": 3}))

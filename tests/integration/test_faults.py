@@ -220,7 +220,6 @@ def local_ray(ray_processes: RayProcesses) -> Iterator[RayProcesses]:
 DIVERGING_VAE = {"lr": 1.0e6, "latent_dim": 32, "kl_weight": 1.0, "batch_size": 32, "width": 8}
 
 
-@pytest.mark.timeout(900)
 def test_diverging_trial_fails_with_its_reason_and_the_others_finish(
     write_config: Callable[..., Path], local_ray: RayProcesses
 ) -> None:
@@ -283,7 +282,6 @@ def _first_epoch_reported(tracking_uri: str, experiment: str) -> Callable[[], bo
     return ready
 
 
-@pytest.mark.timeout(900)
 def test_killed_train_worker_restarts_from_the_checkpoint(
     write_config: Callable[..., Path], local_ray: RayProcesses
 ) -> None:

@@ -69,7 +69,7 @@ def test_two_objective_front_matches_brute_force(write_config: Callable[..., Pat
     assert all("train_seconds" in c.data.metrics for c in children)
 
 
-@pytest.mark.timeout(900)
+@pytest.mark.slow  # four trials (about 3 minutes on a busy 2-core machine): run by .ci/run
 def test_two_family_fronts_match_brute_force(write_config: Callable[..., Path]) -> None:
     objectives = [{"metric": "val_pixel_auroc", "mode": "max"}, {"metric": "train_seconds", "mode": "min"}]
     keys = [("val_pixel_auroc", "max"), ("train_seconds", "min")]

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import subprocess
 import sys
@@ -27,15 +28,15 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from study.cluster import read_study_block
+from study.config import TrainingConfig, load_config
+from study.data import data_folders
 from study.stage import upload_cohort
-from trainables.data.synthetic import ensure_cohort
 
 if TYPE_CHECKING:
     from conftest import MlflowServer  # tests/conftest.py
 
 ROOT = Path(__file__).parents[2]
 CLUSTER_YAMLS = sorted((ROOT / "cluster").glob("*.yaml"))
-COHORT_FILES = 8 + 4 * 3  # the smoke cohort: 8 healthy subjects (one T2 each), 4 BraTS cases (t2, flair, seg)
 
 # Runs the study through its entry point; just before the study shuts down the Ray it started, reports how
 # that Ray is guarded (token auth on, another client turned away, dashboard on loopback).
@@ -100,8 +101,9 @@ def _mlflow_text(tracking_uri: str) -> str:
     return json.dumps([[r.data.params, r.data.tags, sorted(r.data.metrics)] for r in runs])
 
 
-def _seeded_cluster_yaml(folder: Path, data_root: Path, endpoint: str, tracking_uri: str) -> Path:
-    """A cluster YAML whose datasets live in a fresh bucket of `endpoint`, seeded with the smoke cohort."""
+def _seeded_cluster_yaml(folder: Path, config_path: Path, endpoint: str, tracking_uri: str) -> tuple[Path, int]:
+    """A cluster YAML whose datasets live in a fresh bucket of `endpoint`, seeded with the study's own cohort;
+    (its path, the number of scans uploaded)."""
     bucket = f"brain-{uuid.uuid4().hex[:10]}"
     block = {
         "storage": {"endpoint_url": endpoint, "region": "us-east-1"},
@@ -111,9 +113,10 @@ def _seeded_cluster_yaml(folder: Path, data_root: Path, endpoint: str, tracking_
     }
     path = folder / "cluster.yaml"
     path.write_text(json.dumps({"metadata": {"study": block}}))  # JSON is YAML
-    cohort = ensure_cohort(data_root / "synthetic-h8-l4-s0", 8, 4, 0)  # the smoke cohort (study.data's folder)
-    assert upload_cohort(read_study_block(path), cohort.healthy_dir.parent, create_bucket=True) == COHORT_FILES
-    return path
+    healthy, lesion = data_folders(load_config(config_path))  # the synthetic cohort, generated once per session
+    scans = len([*healthy.rglob("*.nii.gz"), *lesion.rglob("*.nii.gz")])
+    assert scans > 0 and upload_cohort(read_study_block(path), healthy.parent, create_bucket=True) >= scans
+    return path, scans
 
 
 def _refuses_anonymous(uri: str) -> bool:
@@ -125,19 +128,17 @@ def _refuses_anonymous(uri: str) -> bool:
     return False
 
 
-@pytest.mark.timeout(900)
 def test_no_secret_leaves_the_environment_and_ray_stays_locked(
     tmp_path: Path,
     write_config: Callable[..., Path],
-    data_root: Path,
     s3_endpoint: str,
     protected_mlflow_server: MlflowServer,
 ) -> None:
     server = protected_mlflow_server
     assert _refuses_anonymous(server.uri)
     values = {**_secrets(), "MLFLOW_TRACKING_PASSWORD": server.password}
-    cluster_yaml = _seeded_cluster_yaml(tmp_path, data_root, s3_endpoint, server.uri)
     config_path = write_config(num_samples=1, training={"epochs": 1})
+    cluster_yaml, scans = _seeded_cluster_yaml(tmp_path, config_path, s3_endpoint, server.uri)
     env = {**os.environ, **values, "RAY_AUTH_MODE": "token", "MLFLOW_TRACKING_USERNAME": server.username}
     script = [sys.executable, "-c", PROBE, "--config", str(config_path), "--cluster", str(cluster_yaml)]
     run = subprocess.run(script, cwd=ROOT, env=env, capture_output=True, text=True, timeout=840)
@@ -149,7 +150,7 @@ def test_no_secret_leaves_the_environment_and_ray_stays_locked(
 
     # The scan covered a real study that staged from S3 and logged to the protected server.
     assert (tmp_path / "results" / "smoke" / "trials.csv").is_file()
-    assert len(list((tmp_path / "staged").rglob("*.nii.gz"))) == COHORT_FILES
+    assert len(list((tmp_path / "staged").rglob("*.nii.gz"))) == scans
     assert not (tmp_path / "mlflow.db").exists()  # the cluster's tracking URI replaced the YAML's
     logged = _mlflow_text(f"sqlite:///{server.store / 'server.db'}")  # read from the server's store directly
     assert "smoke" in logged and [name for name, value in values.items() if value in logged] == []
@@ -158,6 +159,10 @@ def test_no_secret_leaves_the_environment_and_ray_stays_locked(
     assert _leaks(server.store, "", values) == []  # the server's store, artifacts, user database and log
     session_logs = Path(report["session"]) / "logs"
     assert session_logs.is_dir() and _leaks(session_logs, "", values) == []
+    # What Ray does record there: the Train controller's runtime_env, carrying the product's start timeout.
+    value = re.escape(f'"{TrainingConfig().worker_start_timeout_s}"')
+    agent_log = (session_logs / "runtime_env_agent.log").read_text()
+    assert re.search(f'"RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": ?{value}', agent_log)
 
     assert report["token_auth"] is True
     assert report["intruder_code"] != 0 and "CONNECTED" not in report["intruder_output"]

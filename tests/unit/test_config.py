@@ -19,7 +19,9 @@ def _write(tmp_path: Path, text: str) -> Path:
 
 def test_default_and_smoke_configs_load() -> None:
     config = load_config()
-    assert config.families == ["vae"] and config.training.workers_per_trial == 2
+    assert config.families == ["caae", "lran", "dae"] and config.training.workers_per_trial == 2
+    assert config.objective_names == ["val_pixel_auroc", "val_slice_auroc"]
+    assert set(config.data.synthetic.mix) == {"bright", "dark", "iso", "multifocal"}
     smoke = load_config(Path(__file__).parents[2] / "study/configs/smoke.yaml")
     assert smoke.name == "smoke" and smoke.num_samples == 2
 
@@ -54,6 +56,8 @@ def test_values_are_typed(tmp_path: Path) -> None:
         ("num_samples: zero\n", "key 'num_samples': expected int, got 'zero'"),
         ("training: {epochs: 0}\n", "key 'training.epochs': expected an integer >= 1"),
         ("data: {image_size: 48}\n", "key 'data.image_size': expected 32, 64 or 128"),
+        ("data: {synthetic: {mix: {glowing: 1}}}\n", "key 'data.synthetic.mix': unknown lesion appearance 'glowing'"),
+        ("data: {synthetic: {mix: {dark: -1}}}\n", "key 'data.synthetic.mix': lesion appearance 'dark'"),
         ("data: {healthy: /nope/hcp, lesion: /nope/brats}\n", "data folder '/nope/hcp' does not exist"),
         ("- just\n- a list\n", "expected a mapping"),
         ("name: [unclosed\n", "not valid YAML"),

@@ -41,16 +41,16 @@ def test_fourier_noise_has_no_energy_above_the_coarse_band(size, grid):
 
 @pytest.mark.parametrize("size, grid", [(32, 4), (128, 16)])
 def test_bilinear_noise_is_coarse(size, grid):
-    """The paper's bilinear upsampling: measured 88-90% of the power inside the lattice's band, >= 99% within
-    twice the band (the triangle kernel's sidelobes); white noise would have (grid+1)^2 / size^2 of it."""
+    """The paper's bilinear upsampling (seed 0, measured at 32/64/128 px): 88-90% of the power inside the
+    lattice's band, 95-98% within twice the band (the triangle kernel's sidelobes); white noise: about 2%."""
     g = torch.Generator().manual_seed(0)
     noise = coarse_noise((64, 1, size, size), grid, 0.2, "bilinear", generator=g)
     assert _band_energy(noise, grid // 2) > 0.85
-    assert _band_energy(noise, grid) > 0.98
+    assert _band_energy(noise, grid) > 0.93
     white = torch.randn(64, 1, size, size, generator=g)
-    assert _band_energy(white, grid // 2) < 0.1
-    # neighbouring pixels move together: correlation ~ 1 - 1/cell for a piecewise-linear field
-    assert torch.corrcoef(torch.stack([noise[..., :-1].flatten(), noise[..., 1:].flatten()]))[0, 1] > 0.8
+    assert _band_energy(white, grid // 2) < 0.05
+    # neighbouring pixels move together (measured correlation 0.976; white noise: 0)
+    assert torch.corrcoef(torch.stack([noise[..., :-1].flatten(), noise[..., 1:].flatten()]))[0, 1] > 0.95
 
 
 def test_noise_translation_is_random():
@@ -68,7 +68,7 @@ def test_noise_is_added_inside_the_brain_only():
     assert outside.any() and (~outside).any()
     assert torch.equal(noisy[outside], x[outside])  # background untouched
     moved = (noisy - x)[~outside].abs()
-    assert (moved > 0).float().mean() > 0.99 and moved.mean() > 0.2  # brain pixels all moved, by ~std 0.9
+    assert (moved > 0).float().mean() > 0.99 and moved.mean() > 0.2  # brain pixels all moved (lattice std 1.4)
 
 
 def test_grid_and_windows_scale_with_the_slice():
@@ -103,9 +103,9 @@ def test_residual_signs():
 
 def test_denoiser_beats_the_identity_after_short_training():
     """After 150 seeded steps on smooth slices, the U-Net's output on a noisy slice is closer to the clean
-    slice than the noisy slice itself is (measured: about 0.35 of the identity's error at 150 steps)."""
+    slice than the noisy slice itself is (measured: 0.11 of the identity's squared error after 150 steps)."""
     torch.manual_seed(0)
-    family = create_family("dae", {"channels": 8, "depth": 3, "lr": 3e-3, "noise_res": 16, "noise_std": 0.9})
+    family = create_family("dae", {"channels": 8, "depth": 3, "lr": 3e-3, "noise_res": 16, "noise_std": 1.4})
     nets = family.build(32)
     opts = family.optimizers(nets)
     for step in range(150):
@@ -119,7 +119,7 @@ def test_denoiser_beats_the_identity_after_short_training():
         denoised = nets["unet"](noisy)
     identity = (noisy - clean)[brain].square().mean().item()
     learned = (denoised - clean)[brain].square().mean().item()
-    assert learned < 0.6 * identity, (learned, identity)
+    assert learned < 0.3 * identity, (learned, identity)
 
 
 def test_image_size_must_fit_the_depth():

@@ -1,28 +1,31 @@
 """The first paper's adversarial auto-encoder (Chen & Konukoglu, MIDL 2018): the VAE's KL replaced by a
 WGAN-GP critic on the latent code, prior N(0, I), residual anomaly map.
 
-One ``train_step`` is one auto-encoder step preceded by ``critic_steps`` critic steps:
-1. encode the batch once, ``z = Enc(x)``, ``x' = Dec(z)`` (kept for step 3);
-2. critic steps: real codes drawn from the prior, fake codes ``z.detach()``; loss
-   ``-(mean C(real) - mean C(fake)) + gp_weight * GP`` with the penalty on random interpolates;
-3. auto-encoder step: ``l2_recon(x, x') + adv_weight * (-mean C(z))`` (the encoder's adversarial step,
-   making codes look like prior samples), plus the latent consistency term in the constrained AAE.
+One ``train_step`` follows the official code's schedule, three phases on one batch, each with its own Adam:
+1. auto-encoder step (``"ae"``, encoder and decoder): ``||x - x'||_2`` per image, batch mean (plus
+   ``lambda * ||z - Enc(x')||^2`` in the constrained AAE, that pass in inference mode);
+2. critic steps (``"critic"``): codes ``Enc(x)`` of the updated encoder are fake, prior samples real;
+   loss ``-(mean C(real) - mean C(fake)) + gp_weight * GP`` with the penalty on random interpolates.
+   ``critic_steps`` per batch (20), ``warmup_critic_steps`` (200 = the official 10 x 20) during the first
+   ``warmup_epochs`` (20) epochs. As in the official code every critic step reuses this batch and one
+   prior draw; only the interpolation weights are drawn afresh;
+3. generator step (``"gen"``, encoder only): ``adv_weight * (-mean C(Enc(x)))``, codes pushed towards the prior.
 
-Deviation from the official code (TensorFlow), which fed a fresh data batch to every critic iteration:
-the shared training loop hands a family one batch per step, so the critic iterations reuse this batch's
-codes (with fresh prior samples and interpolates each time). Its warm-up (200 critic iterations during
-the first 20 epochs) is available as ``warmup_critic_steps`` / ``warmup_steps``, off by default; the
-family sees steps, not epochs, so ``warmup_steps`` counts auto-encoder steps (20 epochs = 20 x steps per
-epoch). The step count is read from the Adam state of the auto-encoder optimiser, so it survives a
-restart from a checkpoint.
+Sign convention: our critic scores prior samples high; the official code's scores them low and its
+generator minimises ``mean C(fake)``. The two are the same game with the critic negated.
+
+Departures, each with its reason:
+- ``adv_weight`` (1 = the official unweighted loss) exists so a study can search it;
+- the warm-up is counted in epochs through ``Family.set_epoch`` (the training loop's epoch), so a run
+  restarted from a checkpoint resumes the schedule where it was.
 
 DDP: every net is called as ``nets[key](...)``, and every forward with grad enabled is followed by one
-backward that reaches all of that net's parameters (DDP's reducer, without unused-parameter search,
-expects exactly that). So the auto-encoder step's backward also fills the critic's ``.grad`` rather than
-freezing it; the critic optimiser discards those (``zero_grad``) before its next step. Each critic step is
-one forward of real, fake and interpolated codes concatenated (the critic has no batch statistics, so
-this equals three calls) and one backward; the penalty's inner ``autograd.grad`` is taken w.r.t. the
-interpolates only, which DDP allows. Checked with 2 gloo ranks: weights stay identical across ranks.
+backward reaching all of that net's parameters (DDP's reducer, without unused-parameter search, expects
+that). The critic phase computes the codes without grad; the generator step's backward also fills the
+critic's ``.grad``, which the critic optimiser discards (``zero_grad``) before its next step. Each critic
+step is one forward of real, fake and interpolated codes concatenated (the critic has no batch
+statistics, so this equals three calls) and one backward; the penalty's inner ``autograd.grad`` is taken
+w.r.t. the interpolates only, which DDP allows.
 """
 
 from __future__ import annotations
@@ -43,31 +46,21 @@ from trainables.families.registry import register_family
 class AAEHparams:
     latent_dim: int = 128  # size of z; 128 in the first paper's official code
     width: int = 16  # channels after the stem conv, doubled per block; 16 in the official code
-    lr: float = 2e-5  # Adam learning rate of the auto-encoder; 2e-5 in the official code
+    lr: float = 2e-5  # Adam learning rate of all three optimisers; 2e-5 in the official code
     beta1: float = 0.5  # Adam beta1; 0.5 in the official code (WGAN-GP's setting)
     beta2: float = 0.9  # Adam beta2; 0.9 in the official code (WGAN-GP's setting)
-    critic_lr_ratio: float = 1.0  # critic learning rate = lr * ratio; the official code uses one rate for both
-    adv_weight: float = 1.0  # weight of the encoder's adversarial loss; the paper adds it unweighted
+    critic_lr_ratio: float = 1.0  # critic learning rate = lr * ratio; the official code uses one rate for all
+    adv_weight: float = 1.0  # weight of the encoder's adversarial loss; 1 = the official unweighted loss
     gp_weight: float = 10.0  # WGAN-GP gradient-penalty weight; 10 in the official code and in WGAN-GP
-    critic_steps: int = 20  # critic steps per auto-encoder step; 20 in the official code (WGAN-GP: 5)
-    warmup_critic_steps: int = 0  # critic steps per step during warm-up; the official code used 200 (0: off)
-    warmup_steps: int = 0  # auto-encoder steps of warm-up; official: its first 20 epochs (0: no warm-up)
-
-
-def _steps_taken(opt: torch.optim.Optimizer) -> int:
-    """Steps an Adam optimiser has taken, from its per-parameter state (restored with its checkpoint)."""
-    for group in opt.param_groups:
-        for p in group["params"]:
-            state = opt.state.get(p)
-            return int(state["step"]) if state and "step" in state else 0
-    return 0
+    critic_steps: int = 20  # critic steps per batch; 20 in the official code (WGAN-GP: 5)
+    warmup_critic_steps: int = 200  # critic steps per batch during warm-up; 200 (10 x 20) in the official code
+    warmup_epochs: int = 20  # epochs of warm-up; 20 in the official code (0: none)
 
 
 def critic_step(
-    nets: nn.ModuleDict, opt: torch.optim.Optimizer, z_fake: torch.Tensor, gp_weight: float
+    nets: nn.ModuleDict, opt: torch.optim.Optimizer, z_real: torch.Tensor, z_fake: torch.Tensor, gp_weight: float
 ) -> dict[str, torch.Tensor]:
-    """One WGAN-GP step of ``nets["critic"]``: prior samples N(0, I) are real, the detached codes fake."""
-    z_real = torch.randn_like(z_fake)
+    """One WGAN-GP step of ``nets["critic"]`` on prior samples ``z_real`` and detached codes ``z_fake``."""
     mix = torch.rand(len(z_fake), 1, device=z_fake.device)
     z_mix = (mix * z_real + (1 - mix) * z_fake).requires_grad_(True)
     s_real, s_fake, s_mix = nets["critic"](torch.cat([z_real, z_fake, z_mix])).split(len(z_fake))
@@ -88,7 +81,7 @@ class AAE(Family):
 
     def __init__(self, hparams) -> None:
         super().__init__(hparams)
-        if hparams.critic_steps < 1 or hparams.warmup_critic_steps < 0 or hparams.warmup_steps < 0:
+        if hparams.critic_steps < 1 or hparams.warmup_critic_steps < 0 or hparams.warmup_epochs < 0:
             raise ValueError(f"{type(self).__name__}: critic_steps must be >= 1, warm-up settings >= 0; got {hparams}")
 
     @property
@@ -103,41 +96,66 @@ class AAE(Family):
         return nn.ModuleDict({**nets, "critic": Critic(hp.latent_dim)})
 
     def optimizers(self, nets: nn.ModuleDict) -> dict[str, torch.optim.Optimizer]:
-        """Adam for the auto-encoder (``"ae"``) and for the critic (``"critic"``), betas as in WGAN-GP."""
+        """Adam for the auto-encoder step (``"ae"``), the critic (``"critic"``) and the encoder-only
+        generator step (``"gen"``), each with its own moments, as in the official code."""
         hp = self.hp
         betas = (hp.beta1, hp.beta2)
         return {
             "ae": torch.optim.Adam(parameters(nets, "encoder", "decoder"), lr=hp.lr, betas=betas),
             "critic": torch.optim.Adam(parameters(nets, "critic"), lr=hp.lr * hp.critic_lr_ratio, betas=betas),
+            "gen": torch.optim.Adam(parameters(nets, "encoder"), lr=hp.lr, betas=betas),
         }
 
-    def critic_iterations(self, opts: dict[str, torch.optim.Optimizer]) -> int:
-        """Critic steps for this auto-encoder step: the warm-up count during the first ``warmup_steps``."""
+    def critic_iterations(self) -> int:
+        """Critic steps for this batch: the warm-up count during the first ``warmup_epochs`` epochs."""
         hp = self.hp
-        warm = hp.warmup_critic_steps > 0 and _steps_taken(opts["ae"]) < hp.warmup_steps
+        warm = hp.warmup_critic_steps > 0 and self.epoch < hp.warmup_epochs
         return hp.warmup_critic_steps if warm else hp.critic_steps
+
+    def autoencoder_step(
+        self, nets: nn.ModuleDict, opt: torch.optim.Optimizer, x: torch.Tensor
+    ) -> dict[str, float]:
+        """Phase 1: reconstruction (and consistency) step of encoder and decoder."""
+        _, terms = reconstruction_terms(nets, x, self.latent_weight)
+        loss = reconstruction_loss(terms, self.latent_weight)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        return self.terms({"loss": loss, **terms})
+
+    def critic_phase(self, nets: nn.ModuleDict, opt: torch.optim.Optimizer, x: torch.Tensor) -> dict[str, float]:
+        """Phase 2: critic steps on this batch's codes and one prior draw; means of its terms."""
+        with torch.no_grad():
+            z_fake = nets["encoder"](x)
+        z_real = torch.randn_like(z_fake)
+        n = self.critic_iterations()
+        sums: dict[str, torch.Tensor] = {}
+        for _ in range(n):
+            for key, value in critic_step(nets, opt, z_real, z_fake, self.hp.gp_weight).items():
+                sums[key] = sums.get(key, 0.0) + value
+        return self.terms({k: v / n for k, v in sums.items()})
+
+    def generator_step(
+        self, nets: nn.ModuleDict, opt: torch.optim.Optimizer, x: torch.Tensor
+    ) -> dict[str, float]:
+        """Phase 3: encoder-only step making codes score like prior samples."""
+        z = nets["encoder"](x)
+        with local_grads(nets["critic"]):  # the critic's gradients from this step are discarded: no all-reduce
+            adv = -nets["critic"](z).mean()
+        opt.zero_grad(set_to_none=True)
+        (self.hp.adv_weight * adv).backward()  # also fills the critic's .grad; critic_step zeroes it first
+        opt.step()
+        return self.terms({"adv": adv})
 
     def train_step(
         self, nets: nn.ModuleDict, opts: dict[str, torch.optim.Optimizer], x: torch.Tensor
     ) -> dict[str, float]:
-        """Critic steps on this batch's codes, then one auto-encoder step; returns every term.
-
-        ``loss`` is the auto-encoder objective; ``critic``, ``wdist`` and ``gp`` are means over the critic steps.
-        """
+        """The three phases; ``loss`` is the auto-encoder objective, ``adv`` the generator's, and
+        ``critic``, ``wdist``, ``gp`` the means over the critic steps."""
         nets.train()
-        z, terms = reconstruction_terms(nets, x, self.latent_weight)
-        n = self.critic_iterations(opts)
-        sums: dict[str, torch.Tensor] = {}
-        for _ in range(n):
-            for key, value in critic_step(nets, opts["critic"], z.detach(), self.hp.gp_weight).items():
-                sums[key] = sums.get(key, 0.0) + value
-        with local_grads(nets["critic"]):  # the critic's gradients from this step are zeroed unused: no all-reduce
-            terms["adv"] = -nets["critic"](z).mean()
-        loss = reconstruction_loss(terms, self.latent_weight) + self.hp.adv_weight * terms["adv"]
-        opts["ae"].zero_grad(set_to_none=True)
-        loss.backward()  # also fills the critic's .grad; critic_step zeroes it before using it
-        opts["ae"].step()
-        return self.terms({"loss": loss, **terms, **{k: v / n for k, v in sums.items()}})
+        out = self.autoencoder_step(nets, opts["ae"], x)
+        out |= self.critic_phase(nets, opts["critic"], x)
+        return out | self.generator_step(nets, opts["gen"], x)
 
     @scoring
     def score(self, nets: nn.ModuleDict, x: torch.Tensor) -> Scores:

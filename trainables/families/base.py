@@ -57,6 +57,11 @@ class Family(abc.ABC):
 
     def __init__(self, hparams) -> None:
         self.hp = hparams
+        self.epoch = 0  # 0-based epoch being trained, set by the training loop (schedules such as a warm-up)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Called by the training loop before each epoch's steps with the 0-based epoch (also after a restart)."""
+        self.epoch = epoch
 
     @abc.abstractmethod
     def build(self, image_size: int) -> nn.ModuleDict:

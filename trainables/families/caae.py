@@ -1,9 +1,10 @@
 """The first paper's proposal, the constrained AAE (Chen & Konukoglu, MIDL 2018): the AAE plus a latent
 consistency term ``latent_weight * ||z - Enc(Dec(z))||^2`` (the paper's lambda), which asks a lesion image
 and its (healthy-looking) reconstruction to share a code, so the reconstruction stays close to the input
-outside the lesion. Everything else is the AAE's (``trainables.families.aae``); ``latent_weight = 0``
-reproduces the AAE exactly for the same seed (the second encoder pass is then skipped, see
-``trainables.families.ae.reconstruction_terms``).
+outside the lesion. The term joins the auto-encoder step of the AAE's three-phase schedule, its second
+encoder pass in inference mode as in the official code (which hard-codes lambda = 0.5); everything else
+is the AAE's (``trainables.families.aae``). ``latent_weight = 0`` reproduces the AAE exactly for the same
+seed (the second encoder pass is then skipped, see ``trainables.families.ae.reconstruction_terms``).
 """
 
 from __future__ import annotations

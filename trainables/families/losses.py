@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import torch
+import torch.distributed as dist
+import torch.distributed.nn.functional as dist_fn
 import torch.nn.functional as F
 
 
@@ -13,6 +15,12 @@ def l2_recon(x: torch.Tensor, xr: torch.Tensor, eps: float = 1e-8) -> torch.Tens
     image side, so weights on other terms are relative to it. ``eps`` keeps the sqrt differentiable at 0.
     """
     return torch.sqrt((x - xr).square().flatten(1).sum(1) + eps).mean()
+
+
+def gaussian_recon(x: torch.Tensor, xr: torch.Tensor) -> torch.Tensor:
+    """Batch mean of ``1/2 ||x - xr||^2`` per image: the negative log-likelihood of ``x`` under
+    ``N(xr, I)`` up to a constant, the reconstruction term of the VAE's ELBO (unit decoder variance)."""
+    return 0.5 * (x - xr).square().flatten(1).sum(1).mean()
 
 
 def mse(x: torch.Tensor, xr: torch.Tensor) -> torch.Tensor:
@@ -33,6 +41,21 @@ def latent_l2(z: torch.Tensor, z2: torch.Tensor) -> torch.Tensor:
 def kl_divergence(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     """``KL(N(mu, exp(logvar)) || N(0, I))`` summed over latent dimensions, averaged over the batch."""
     return (-0.5 * (1 + logvar - mu.square() - logvar.exp())).sum(1).mean()
+
+
+def gather_batch(z: torch.Tensor) -> torch.Tensor:
+    """``z`` (B,...) of every worker of the default process group, concatenated in rank order, with the
+    gradient kept (``torch.distributed.nn``'s all_gather sends each rank's share of the gradient back to
+    it); ``z`` itself when no group is initialised.
+
+    Used for terms that are not sums over samples (the rank term): computed on the gathered batch, they
+    equal the single-worker value for the same global batch. Each rank computes the same term, so the
+    gradient reaching its own ``z`` is ``world`` times its share; DDP's average over ranks divides by
+    ``world`` again, so the parameter gradient is that of the single-worker term.
+    """
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return z
+    return torch.cat(dist_fn.all_gather(z.contiguous()))
 
 
 def gradient_penalty(scores: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,67 @@
+"""python -m study.findings: the README's "What the default study finds" from a finished study.
+
+Reads results/<study>/trials.csv (default: the embedded default study) and writes docs/<study>-study/table.md
+(a markdown table: the threshold row, then every trial; test figures overall and per lesion appearance) and
+copies its pareto.png beside it. Regenerate both with ``python -m study.run && python -m study.findings``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+from study.config import load_config
+from study.results import TRIALS_CSV, finite, read_trials_csv
+
+REPO = Path(__file__).resolve().parent.parent
+COLUMNS = (
+    ("val_pixel_auroc", "val pix AUROC"),
+    ("val_slice_auroc", "val slice AUROC"),
+    ("test_pixel_auroc", "test pix AUROC"),
+    ("test_pixel_auprc", "test pix AUPRC"),
+    ("test_dice", "test Dice"),
+    ("test_slice_auroc", "test slice AUROC"),
+)
+APPEARANCE_COLUMN = "test_pixel_auroc_{}"
+
+
+def table(rows: list[dict[str, Any]], appearances: list[str], front: set[str]) -> str:
+    """Markdown table of the rows; ``*`` marks the trials on the overall Pareto front."""
+    head = ["trial", "family", *(title for _, title in COLUMNS), *(f"AUROC {a}" for a in appearances)]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for row in rows:
+        keys = [k for k, _ in COLUMNS] + [APPEARANCE_COLUMN.format(a) for a in appearances]
+        cells = [f"{row['trial_id']}{' *' if row['trial_id'] in front else ''}", str(row["family"])]
+        cells += [f"{row[k]:.3f}" if finite(row.get(k)) else "-" for k in keys]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m study.findings", description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default=None, help="study YAML (default: study/configs/default.yaml)")
+    args = parser.parse_args(argv)
+    config = load_config(args.config)
+    study_dir = REPO / config.results_dir / config.name
+    if not (study_dir / TRIALS_CSV).is_file():
+        print(f"error: {study_dir / TRIALS_CSV} not found: run python -m study.run first", file=sys.stderr)
+        return 2
+    rows = read_trials_csv(study_dir / TRIALS_CSV)
+    rows.sort(key=lambda r: (r["status"] != "baseline", str(r["trial_id"])))
+    appearances = sorted({k.rsplit("_", 1)[1] for r in rows for k in r if k.startswith("test_pixel_auroc_")} - {"all"})
+    pareto = read_trials_csv(study_dir / "pareto.csv") if (study_dir / "pareto.csv").is_file() else []
+    front = {str(r["trial_id"]) for r in pareto if r["front"] == "overall"}
+    out = REPO / "docs" / f"{config.name}-study"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "table.md").write_text(table(rows, appearances, front))
+    if (study_dir / "pareto.png").is_file():
+        shutil.copyfile(study_dir / "pareto.png", out / "pareto.png")
+    print(f"wrote {out / 'table.md'} and {out / 'pareto.png'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
