@@ -151,7 +151,8 @@ def _header(cache: Path, args: argparse.Namespace, argv: list[str], results: dic
         f"Slices (32x32): {split}.",
         "",
         f"Command: `python -m trainables.reproduce {' '.join(argv)}` (tables written {written}"
-        f" at commit {_commit()}). Machine: {machine}. Training time summed over the runs: {seconds / 60:.0f} min.",
+        f" at commit {_commit()}). Machine: {machine}. Wall time of the runs, summed (on a loaded shared machine, "
+        f"not a speed figure): {seconds / 60:.0f} min.",
     ])  # fmt: skip
 
 
