@@ -22,7 +22,7 @@ from study.stage import MANIFEST, StageError, check_buckets, main, stage_dataset
 from trainables.data.layouts import discover_subjects
 from trainables.data.synthetic import generate_cohort
 
-N_FILES = 2 + 3  # 2 healthy subjects (one T2 each) + 1 BraTS case (t2, flair, seg)
+N_FILES = 2 + 3 + 1  # 2 healthy subjects (one T2 each) + 1 BraTS case (t2, flair, seg) + appearance.csv
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +65,8 @@ def test_stage_mirrors_the_bucket_layout(seeded: ClusterStudy, cohort: Path, tmp
     assert staged.healthy_dir == (tmp_path / "node" / bucket / "hcp/").resolve()
     assert staged.lesion_dir == (tmp_path / "node" / bucket / "brats2019").resolve()
     assert (staged.downloaded_files, staged.skipped_files) == (N_FILES, 0)
-    assert staged.downloaded_bytes == sum(p.stat().st_size for p in cohort.rglob("*.nii.gz"))
+    uploaded = [p for p in cohort.rglob("*") if p.is_file() and p.name != "cohort.json"]  # the generator's record stays
+    assert staged.downloaded_bytes == sum(p.stat().st_size for p in uploaded)
     for local, staged_dir in ((cohort / "hcp", staged.healthy_dir), (cohort / "brats", staged.lesion_dir)):
         for original in (p for p in local.rglob("*") if p.is_file()):
             assert (staged_dir / original.relative_to(local)).read_bytes() == original.read_bytes()
