@@ -241,7 +241,9 @@ def test_whole_tumour_volumes_are_brats_sized(mixed) -> None:
         labels = set(np.unique(seg)) - {0}
         assert labels == {1, 2, 4} or (record["appearance"] == "multifocal" and {2, 4} <= labels), record["name"]
     single, multi = np.array(volumes[False]), np.array(volumes[True])
-    assert 8 <= single.min() and single.max() <= 300 and 35 <= np.median(single) <= 160, single
+    # the drawn volume is clipped to 10-300 cm3; the ellipsoid's axis stretch (0.8-1.2 each) and shape noise
+    # scale it by about 0.5-1.7 (measured with seed 5: 26-330 cm3, median 70)
+    assert 8 <= single.min() and single.max() <= 520 and 35 <= np.median(single) <= 160, single
     assert (1.5 <= multi).all() and (multi <= 48).all(), multi
     foci = [r["foci"] for r in meta["lesion"] if r["appearance"] == "multifocal"]
     assert all(3 <= f <= 6 for f in foci)

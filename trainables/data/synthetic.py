@@ -15,7 +15,8 @@ Lesions. Each tumour case has one *appearance*, assigned in a fixed order that f
   its position and shape, not its brightness, tell it from healthy tissue; mass effect;
 - ``multifocal``: 3 to 6 small bright foci (metastasis-like), each a few cm3, no mass effect.
 Whole-tumour volumes (the union of labels 1, 2, 4) of single lesions are drawn log-normally with median
-80 cm3 and log-sd 0.65 (5th-95th percentile about 27-230 cm3), clipped to 10-300 cm3. Source, and what
+80 cm3 and log-sd 0.65 (5th-95th percentile about 27-230 cm3), clipped to 10-300 cm3, then shaped as a noisy
+ellipsoid whose axis stretch changes the volume by about x0.5-1.7 (seed 5: 26-330 cm3). Source, and what
 we could not confirm: BraTS 2018-2021 training cases' whole tumours are commonly reported as tens to a few
 hundred cm3 (median near 100 cm3 for high-grade gliomas, smaller for low-grade); we did not find a
 citable published table of the distribution through the search tools available, so these parameters are
