@@ -460,7 +460,7 @@ def test_slice_loader_reads_whole_batches(cohort: tuple[Path, Path], tmp_path: P
     for row, position in enumerate(sorted(positions)):
         for key, value in val[position].items():
             torch.testing.assert_close(batch[key][row], value)
-    assert set(batch) == {"image", "brain", "lesion", "subject", "slice_index"}
+    assert set(batch) == {"image", "brain", "lesion", "subject", "slice_index", "appearance"}
     train = SliceDataset(entry, "train", fields=TRAIN_FIELDS)
     for rank in (0, 1):  # the same batches as DistributedSampler(drop_last) + BatchSampler, epoch by epoch
         ours = ShardBatches(len(train), 8, shuffle=True, seed=3, rank=rank, world=2, drop_last=True)

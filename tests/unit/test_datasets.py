@@ -69,7 +69,8 @@ def test_cohort_names_synthetic_settings_or_s3_uris(cache: Path, tmp_path: Path)
     config.data.root = str(tmp_path)
     synthetic = study_cohort(config)
     assert synthetic.label == "synthetic-h24-l12-s0" and synthetic.healthy == str(tmp_path / synthetic.label)
-    settings = {"healthy": 24, "lesion": 12, "seed": 0}
+    mix = {"bright": 1.0, "dark": 1.0, "iso": 1.0, "multifocal": 1.0}  # the default mix, recorded with the rest
+    settings = {"healthy": 24, "lesion": 12, "seed": 0, "mix": mix}
     assert synthetic.generator == {"template": "MNI152 (nilearn)", "version": GENERATOR_VERSION, **settings}
     profile = json.loads(split_inputs(synthetic, cache)[0].dataset.profile)
     assert profile["synthetic"] == synthetic.generator

@@ -31,6 +31,9 @@ B, S = 4, 32
 # the tiny batches (it must stay below batch - 1).
 FAST = {"lr": 1e-3, "width": 8, "latent_dim": 32, "channels": 16, "critic_steps": 5, "warmup_epochs": 0}
 FAST["rank_target"] = 2
+# dae: a 2-level U-Net, and noise on the scale of these smooth test images (the product's 1.4 is in z-units of
+# real brains); measured reconstruction MSE 0.46 -> 0.06 in 100 steps (depth 3 at noise 1.4: 0.19 -> 0.14)
+FAST.update({"depth": 2, "noise_std": 0.5})
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -125,7 +125,10 @@ def test_cluster_block_names_ray_storage(tmp_path: Path) -> None:
     assert study.ray_storage == "s3://b/ray"
     storage = ray_storage(StudyConfig(name="x", ray_storage=study.ray_storage), study)
     assert storage.root == "b/ray/x" and b"127.0.0.1:9000" in pickle.dumps(storage.filesystem)
-    block["ray_storage"] = "/shared/ray"
+    block["ray_storage"] = "/shared/ray"  # a file system every node mounts (NFS) is accepted as it is
+    path.write_text(yaml.safe_dump({"metadata": {"study": block}}))
+    assert read_study_block(path).ray_storage == "/shared/ray"
+    block["ray_storage"] = "ray"  # a relative folder would be each node's own
     path.write_text(yaml.safe_dump({"metadata": {"study": block}}))
     with pytest.raises(ConfigError, match="metadata.study.ray_storage"):
         read_study_block(path)
