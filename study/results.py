@@ -114,10 +114,15 @@ def write_trials_csv(rows: list[dict[str, Any]], path: Path) -> None:
     tmp.replace(path)
 
 
+# Identifiers stay text: a trial id of eight hex digits can be all digits ("00412376" is not a number).
+ID_COLUMNS = ("trial_id", "mlflow_run_id")
+
+
 def read_trials_csv(path: Path) -> list[dict[str, Any]]:
-    """trials.csv back as rows, numbers parsed (empty cells become None)."""
+    """trials.csv back as rows, numbers parsed except in identifier columns (empty cells become None)."""
     with path.open() as handle:
-        return [{k: _parse(v) for k, v in row.items()} for row in csv.DictReader(handle)]
+        rows = list(csv.DictReader(handle))
+    return [{k: (v or None) if k in ID_COLUMNS else _parse(v) for k, v in row.items()} for row in rows]
 
 
 def best_trial(rows: list[dict[str, Any]], objective: Objective) -> dict[str, Any] | None:

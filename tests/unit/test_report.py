@@ -48,3 +48,14 @@ def test_summary_without_a_completed_trial_names_no_winner() -> None:
     text = study_summary(config, rows, "sqlite:///results/mlflow.db")
     assert "No trial completed, so there is no winner." in text and "study.score" not in text
     assert [m.key for m in summary_metrics(config, rows)][0].startswith("threshold/")
+
+
+def test_trial_ids_of_digits_stay_text(tmp_path) -> None:
+    """Found by the 40-trial load test: an all-digit trial id was read back as an int and broke sorting."""
+    from study.results import read_trials_csv
+
+    path = tmp_path / "trials.csv"
+    path.write_text("trial_id,family,status,val_pixel_auroc,mlflow_run_id\n00412376,vae,completed,0.9,\nab12cd34,ae,failed,,r1\n")
+    rows = read_trials_csv(path)
+    assert [r["trial_id"] for r in rows] == ["00412376", "ab12cd34"]
+    assert rows[0]["val_pixel_auroc"] == 0.9 and rows[0]["mlflow_run_id"] is None and rows[1]["val_pixel_auroc"] is None
