@@ -8,7 +8,8 @@ from typing import Any
 from ray.tune import Callback
 from ray.tune.experiment import Trial
 
-from study.tracking import failure_reason, trial_label
+from study.results import failure_reason
+from study.tracking import trial_label
 
 SHOWN_METRICS = ("val_slice_auroc", "val_pixel_auroc")
 

@@ -18,7 +18,6 @@ from ray.tune import Callback
 from ray.tune.experiment import Trial
 
 from study.config import Objective
-from study.tracking import failure_reason
 from trainables.metric_names import TEST_METRICS, VAL_METRICS, is_appearance_metric
 
 JOURNAL = "trials.jsonl"
@@ -26,6 +25,15 @@ TRIALS_CSV = "trials.csv"
 # Trial statuses: completed (all epochs, test scored), stopped_early (by the scheduler: not a fully
 # trained point), failed (error or divergence, with the reason), baseline (no training, e.g. threshold).
 STATUSES = ("completed", "stopped_early", "failed", "baseline")
+
+
+def failure_reason(trial: Trial) -> str:
+    """The last line of the trial's error (the exception and its message), or a placeholder."""
+    path = trial.error_file
+    if not path or not Path(path).is_file():
+        return "unknown error (no error file)"
+    lines = [line.strip() for line in Path(path).read_text().splitlines() if line.strip()]
+    return lines[-1] if lines else "unknown error (empty error file)"
 
 
 def trial_row(trial_id: str, config: dict[str, Any], last: dict[str, Any], status: str, reason: str = "") -> dict:

@@ -23,6 +23,7 @@ from ray.tune import Callback
 from ray.tune.experiment import Trial
 
 from study.config import StudyConfig
+from study.results import failure_reason
 from trainables.metric_names import is_reported_metric
 
 TRIAL_ID_TAG = "trial_id"
@@ -247,15 +248,6 @@ class MlflowTrialLogger(Callback):
             monitor.finish()  # stops within a second and flushes its last samples
         self.client.log_batch(run_id, tags=tags)
         self.client.set_terminated(run_id, RunStatus.to_string(run_status))
-
-
-def failure_reason(trial: Trial) -> str:
-    """The last line of the trial's error (the exception and its message), or a placeholder."""
-    path = trial.error_file
-    if not path or not Path(path).is_file():
-        return "unknown error (no error file)"
-    lines = [line.strip() for line in Path(path).read_text().splitlines() if line.strip()]
-    return lines[-1] if lines else "unknown error (empty error file)"
 
 
 def _text(value: Any) -> str:
