@@ -17,7 +17,7 @@ import pytest
 import ray
 from mlflow.tracking import MlflowClient
 
-from study.bench_study import TrialClock, _with_clock, start_costs
+from study.bench.study import TrialClock, _with_clock, start_costs
 from study.config import load_config
 from study.results import read_trials_csv
 from study.run import run_study

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from study import bench
-from study.bench_data import parse_smaps
-from study.bench_report import (
+from study.bench import cli as bench
+from study.bench.data import parse_smaps
+from study.bench.report import (
     Target,
     budget_share,
     format_table,
@@ -155,7 +155,7 @@ Pss:                  20 kB
 
 
 def test_study_clock_arithmetic() -> None:
-    from study.bench_study import TrialClock, gaps, in_trial_overhead, inner_seconds, start_costs, tail_costs
+    from study.bench.study import TrialClock, gaps, in_trial_overhead, inner_seconds, start_costs, tail_costs
 
     clock = TrialClock()
     clock.started, clock.ended = {"a": 100.0, "b": 160.0}, {"a": 150.0, "b": 210.0}
@@ -188,7 +188,7 @@ class FakeTraining:
 
 
 def test_search_arms_spend_the_budget_as_documented() -> None:
-    from study.bench_search import run_arm, shares
+    from study.bench.search import run_arm, shares
 
     random_fifo = run_arm(FakeTraining(), "random", pruned=False, seed=0, budget=10, max_epochs=3)
     assert [spent for spent, _ in random_fifo.completed] == [3, 6, 9]  # whole trials only: 10 // 3
@@ -199,7 +199,7 @@ def test_search_arms_spend_the_budget_as_documented() -> None:
 
 
 def test_family_figures_ratio_of_medians_and_eval_share() -> None:
-    from study.bench_train import family_figures
+    from study.bench.train import family_figures
 
     plain = [(320, 2.0), (320, 4.0), (320, 3.2)]  # measured epochs: 160, 80, 100 slices/s -> median 100
     ray = [

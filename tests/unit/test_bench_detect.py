@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from study.bench_detect import compared_metrics, margins
-from study.bench_report import table_rows
+from study.bench.detect import compared_metrics, margins
+from study.bench.report import table_rows
 
 
 def test_compared_metrics_cover_each_appearance() -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from study.bench_common import DEFAULT_CONFIG, REPO, BenchPlan, say, slice_cache, study_config
+from study.bench.common import DEFAULT_CONFIG, REPO, BenchPlan, say, slice_cache, study_config
 
 NOTE = "no results/default/trials.csv: run python -m study.run first"
 # Test metrics compared, overall; the pixel ones also per appearance where the cohort records appearances.
@@ -40,7 +40,7 @@ def best_of_study(config: Any, names: list[str]) -> dict[str, Any]:
 
 def margins(figures: dict[str, Any], names: list[str]) -> dict[str, float]:
     """``detect_margin_<name>``: best trial minus threshold baseline, where both were measured."""
-    from study.bench_report import finite
+    from study.bench.report import finite
 
     out = {}
     for name in names:

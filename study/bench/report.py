@@ -76,7 +76,7 @@ INFO_KEYS = (
     "gpu_skipped",
     "gpu_bf16_speedup_median",
 )
-# Detection figures (study/bench_detect.py) shown after those, in this order of prefixes: per metric and
+# Detection figures (study/bench/detect.py) shown after those, in this order of prefixes: per metric and
 # appearance, the best trial, the threshold baseline and the margin between them.
 DETECT_PREFIXES = ("best_test_", "threshold_test_", "detect_margin_")
 

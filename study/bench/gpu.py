@@ -14,8 +14,8 @@ import contextlib
 import time
 from typing import Any
 
-from study.bench_common import BenchPlan, say, trainable_families
-from study.bench_report import median
+from study.bench.common import BenchPlan, say, trainable_families
+from study.bench.report import median
 
 SIZES = (64, 128)
 PRECISIONS = ("fp32", "bf16")
@@ -86,7 +86,7 @@ def ddp_trial(plan: BenchPlan) -> dict[str, Any]:
     """The smoke study with one GPU per Train worker (2 workers): trial start and overhead."""
     import dataclasses
 
-    from study import bench_study
+    from study.bench import study as bench_study
 
     real = bench_study.study_config
 

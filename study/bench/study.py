@@ -24,8 +24,8 @@ from unittest import mock
 from ray.tune import Callback
 from ray.tune.experiment import Trial
 
-from study.bench_common import BenchPlan, say, study_config
-from study.bench_report import median, ratio
+from study.bench.common import BenchPlan, say, study_config
+from study.bench.report import median, ratio
 from study.config import StudyConfig
 
 KEPT = ("epoch", "time_train_s", "time_eval_s", "first_step_at", "loop_start_at", "final")

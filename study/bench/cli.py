@@ -1,6 +1,6 @@
 """python -m study.bench: the study's performance figures, measured side by side, into results/bench.json.
 
-Sections (each in its own module, study/bench_<section>.py):
+Sections (each in its own module, study/bench/<section>.py):
   train   slices/s of every trainable family in the study's Ray Train loop (1 worker) / a plain PyTorch loop
   data    slices/s of the slice cache + DataLoader / tensors in memory; memory of 1 and 4 concurrent readers
   study   wall time of the smoke study / time inside the workers' train+eval loops; trial start to first step
@@ -16,16 +16,18 @@ run, so a busy machine slows both sides alike; the load average is recorded with
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 import time
 import traceback
 from pathlib import Path
 from typing import Any
 
-from study.bench_common import REPO, BenchPlan, device_name, say
-from study.bench_report import format_table, git_commit, load_average, ratio, table_rows, target_for, write_bench_json
+from study.bench.common import REPO, BenchPlan, device_name, say, slice_cache
+from study.bench.report import format_table, git_commit, load_average, ratio, table_rows, target_for, write_bench_json
 
 SECTIONS = ("train", "data", "study", "stage", "search", "detect", "gpu")
+CACHE_SECTIONS = ("train", "data", "search")  # sections measured on the slice cache
 DEFAULT_OUT = REPO / "results" / "bench.json"
 
 
@@ -53,36 +55,12 @@ def _sections(text: str) -> list[str]:
 
 
 def run_section(name: str, plan: BenchPlan) -> dict[str, Any]:
-    """One section's figures (imports are lazy: `--help` and the unit tests stay light)."""
-    from study.bench_common import slice_cache
-
-    if name == "train":
-        from study import bench_train
-
-        return bench_train.run(plan, slice_cache())
-    if name == "data":
-        from study import bench_data
-
-        return bench_data.run(plan, slice_cache())
-    if name == "study":
-        from study import bench_study
-
-        return bench_study.run(plan)
-    if name == "stage":
-        from study import bench_stage
-
-        return bench_stage.run(plan)
-    if name == "search":
-        from study import bench_search
-
-        return bench_search.run(plan, slice_cache())
-    if name == "gpu":
-        from study import bench_gpu
-
-        return bench_gpu.run(plan)
-    from study import bench_detect
-
-    return bench_detect.run(plan)
+    """One section's figures (its module, study/bench/<name>.py, is imported here: `--help` and the unit tests
+    stay light)."""
+    section = importlib.import_module(f"study.bench.{name}")
+    if name in CACHE_SECTIONS:
+        return section.run(plan, slice_cache())
+    return section.run(plan)
 
 
 def derived(figures: dict[str, Any]) -> dict[str, float]:
@@ -143,7 +121,3 @@ def main(argv: list[str] | None = None) -> int:
         print(f"sections that failed: {', '.join(failed)} (errors above and in the JSON)", file=sys.stderr)
     misses = missed(figures)
     return 1 if failed or (args.check and misses) else 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -23,8 +23,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from study.bench_common import DEFAULT_CONFIG, SMOKE_CONFIG, BenchPlan, environment, say, study_config
-from study.bench_report import median, ratio
+from study.bench.common import DEFAULT_CONFIG, SMOKE_CONFIG, BenchPlan, environment, say, study_config
+from study.bench.report import median, ratio
 
 BUCKET = "bench-brain-mri"
 CREDENTIALS = {  # dummy keys for the local server; nothing else is ever contacted

@@ -22,8 +22,8 @@ from typing import Any
 
 from ray.train import UserCallback
 
-from study.bench_common import BenchPlan, say, torch_threads, trainable_families
-from study.bench_report import median, rates, ratio, steady
+from study.bench.common import BenchPlan, say, torch_threads, trainable_families
+from study.bench.report import median, rates, ratio, steady
 
 BATCH_SIZE = 64  # the study's default batch size (study.trial.DEFAULT_BATCH_SIZE)
 IMAGE_SIZE = 32
@@ -133,7 +133,7 @@ def family_figures(plain: list[tuple[int, float]], ray: list[dict[str, Any]]) ->
 
 def run(plan: BenchPlan, cache: Path) -> dict[str, Any]:
     """Section figures: train_ratio_<family>, plus each loop's slices/s and the eval share of an epoch."""
-    from study.bench_common import local_ray
+    from study.bench.common import local_ray
 
     families = list(plan.families or trainable_families())
     figures: dict[str, Any] = {}

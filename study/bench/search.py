@@ -23,8 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from study.bench_common import BenchPlan, say, torch_threads
-from study.bench_report import budget_share, median, median_share
+from study.bench.common import BenchPlan, say, torch_threads
+from study.bench.report import budget_share, median, median_share
 
 OBJECTIVE = "pixel_auroc"
 REDUCTION_FACTOR = 4  # Ray's ASHAScheduler default, which study.search.make_scheduler keeps

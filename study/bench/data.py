@@ -9,7 +9,7 @@ Delivery (slices/s, one process, batches of 64 drawn in random order, the train 
   scoring reads them.
 Rounds alternate the four so load on the shared machine hits each alike; medians over rounds.
 
-Memory: 1 and 4 processes (`python -m study.bench_data --hold CACHE`) each iterate the train split through
+Memory: 1 and 4 processes (`python -m study.bench.data --hold CACHE`) each iterate the train split through
 SliceDataset and stay alive while /proc/<pid>/smaps_rollup (RSS, PSS) and the cache files' own mappings
 in /proc/<pid>/smaps are read. RSS counts every resident page a process maps, shared or not; PSS splits
 each shared page between the processes mapping it, so the memory-mapped cache counts once per node.
@@ -25,8 +25,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from study.bench_common import BenchPlan, say, torch_threads
-from study.bench_report import median, ratio
+from study.bench.common import BenchPlan, say, torch_threads
+from study.bench.report import median, ratio
 
 BATCH = 64
 SPLIT = "train"
@@ -140,14 +140,14 @@ def _measure(pid: int, cache: Path) -> dict[str, float]:
 
 def resident(cache: Path, processes: int) -> dict[str, float]:
     """Median per-process memory (MB) of ``processes`` concurrent readers of the train split."""
-    command = [sys.executable, "-m", "study.bench_data", "--hold", str(cache)]
+    command = [sys.executable, "-m", "study.bench.data", "--hold", str(cache)]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}  # one torch thread, as a study worker
     pipes = {"stdin": subprocess.PIPE, "stdout": subprocess.PIPE, "text": True, "env": env}
     children = [subprocess.Popen(command, **pipes) for _ in range(processes)]
     try:
         for child in children:
             if child.stdout.readline().strip() != "ready":
-                raise RuntimeError(f"bench_data --hold (pid {child.pid}) did not start")
+                raise RuntimeError(f"study.bench.data --hold (pid {child.pid}) did not start")
         found = [_measure(child.pid, cache) for child in children]
     finally:
         for child in children:
