@@ -3,14 +3,12 @@
 The block (see cluster/gpu.yaml) names the object store, the two dataset prefixes, the per-node cache
 folder, where Ray keeps checkpoints, and where MLflow and Optuna keep their records. Credentials never live
 there: boto3 finds them in the environment or the instance's role, databases in ~/.pgpass or PGPASSWORD.
-``s3_client`` opens the store the block names.
+``trainables.data.s3`` opens the store the block names.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import os
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
@@ -19,111 +17,14 @@ from urllib.parse import urlparse
 import yaml
 
 from study.config import ConfigError, StudyConfig
+from trainables.data.s3 import DEFAULT_BACKEND_STORE, ClusterStudy, parse_s3_uri
 
 BOOTSTRAP_CONFIG = Path("~/ray_bootstrap_config.yaml")  # Ray's copy of the cluster YAML on a `ray up` head
 BLOCK = "metadata.study"
-DEFAULT_BACKEND_STORE = "sqlite:///~/mlflow/mlflow.db"  # the head's MLflow server: on the head's disk
-DEFAULT_CONCURRENCY = 8  # parallel transfers per node
 
 
 class ClusterConfigError(ConfigError):
     """A cluster YAML whose ``metadata.study`` block cannot be used; the message names the file and key."""
-
-
-@dataclass(frozen=True)
-class ClusterStudy:
-    """The ``metadata.study`` block of one cluster YAML, validated."""
-
-    endpoint_url: str | None  # S3-compatible endpoint (MinIO, Ceph); None = AWS S3
-    region: str | None  # S3 region; None lets boto3 decide (environment, profile)
-    healthy_uri: str  # s3://bucket/prefix/ of the healthy cohort (HCP, BraTS or manifest layout)
-    lesion_uri: str  # s3://bucket/prefix/ of the lesion cohort (BraTS layout)
-    cache_dir: Path  # per-node folder the data is staged into, shared by every trial on that node
-    mlflow_tracking_uri: str | None  # tracking URI the driver logs to; None keeps the study config's
-    source: Path  # the YAML this came from, for messages
-    ray_storage: str | None = None  # Tune/Train state and checkpoints (s3://... or a shared folder); None: config's
-    optuna_storage: str | None = None  # Optuna RDB URL (sqlite, postgresql); None: the config's (SQLite on the head)
-    mlflow_backend_store: str = DEFAULT_BACKEND_STORE  # what the head's MLflow server keeps runs in
-    mlflow_artifacts: str | None = None  # where that server puts artifacts (s3://...); None: beside its store
-
-    @property
-    def label(self) -> str:
-        """The store, for messages: its endpoint, or AWS S3 and the region."""
-        return self.endpoint_url or f"AWS S3 ({self.region or 'default region'})"
-
-
-def parse_s3_uri(uri: str) -> tuple[str, str]:
-    """Split ``s3://bucket/some/prefix`` into ``("bucket", "some/prefix/")``.
-
-    The prefix is a folder: it gains a trailing ``/`` (so ``hcp`` never matches ``hcp2/``), and is ``""``
-    for the whole bucket. Raises ValueError for anything but an s3:// URI with a bucket name.
-    """
-    if not isinstance(uri, str) or not uri.startswith("s3://"):
-        raise ValueError(f"expected an s3://bucket/prefix URI, got {uri!r}")
-    bucket, _, prefix = uri[len("s3://") :].partition("/")
-    if not bucket:
-        raise ValueError(f"expected an s3://bucket/prefix URI with a bucket name, got {uri!r}")
-    prefix = prefix.strip("/")
-    return bucket, f"{prefix}/" if prefix else ""
-
-
-def s3_client(study: ClusterStudy, probe: bool = False, concurrency: int = DEFAULT_CONCURRENCY) -> Any:
-    """A boto3 S3 client for the study's store. ``probe`` fails fast: short timeouts and a single attempt."""
-    from botocore.config import Config
-
-    if probe:  # first call: an unreachable endpoint or a bad key should answer in seconds, not minutes
-        config = Config(connect_timeout=3, read_timeout=10, retries={"mode": "standard", "total_max_attempts": 1})
-    else:
-        retries = {"mode": "standard", "total_max_attempts": 5}
-        config = Config(connect_timeout=10, read_timeout=60, retries=retries, max_pool_connections=concurrency + 2)
-    region = study.region
-    if study.endpoint_url is not None:
-        # MinIO/Ceph serve buckets as paths, not as DNS names; SigV4 still needs some region. Their S3 APIs may
-        # not know the CRC checksums botocore adds to every request by default: send and check them only when
-        # an operation requires it
-        checksums = {"request_checksum_calculation": "when_required", "response_checksum_validation": "when_required"}
-        config = config.merge(Config(s3={"addressing_style": "path"}, **checksums))
-        region = region or "us-east-1"
-    with _SESSION_LOCK:  # a session is not thread-safe; the clients it makes are
-        return _session().client("s3", endpoint_url=study.endpoint_url, region_name=region, config=config)
-
-
-_SESSION_LOCK = threading.Lock()
-_SESSIONS: dict[tuple, Any] = {}
-_CREDENTIAL_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE",
-                   "AWS_DEFAULT_PROFILE", "AWS_SHARED_CREDENTIALS_FILE", "AWS_CONFIG_FILE")  # fmt: skip
-
-
-def _session() -> Any:
-    """This process's boto3 session (call under _SESSION_LOCK), made again when the credentials' source changed.
-
-    One session per process: each new one parses botocore's endpoint and service files again (about 0.5 s
-    per client on 2 cores). A session keeps the keys it first resolved, so the key is the credential source:
-    the environment's keys and profile names and the shared files' modification times. A rotated key in the
-    environment or in ~/.aws/credentials gets a fresh session; an instance role's or SSO's credentials
-    refresh themselves inside the session.
-    """
-    import boto3  # here: reading a YAML should not pay for boto3
-
-    key = tuple(os.environ.get(name) for name in _CREDENTIAL_ENV) + tuple(_stamp(path) for path in _aws_files())
-    session = _SESSIONS.get(key)
-    if session is None:
-        _SESSIONS.clear()
-        session = _SESSIONS[key] = boto3.session.Session()
-    return session
-
-
-def _aws_files() -> tuple[Path, Path]:
-    credentials = os.environ.get("AWS_SHARED_CREDENTIALS_FILE", "~/.aws/credentials")
-    return Path(credentials).expanduser(), Path(os.environ.get("AWS_CONFIG_FILE", "~/.aws/config")).expanduser()
-
-
-def _stamp(path: Path) -> tuple[int, int] | None:
-    try:
-        stat = path.stat()
-    except OSError:
-        return None
-    return stat.st_mtime_ns, stat.st_size
 
 
 def read_study_block(path: str | Path) -> ClusterStudy:
@@ -251,7 +152,7 @@ def cluster_settings(config: StudyConfig, study: ClusterStudy) -> StudyConfig:
 
 def stage_cluster_data(config: StudyConfig, study: ClusterStudy, progress: Any = print) -> StudyConfig:
     """Stage the cluster's datasets on this node; ``config`` with ``data.healthy``/``data.lesion`` reading them."""
-    from study.stage import stage_dataset  # boto3 is imported only when a cluster is used
+    from trainables.data.staging import stage_dataset  # boto3 is imported only when a cluster is used
 
     staged = stage_dataset(study, study.cache_dir, progress=progress, modality=config.data.modality)
     data = dataclasses.replace(config.data, healthy=str(staged.healthy_dir), lesion=str(staged.lesion_dir))
@@ -261,7 +162,7 @@ def stage_cluster_data(config: StudyConfig, study: ClusterStudy, progress: Any =
 def apply_cluster(config: StudyConfig, cluster_yaml: str | Path, progress: Any = print) -> StudyConfig:
     """Both of the above: the block's settings, and the data staged on this node (no MLflow probe: see run.py).
 
-    Raises ClusterConfigError or stage.StageError.
+    Raises ClusterConfigError or trainables.data.s3.StageError.
     """
     study = read_study_block(cluster_yaml)
     return stage_cluster_data(cluster_settings(config, study), study, progress)

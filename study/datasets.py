@@ -21,10 +21,10 @@ from mlflow.entities import Dataset, DatasetInput, InputTag
 from mlflow.types import Schema, TensorSpec
 from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
-from study.cluster import ClusterStudy
 from study.config import StudyConfig
 from study.data import synthetic_folder
 from trainables.data.cache import SPLITS, read_meta
+from trainables.data.s3 import ClusterStudy
 from trainables.data.synthetic import GENERATOR_VERSION
 
 CONTEXTS = {"train": "training", "val": "validation", "test": "test"}  # MLflow's dataset contexts per split

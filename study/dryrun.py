@@ -20,8 +20,9 @@ from typing import Any
 
 import yaml
 
-from study.cluster import ClusterConfigError, ClusterStudy, cluster_settings, parse_s3_uri, read_study_block
+from study.cluster import ClusterConfigError, cluster_settings, read_study_block
 from study.config import ConfigError, StudyConfig, load_config
+from trainables.data.s3 import ClusterStudy, parse_s3_uri
 
 HEAD = "head"  # how the plan names the trial process's place (trials_on_head)
 
@@ -123,8 +124,7 @@ def _check_data(dry: DryRun) -> None:
         where = f"{data.healthy} and {data.lesion}" if data.healthy else f"synthetic cohort under {data.root}"
         dry.facts["data"] = f"{where} (this machine)"
         return
-    from study.cluster import s3_client
-    from study.stage import StageError, check_buckets, list_prefix
+    from trainables.data.s3 import StageError, check_buckets, list_prefix, s3_client
 
     study = dry.cluster
     uris = (study.healthy_uri, study.lesion_uri)
@@ -222,12 +222,12 @@ def _probe(storage: Any, cluster: ClusterStudy | None) -> None:
     """
     from botocore.exceptions import BotoCoreError, ClientError
 
-    from study.stage import _explain
+    from trainables.data.s3 import explain_error
 
     bucket, _, prefix = storage.root.partition("/")
     key = f"{prefix}/.dry-run-probe-{uuid.uuid4().hex}"
     if cluster is not None:
-        from study.cluster import s3_client
+        from trainables.data.s3 import s3_client
 
         client = s3_client(cluster, probe=True)
     else:  # ray_storage from the study config alone: boto3 reads AWS_ENDPOINT_URL, the profile or the role
@@ -238,7 +238,7 @@ def _probe(storage: Any, cluster: ClusterStudy | None) -> None:
         client.put_object(Bucket=bucket, Key=key, Body=b"dry run")
         client.delete_object(Bucket=bucket, Key=key)
     except (BotoCoreError, ClientError) as err:
-        raise Problem(f"ray_storage {storage.uri(storage.root)} is not writable: {_explain(err, bucket)}") from err
+        raise Problem(f"ray_storage {storage.uri(storage.root)} is not writable: {explain_error(err, bucket)}") from err
 
 
 def _worker_node_types(dry: DryRun) -> list[str]:

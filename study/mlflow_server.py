@@ -21,7 +21,8 @@ import urllib.request
 from pathlib import Path
 from urllib.parse import urlparse
 
-from study.cluster import BOOTSTRAP_CONFIG, ClusterConfigError, ClusterStudy, read_study_block
+from study.cluster import BOOTSTRAP_CONFIG, ClusterConfigError, read_study_block
+from trainables.data.s3 import ClusterStudy
 
 DEFAULT_DIR = Path("~/mlflow")
 DEFAULT_PORT = 5000

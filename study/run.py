@@ -19,7 +19,6 @@ from typing import TYPE_CHECKING, Any
 
 from study.cluster import (
     BOOTSTRAP_CONFIG,
-    ClusterStudy,
     cluster_settings,
     default_cluster_yaml,
     mlflow_ui_hint,
@@ -27,10 +26,10 @@ from study.cluster import (
     stage_cluster_data,
 )
 from study.config import ConfigError, StudyConfig, load_config
-from study.stage import StageError
 from study.storage import RayStorage, ray_storage
 from study.tracking import TrackingError
 from trainables.data.errors import DataError
+from trainables.data.s3 import ClusterStudy, StageError
 
 if TYPE_CHECKING:
     from mlflow.entities import DatasetInput

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-from study.cluster import ClusterStudy, parse_s3_uri
 from study.config import ConfigError, StudyConfig
+from trainables.data.s3 import ClusterStudy, parse_s3_uri
 
 ENDPOINT_VARIABLES = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")  # as boto3 reads them, service-specific first
 REGION_VARIABLES = ("AWS_REGION", "AWS_DEFAULT_REGION")

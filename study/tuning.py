@@ -13,12 +13,12 @@ from ray import tune
 from ray.tune import Callback
 
 from search_spaces import define_by_run
-from study.cluster import ClusterStudy
 from study.config import StudyConfig
-from study.node_data import NodeData
 from study.search import make_scheduler, make_searcher
 from study.storage import RayStorage, ray_storage
 from study.trial import TrialSetup, run_trial
+from trainables.data.node_cache import NodeData
+from trainables.data.s3 import ClusterStudy
 
 HEAD_RESOURCE = "node:__internal_head__"  # a resource only Ray's head node has (1 of it)
 # Secrets Ray Tune would copy from the driver's environment into every trial actor's runtime_env.

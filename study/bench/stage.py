@@ -1,9 +1,9 @@
-"""Bench section `stage`: `study.stage.stage_dataset` from an S3-compatible server against a plain boto3
+"""Bench section `stage`: `trainables.data.staging.stage_dataset` from an S3-compatible server against a plain boto3
 download of the same objects with the same concurrency.
 
 The bench starts moto's S3 server as a child process on 127.0.0.1 (its own process, so the server does not
 share our interpreter lock with the downloads being timed), seeds a bucket with a synthetic cohort through
-`study.stage.upload_cohort`, then alternates: a staging into an empty cache folder, and a plain download
+`trainables.data.staging.upload_cohort`, then alternates: a staging into an empty cache folder, and a plain download
 (one boto3 client, list both prefixes, `download_file` per object on a pool of the same size) into another.
 Both timings include creating the client and listing; MB/s are medians over repeats. Finally a second
 staging into a warm cache must download nothing (`restage_bytes`).
@@ -109,15 +109,15 @@ def _timed(fn: Any, *args: Any, **kwargs: Any) -> tuple[Any, float]:
 
 
 def _stage_rate(study: Any, folder: Path) -> float:
-    from study.cluster import DEFAULT_CONCURRENCY
-    from study.stage import stage_dataset
+    from trainables.data.s3 import DEFAULT_CONCURRENCY
+    from trainables.data.staging import stage_dataset
 
     staged, seconds = _timed(stage_dataset, study, folder, concurrency=DEFAULT_CONCURRENCY)
     return staged.downloaded_bytes / 1e6 / seconds
 
 
 def _plain_rate(endpoint: str, folder: Path) -> float:
-    from study.cluster import DEFAULT_CONCURRENCY
+    from trainables.data.s3 import DEFAULT_CONCURRENCY
 
     nbytes, seconds = _timed(plain_download, endpoint, ["hcp/", "brats/"], folder, DEFAULT_CONCURRENCY)
     return nbytes / 1e6 / seconds
@@ -144,7 +144,7 @@ def run(plan: BenchPlan) -> dict[str, Any]:
     """Section figures: staging_ratio, both MB/s, the bytes of the cohort and restage_bytes."""
     from study.cluster import read_study_block
     from study.data import data_folders
-    from study.stage import stage_dataset, upload_cohort
+    from trainables.data.staging import stage_dataset, upload_cohort
 
     config = study_config(SMOKE_CONFIG if plan.quick else DEFAULT_CONFIG)
     healthy, _ = data_folders(config)  # the synthetic cohort (generated once): DIR/hcp and DIR/brats

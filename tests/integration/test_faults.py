@@ -29,8 +29,8 @@ from study.config import load_config
 from study.data import prepare_data
 from study.results import read_trials_csv
 from study.run import main, run_study
-from study.stage import stage_dataset, upload_cohort
 from trainables.data.nifti import load_volume
+from trainables.data.staging import stage_dataset, upload_cohort
 from trainables.data.synthetic import generate_cohort
 
 if TYPE_CHECKING:

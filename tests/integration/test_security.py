@@ -30,7 +30,7 @@ from mlflow.tracking import MlflowClient
 from study.cluster import read_study_block
 from study.config import TrainingConfig, load_config
 from study.data import data_folders
-from study.stage import upload_cohort
+from trainables.data.staging import upload_cohort
 
 if TYPE_CHECKING:
     from conftest import MlflowServer  # tests/conftest.py

@@ -16,10 +16,12 @@ from pathlib import Path
 import boto3
 import pytest
 
-from study.cluster import ClusterStudy, apply_cluster, read_study_block
+from study.cluster import apply_cluster, read_study_block
 from study.config import StudyConfig
-from study.stage import MANIFEST, StageError, check_buckets, main, stage_dataset, upload_cohort
+from study.stage import main
 from trainables.data.layouts import discover_subjects
+from trainables.data.s3 import ClusterStudy, StageError, check_buckets
+from trainables.data.staging import MANIFEST, stage_dataset, upload_cohort
 from trainables.data.synthetic import generate_cohort
 
 N_FILES = 2 + 3 + 1  # 2 healthy subjects (one T2 each) + 1 BraTS case (t2, flair, seg) + appearance.csv

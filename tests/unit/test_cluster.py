@@ -12,15 +12,9 @@ import pytest
 import yaml
 from ray.autoscaler._private.util import prepare_config, validate_config
 
-from study.cluster import (
-    ClusterConfigError,
-    cluster_settings,
-    default_cluster_yaml,
-    mlflow_ui_hint,
-    parse_s3_uri,
-    read_study_block,
-)
+from study.cluster import ClusterConfigError, cluster_settings, default_cluster_yaml, mlflow_ui_hint, read_study_block
 from study.config import StudyConfig
+from trainables.data.s3 import parse_s3_uri
 
 CLUSTER_DIR = Path(__file__).parents[2] / "cluster"
 CLUSTER_YAMLS = sorted(CLUSTER_DIR.glob("*.yaml"))

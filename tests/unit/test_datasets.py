@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from study.cluster import ClusterStudy
 from study.config import StudyConfig
 from study.datasets import evaluation_inputs, split_inputs, study_cohort
 from trainables.data.cache import SplitConfig, prepare_slice_cache, read_meta
 from trainables.data.preprocess import PreprocessConfig
+from trainables.data.s3 import ClusterStudy
 from trainables.data.synthetic import GENERATOR_VERSION, ensure_cohort
 
 HEALTHY, LESION = 6, 4  # the cohort tests/unit/test_splits.py builds too (shared through pytest's base folder)

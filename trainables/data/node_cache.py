@@ -12,9 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from study.cluster import ClusterStudy
 from trainables.data.cache import SplitConfig, prepare_slice_cache
 from trainables.data.preprocess import PreprocessConfig
+from trainables.data.s3 import ClusterStudy
 
 
 @dataclass(frozen=True)
@@ -32,7 +32,7 @@ class NodeData:
             return self.cache_dir
         if self.cluster is None:
             raise FileNotFoundError(f"{self.cache_dir}: slice cache not on this node and no cluster storage to stage")
-        from study.stage import stage_dataset  # boto3 only where staging happens
+        from trainables.data.staging import stage_dataset  # boto3 only where staging happens
 
         pre = PreprocessConfig(**self.preprocess)
         staged = stage_dataset(self.cluster, self.cluster.cache_dir, modality=pre.modality)
