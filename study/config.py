@@ -132,7 +132,7 @@ def load_config(path: str | Path | None = None) -> StudyConfig:
 def validate(config: StudyConfig) -> None:
     """Check cross-field rules; raise ConfigError naming the offending key."""
     from search_spaces import space_names  # lazy: keeps `import study.config` light
-    from trainables.families import family_names
+    from trainables.families import family_names, searchable_family_names
 
     where = config.source
 
@@ -144,8 +144,8 @@ def validate(config: StudyConfig) -> None:
     for name in config.families:
         if name not in family_names():
             fail("families", f"unknown family '{name}'; known: {', '.join(family_names())}")
-        if name == "threshold":
-            fail("families", "'threshold' has nothing to tune: every study reports it as its baseline row")
+        if name not in searchable_family_names():
+            fail("families", f"'{name}' has nothing to tune: every study reports it as its baseline row")
         if name not in space_names():
             fail("families", f"family '{name}' has no search space in search_spaces/")
     if not config.objectives:

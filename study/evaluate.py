@@ -22,8 +22,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from study.models import RUN_ID, reference_name
 from study.score import add_model_arguments, open_detector
+from study.tracking.models import RUN_ID, reference_name
 from trainables.data.errors import DataError
 from trainables.inference import FolderEvaluation, ModelError, evaluate_folder
 from trainables.metric_names import DETECTION_METRICS

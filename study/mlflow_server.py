@@ -21,7 +21,7 @@ import urllib.request
 from pathlib import Path
 from urllib.parse import urlparse
 
-from study.cluster import BOOTSTRAP_CONFIG, ClusterConfigError, read_study_block
+from study.cluster.block import BOOTSTRAP_CONFIG, ClusterConfigError, read_study_block
 from trainables.data.s3 import ClusterStudy
 
 DEFAULT_DIR = Path("~/mlflow")

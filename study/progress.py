@@ -9,7 +9,7 @@ from ray.tune import Callback
 from ray.tune.experiment import Trial
 
 from study.results import failure_reason
-from study.tracking import trial_label
+from study.tracking.runs import trial_label
 
 SHOWN_METRICS = ("val_slice_auroc", "val_pixel_auroc")
 

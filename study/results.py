@@ -24,7 +24,6 @@ JOURNAL = "trials.jsonl"
 TRIALS_CSV = "trials.csv"
 # Trial statuses: completed (all epochs, test scored), stopped_early (by the scheduler: not a fully
 # trained point), failed (error or divergence, with the reason), baseline (no training, e.g. threshold).
-STATUSES = ("completed", "stopped_early", "failed", "baseline")
 
 
 def failure_reason(trial: Trial) -> str:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from study.cluster import (
+from study.cluster.block import (
     BOOTSTRAP_CONFIG,
     cluster_settings,
     default_cluster_yaml,
@@ -25,9 +25,9 @@ from study.cluster import (
     read_study_block,
     stage_cluster_data,
 )
+from study.cluster.storage import RayStorage, ray_storage
 from study.config import ConfigError, StudyConfig, load_config
-from study.storage import RayStorage, ray_storage
-from study.tracking import TrackingError
+from study.tracking.runs import TrackingError
 from trainables.data.errors import DataError
 from trainables.data.s3 import ClusterStudy, StageError
 
@@ -100,14 +100,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     cluster_yaml = choose_cluster_yaml(args)
     if args.dry_run:
-        from study.dryrun import dry_run
+        from study.cluster.dryrun import dry_run
 
         return dry_run(args.config, cluster_yaml)
     try:
         config = load_config(args.config)
         cluster = None
         if cluster_yaml is not None:
-            from study.tracking import check_reachable, tracking_uri
+            from study.tracking.runs import check_reachable, tracking_uri
 
             cluster = read_study_block(cluster_yaml)
             config = cluster_settings(config, cluster)  # MLflow, Ray and Optuna storage from the YAML
@@ -127,10 +127,10 @@ def run_study(
     from mlflow.entities import RunStatus
 
     from search_spaces import family_space
-    from study.baseline import baseline_row
     from study.data import prepare_data
-    from study.datasets import split_inputs, study_cohort
-    from study.tracking import check_reachable, open_parent_run, tracking_uri
+    from study.tracking.baseline import baseline_row
+    from study.tracking.datasets import split_inputs, study_cohort
+    from study.tracking.runs import check_reachable, open_parent_run, tracking_uri
     from study.tuning import trial_setup
 
     study_dir = config.study_dir.resolve()
@@ -217,7 +217,7 @@ def _tune(
 ) -> list[dict]:
     from study.progress import ProgressPrinter
     from study.results import TrialRecorder
-    from study.tracking import MlflowTrialLogger, tracking_uri
+    from study.tracking.runs import MlflowTrialLogger, tracking_uri
     from study.tuning import fit, make_tuner
 
     run_ids: dict[str, str] = {}
@@ -243,8 +243,8 @@ def _finish(
     parent_run_id: str,
     cluster: ClusterStudy | None = None,
 ) -> StudyOutcome:
-    from study.report import log_study_report, write_study_report
     from study.results import best_trial, format_table
+    from study.tracking.report import log_study_report, write_study_report
 
     files = write_study_report(config, rows, study_dir)
     log_study_report(client, parent_run_id, config, rows, files)
@@ -267,7 +267,7 @@ def _finish(
 
 def _register(config: StudyConfig, rows: list[dict], client: Any) -> None:
     """Register the winners in MLflow's Model Registry; a registry error is printed, the study's results stand."""
-    from study.models import register_winners, registered_model_name
+    from study.tracking.models import register_winners, registered_model_name
 
     name = registered_model_name(config)
     try:

@@ -44,7 +44,7 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
 
 def resolve_model(model: str, tracking_uri: str, scratch: Path) -> Path:
     """A local model.pt or checkpoint folder for ``model``: the path itself, or the model.pt of an MLflow model."""
-    from study.models import fetch_model_file, model_uri
+    from study.tracking.models import fetch_model_file, model_uri
 
     path = Path(model).expanduser()
     if path.exists():

@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-from study.cluster import ClusterConfigError, default_cluster_yaml, read_study_block
+from study.cluster.block import ClusterConfigError, default_cluster_yaml, read_study_block
 from trainables.data.s3 import DEFAULT_CONCURRENCY, StageError
 from trainables.data.staging import stage_dataset, upload_cohort
 
@@ -32,6 +32,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.cluster is None:
         parser.error("--cluster YAML is required here (~/ray_bootstrap_config.yaml exists only on a `ray up` head)")
     return args
+
 
 def main(argv: list[str] | None = None) -> int:
     """Command line: stage into the node's cache, or (``--upload``) seed the bucket."""

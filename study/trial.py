@@ -14,7 +14,7 @@ from ray.train.torch import TorchConfig, TorchTrainer
 from ray.train.v2._internal import constants as train_env
 from ray.tune.integration.ray_train import TuneReportCallback
 
-from study.storage import RayStorage
+from study.cluster.storage import RayStorage
 from trainables.families import family_hparams
 from trainables.train_loop import spec_from, train_loop_per_worker
 
@@ -43,7 +43,7 @@ class TrialSetup:
     sync_batchnorm: bool  # SyncBatchNorm under DDP (GPU workers)
     max_failures: int  # worker-group restarts from the last checkpoint
     precision: str = "auto"  # training.precision: auto, bf16 or fp32 (resolved on the worker, which sees its device)
-    node_data: Callable[[], str] | None = None  # gives each worker its node's slice cache (study.node_data)
+    node_data: Callable[[], str] | None = None  # gives each worker its node's slice cache (trainables.data.node_cache)
     worker_start_timeout_s: float = 300.0  # seconds the Train controller waits for the worker group to start
 
 

@@ -13,9 +13,9 @@ from ray import tune
 from ray.tune import Callback
 
 from search_spaces import define_by_run
+from study.cluster.storage import RayStorage, ray_storage
 from study.config import StudyConfig
 from study.search import make_scheduler, make_searcher
-from study.storage import RayStorage, ray_storage
 from study.trial import TrialSetup, run_trial
 from trainables.data.node_cache import NodeData
 from trainables.data.s3 import ClusterStudy

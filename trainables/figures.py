@@ -105,34 +105,6 @@ def collect(
     return record
 
 
-def evaluate_with_figures(
-    family: Family,
-    nets: nn.ModuleDict,
-    loader: Iterable,
-    device: torch.device,
-    out_dir: Path,
-    split: str = "test",
-    threshold: float | None = None,
-) -> tuple[dict[str, float], list[Path]]:
-    """Metrics (as ``trainables.metrics.evaluate``) and the figures of one split, from a single pass."""
-    record = collect(family, nets, loader, device)
-    metrics = record.metrics.compute(threshold)
-    return metrics, render(record, metrics, Path(out_dir), split, threshold)
-
-
-def write_figures(
-    family: Family,
-    nets: nn.ModuleDict,
-    loader: Iterable,
-    device: torch.device,
-    out_dir: Path,
-    split: str = "test",
-    threshold: float | None = None,
-) -> list[Path]:
-    """Score ``loader`` and write the split's PNG figures into ``out_dir`` (created); returns their paths."""
-    return evaluate_with_figures(family, nets, loader, device, out_dir, split, threshold)[1]
-
-
 def render(
     record: SplitRecord, metrics: dict[str, float], out_dir: Path, split: str, threshold: float | None = None
 ) -> list[Path]:

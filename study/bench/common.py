@@ -51,14 +51,6 @@ def device_name() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def trainable_families() -> list[str]:
-    """Every registered family with learned weights (the threshold baseline has nothing to train)."""
-    from trainables.families import family_names
-    from trainables.families.registry import family_class
-
-    return [name for name in family_names() if family_class(name).trainable]
-
-
 def study_config(path: Path = SMOKE_CONFIG, **overrides: object) -> StudyConfig:
     """A study YAML with the data root made absolute (the repository's shared cohort and slice cache)."""
     config = load_config(path)

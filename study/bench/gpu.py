@@ -14,8 +14,9 @@ import contextlib
 import time
 from typing import Any
 
-from study.bench.common import BenchPlan, say, trainable_families
+from study.bench.common import BenchPlan, say
 from study.bench.report import median
+from trainables.families import searchable_family_names
 
 SIZES = (64, 128)
 PRECISIONS = ("fp32", "bf16")
@@ -68,7 +69,7 @@ def step_rate(family_name: str, size: int, precision: str, steps: int) -> dict[s
 
 
 def throughput(plan: BenchPlan) -> dict[str, Any]:
-    families = list(plan.families or trainable_families())
+    families = list(plan.families or searchable_family_names())
     figures: dict[str, Any] = {}
     for name in families:
         for size in SIZES:

@@ -142,7 +142,7 @@ def _compare(study: Any, endpoint: str, work: Path, repeats: int) -> tuple[dict[
 
 def run(plan: BenchPlan) -> dict[str, Any]:
     """Section figures: staging_ratio, both MB/s, the bytes of the cohort and restage_bytes."""
-    from study.cluster import read_study_block
+    from study.cluster.block import read_study_block
     from study.data import data_folders
     from trainables.data.staging import stage_dataset, upload_cohort
 

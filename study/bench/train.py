@@ -22,8 +22,9 @@ from typing import Any
 
 from ray.train import UserCallback
 
-from study.bench.common import BenchPlan, say, torch_threads, trainable_families
+from study.bench.common import BenchPlan, say, torch_threads
 from study.bench.report import median, rates, ratio, steady
+from trainables.families import searchable_family_names
 
 BATCH_SIZE = 64  # the study's default batch size (study.trial.DEFAULT_BATCH_SIZE)
 IMAGE_SIZE = 32
@@ -135,7 +136,7 @@ def run(plan: BenchPlan, cache: Path) -> dict[str, Any]:
     """Section figures: train_ratio_<family>, plus each loop's slices/s and the eval share of an epoch."""
     from study.bench.common import local_ray
 
-    families = list(plan.families or trainable_families())
+    families = list(plan.families or searchable_family_names())
     figures: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="bench-train-") as tmp, local_ray(), torch_threads(plan.threads):
         for name in families:

@@ -24,7 +24,7 @@ import pytest
 import ray
 from mlflow.tracking import MlflowClient
 
-from study.cluster import read_study_block
+from study.cluster.block import read_study_block
 from study.config import load_config
 from study.data import prepare_data
 from study.results import read_trials_csv

@@ -16,7 +16,7 @@ from study.run import run_study
 
 
 def _brute_force_front(rows: list[dict], keys: list[tuple[str, str]]) -> set[str]:
-    """Non-dominated completed trials by direct pairwise comparison (independent of study.pareto)."""
+    """Non-dominated completed trials by direct pairwise comparison (independent of study.tracking.pareto)."""
     done = [r for r in rows if r["status"] == "completed"]
 
     def better_or_equal(a: dict, b: dict, key: str, mode: str) -> bool:

@@ -27,7 +27,7 @@ import pytest
 import yaml
 from ray.autoscaler._private.util import prepare_config
 
-from study.cluster import launcher_ray_running
+from study.cluster.block import launcher_ray_running
 
 ROOT = Path(__file__).parents[2]
 AGENT_PORTS = (

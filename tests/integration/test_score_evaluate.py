@@ -205,7 +205,7 @@ def test_mlflow_model_references(trained: Path, planted: Planted, data: Data, tm
     from mlflow.tracking import MlflowClient
 
     from study.config import Objective, StudyConfig
-    from study.models import log_model_file, register_winners
+    from study.tracking.models import log_model_file, register_winners
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = MlflowClient(tracking_uri=uri)

@@ -27,7 +27,7 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from study.cluster import read_study_block
+from study.cluster.block import read_study_block
 from study.config import TrainingConfig, load_config
 from study.data import data_folders
 from trainables.data.staging import upload_cohort

@@ -16,7 +16,7 @@ from pathlib import Path
 import boto3
 import pytest
 
-from study.cluster import apply_cluster, read_study_block
+from study.cluster.block import apply_cluster, read_study_block
 from study.config import StudyConfig
 from study.stage import main
 from trainables.data.layouts import discover_subjects

@@ -12,7 +12,13 @@ import pytest
 import yaml
 from ray.autoscaler._private.util import prepare_config, validate_config
 
-from study.cluster import ClusterConfigError, cluster_settings, default_cluster_yaml, mlflow_ui_hint, read_study_block
+from study.cluster.block import (
+    ClusterConfigError,
+    cluster_settings,
+    default_cluster_yaml,
+    mlflow_ui_hint,
+    read_study_block,
+)
 from study.config import StudyConfig
 from trainables.data.s3 import parse_s3_uri
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from study.config import StudyConfig
-from study.datasets import evaluation_inputs, split_inputs, study_cohort
+from study.tracking.datasets import evaluation_inputs, split_inputs, study_cohort
 from trainables.data.cache import SplitConfig, prepare_slice_cache, read_meta
 from trainables.data.preprocess import PreprocessConfig
 from trainables.data.s3 import ClusterStudy

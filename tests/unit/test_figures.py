@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from trainables.families import Scores, create_family
-from trainables.figures import ExampleSlices, evaluate_with_figures, write_figures
+from trainables.figures import ExampleSlices, collect, render
 from trainables.metrics import evaluate
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -32,6 +32,14 @@ def _loader(n_batches: int = 3, lesions: bool = True) -> list[dict[str, torch.Te
     return batches
 
 
+def _figures(detector, loader, out_dir: Path, split: str, threshold: float | None = None):
+    """Metrics and figures of one split from a single pass, as the training loop draws them."""
+    family, nets = detector
+    record = collect(family, nets, loader, CPU)
+    metrics = record.metrics.compute(threshold)
+    return metrics, render(record, metrics, out_dir, split, threshold)
+
+
 @pytest.fixture(scope="module")
 def detector():
     torch.manual_seed(0)
@@ -40,8 +48,7 @@ def detector():
 
 
 def test_write_figures_writes_three_pngs(detector, tmp_path: Path) -> None:
-    family, nets = detector
-    paths = write_figures(family, nets, _loader(), CPU, tmp_path / "figures", split="test", threshold=1.0)
+    _, paths = _figures(detector, _loader(), tmp_path / "figures", "test", threshold=1.0)
     assert [p.name for p in paths] == ["test_roc.png", "test_examples.png", "test_histograms.png"]
     for path in paths:
         assert path.parent == tmp_path / "figures" and path.read_bytes()[:8] == PNG and path.stat().st_size > 5000
@@ -49,7 +56,7 @@ def test_write_figures_writes_three_pngs(detector, tmp_path: Path) -> None:
 
 def test_one_pass_gives_the_metrics_of_evaluate(detector, tmp_path: Path) -> None:
     family, nets = detector
-    metrics, paths = evaluate_with_figures(family, nets, _loader(), CPU, tmp_path, "val", threshold=0.8)
+    metrics, paths = _figures(detector, _loader(), tmp_path, "val", threshold=0.8)
     reference = evaluate(family, nets, _loader(), CPU, threshold=0.8)
     assert metrics.keys() == reference.keys()
     for key, value in reference.items():
@@ -58,10 +65,9 @@ def test_one_pass_gives_the_metrics_of_evaluate(detector, tmp_path: Path) -> Non
 
 
 def test_split_without_lesions_or_slices(detector, tmp_path: Path) -> None:
-    family, nets = detector
-    paths = write_figures(family, nets, _loader(lesions=False), CPU, tmp_path / "healthy", split="val")
+    _, paths = _figures(detector, _loader(lesions=False), tmp_path / "healthy", "val")
     assert len(paths) == 3 and all(p.read_bytes()[:8] == PNG for p in paths)  # ROC says "undefined"
-    assert write_figures(family, nets, [], CPU, tmp_path / "empty") == []
+    assert _figures(detector, [], tmp_path / "empty", "test")[1] == []
     assert not (tmp_path / "empty").exists()
 
 

@@ -11,12 +11,12 @@ import pytest
 import torch
 import yaml
 
-from study.cluster import read_study_block
+from study.cluster.block import read_study_block
+from study.cluster.storage import ray_storage
 from study.config import ConfigError, StudyConfig, load_config
 from study.evaluate import model_name
-from study.models import aliases, model_uri, reference_name, registered_model_name
 from study.score import resolve_model
-from study.storage import ray_storage
+from study.tracking.models import aliases, model_uri, reference_name, registered_model_name
 from trainables.checkpoint import BestRecord, model_record
 from trainables.families import create_family
 from trainables.inference import ModelError, score_slices

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from study.cluster import read_study_block
+from study.cluster.block import read_study_block
 from study.config import load_config
 
 ROOT = Path(__file__).parents[2]

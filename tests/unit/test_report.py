@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from study.config import Objective, StudyConfig
-from study.report import study_summary, summary_metrics
 from study.results import trial_row
+from study.tracking.report import study_summary, summary_metrics
 
 OBJECTIVES = [Objective("val_pixel_auroc", "max"), Objective("train_seconds", "min")]
 

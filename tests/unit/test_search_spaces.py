@@ -8,7 +8,7 @@ import pytest
 from optuna.distributions import BaseDistribution, CategoricalDistribution
 
 from search_spaces import define_by_run, family_space, space_names
-from trainables.families import create_family, family_hparams, family_names
+from trainables.families import create_family, family_hparams, searchable_family_names
 
 LOOP_KEYS = {"batch_size"}  # read by the training loop, not a family field (study/trial.py LOOP_KEYS)
 # Paper defaults deliberately outside the shared ranges (documented in the space modules).
@@ -36,11 +36,11 @@ def _sample(family: str, seed: int = 0) -> tuple[dict, dict[str, BaseDistributio
     return trial.params, trial.distributions, constants
 
 
-def test_every_family_has_a_space():
-    assert set(family_names()) <= set(space_names())
+def test_every_searchable_family_has_a_space_and_no_other():
+    assert set(searchable_family_names()) == set(space_names())
 
 
-@pytest.mark.parametrize("family", family_names())
+@pytest.mark.parametrize("family", searchable_family_names())
 @pytest.mark.parametrize("seed", range(3))
 def test_sampled_values_are_accepted_by_the_family(family, seed):
     params, _, constants = _sample(family, seed)
@@ -51,13 +51,9 @@ def test_sampled_values_are_accepted_by_the_family(family, seed):
         assert getattr(created.hp, key) == value
 
 
-def test_threshold_has_nothing_to_tune():
-    assert _sample("threshold") == ({}, {}, {})
-
-
 def test_shared_names_have_one_distribution():
     seen: dict[str, tuple[str, BaseDistribution]] = {}
-    for family in family_names():
+    for family in searchable_family_names():
         for name, dist in _sample(family)[1].items():
             first = seen.setdefault(name, (family, dist))
             assert dist == first[1], f"{name!r}: {first[0]} samples {first[1]}, {family} samples {dist}"
@@ -69,7 +65,7 @@ def _contains(dist: BaseDistribution, value) -> bool:
     return dist.low <= value <= dist.high
 
 
-@pytest.mark.parametrize("family", family_names())
+@pytest.mark.parametrize("family", searchable_family_names())
 def test_paper_defaults_lie_in_the_searched_ranges(family):
     defaults = family_hparams(family)
     for name, dist in _sample(family)[1].items():
@@ -80,13 +76,13 @@ def test_paper_defaults_lie_in_the_searched_ranges(family):
 def test_one_study_over_all_families():
     """The multi-family define-by-run space draws every family without Optuna complaining."""
     study = optuna.create_study(sampler=optuna.samplers.TPESampler(seed=0, n_startup_trials=5))
-    space = define_by_run(family_names())
+    space = define_by_run(searchable_family_names())
     drawn = set()
     for i in range(40):
         trial = study.ask()
         drawn.add(space(trial).get("family", trial.params.get("family")))
         study.tell(trial, float(i % 7))
-    assert drawn == set(family_names())
+    assert drawn == set(searchable_family_names())
 
 
 def _enqueued(point: dict) -> dict:

@@ -61,10 +61,6 @@ class CropBox:
         """JSON-ready form (for meta.json)."""
         return {"x0": self.x0, "y0": self.y0, "side": self.side, "shape": list(self.shape)}
 
-    @classmethod
-    def from_dict(cls, d: dict) -> CropBox:
-        """Inverse of :meth:`to_dict`."""
-        return cls(int(d["x0"]), int(d["y0"]), int(d["side"]), tuple(int(n) for n in d["shape"]))
 
 
 @dataclass(frozen=True)

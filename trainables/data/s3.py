@@ -1,5 +1,5 @@
 """The S3-compatible store a cluster study reads its datasets from: the validated ``metadata.study`` block
-(``ClusterStudy``, read from a cluster YAML by ``study.cluster``), one boto3 client per call on one session per
+(``ClusterStudy``, read from a cluster YAML by ``study.cluster.block``), one boto3 client per call on one session per
 process, and the first calls that fail fast with the cause in words.
 
 Credentials never live in the YAML: boto3 finds them in the environment or the instance's role.
@@ -40,6 +40,7 @@ class ClusterStudy:
         """The store, for messages: its endpoint, or AWS S3 and the region."""
         return self.endpoint_url or f"AWS S3 ({self.region or 'default region'})"
 
+
 def parse_s3_uri(uri: str) -> tuple[str, str]:
     """Split ``s3://bucket/some/prefix`` into ``("bucket", "some/prefix/")``.
 
@@ -53,6 +54,7 @@ def parse_s3_uri(uri: str) -> tuple[str, str]:
         raise ValueError(f"expected an s3://bucket/prefix URI with a bucket name, got {uri!r}")
     prefix = prefix.strip("/")
     return bucket, f"{prefix}/" if prefix else ""
+
 
 def s3_client(study: ClusterStudy, probe: bool = False, concurrency: int = DEFAULT_CONCURRENCY) -> Any:
     """A boto3 S3 client for the study's store. ``probe`` fails fast: short timeouts and a single attempt."""
@@ -74,12 +76,14 @@ def s3_client(study: ClusterStudy, probe: bool = False, concurrency: int = DEFAU
     with _SESSION_LOCK:  # a session is not thread-safe; the clients it makes are
         return _session().client("s3", endpoint_url=study.endpoint_url, region_name=region, config=config)
 
+
 _SESSION_LOCK = threading.Lock()
 
 _SESSIONS: dict[tuple, Any] = {}
 
 _CREDENTIAL_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE",
                    "AWS_DEFAULT_PROFILE", "AWS_SHARED_CREDENTIALS_FILE", "AWS_CONFIG_FILE")  # fmt: skip
+
 
 def _session() -> Any:
     """This process's boto3 session (call under _SESSION_LOCK), made again when the credentials' source changed.
@@ -99,9 +103,11 @@ def _session() -> Any:
         session = _SESSIONS[key] = boto3.session.Session()
     return session
 
+
 def _aws_files() -> tuple[Path, Path]:
     credentials = os.environ.get("AWS_SHARED_CREDENTIALS_FILE", "~/.aws/credentials")
     return Path(credentials).expanduser(), Path(os.environ.get("AWS_CONFIG_FILE", "~/.aws/config")).expanduser()
+
 
 def _stamp(path: Path) -> tuple[int, int] | None:
     try:
@@ -114,6 +120,7 @@ def _stamp(path: Path) -> tuple[int, int] | None:
 class StageError(RuntimeError):
     """Staging cannot proceed; the message names the endpoint, bucket, prefix or file and what is wrong."""
 
+
 @dataclass(frozen=True)
 class RemoteObject:
     bucket: str
@@ -124,6 +131,7 @@ class RemoteObject:
     @property
     def id(self) -> str:
         return f"{self.bucket}/{self.key}"
+
 
 def explain_error(err: Exception, where: str) -> StageError:
     """A StageError naming ``where`` for a boto3/botocore error, with the likely cause in words."""
@@ -149,6 +157,7 @@ def explain_error(err: Exception, where: str) -> StageError:
         why = f"{type(err).__name__}: {err}"
     return StageError(f"{where}: {why}")
 
+
 def check_buckets(study: ClusterStudy, buckets: Iterable[str], create: bool = False) -> None:
     """The first calls to the store, failing fast: each bucket exists (or is created) and the keys may use it."""
     from botocore.exceptions import BotoCoreError, ClientError
@@ -169,6 +178,7 @@ def check_buckets(study: ClusterStudy, buckets: Iterable[str], create: bool = Fa
                 client.create_bucket(Bucket=bucket, **({"CreateBucketConfiguration": location} if location else {}))
         except (BotoCoreError, ClientError) as err:
             raise explain_error(err, where) from err
+
 
 def list_prefix(client: Any, study: ClusterStudy, uri: str, allow_empty: bool = False) -> list[RemoteObject]:
     """Every object under ``uri`` (paginated), skipping folder markers; StageError if there are none."""

@@ -55,12 +55,14 @@ class StagedData:
     downloaded_files: int
     skipped_files: int  # already cached with the bucket's size and ETag
 
+
 def local_path(cache_dir: Path, bucket: str, key: str) -> Path:
     """``<cache>/<bucket>/<key>``; refuses keys that would land outside the cache (``..``, absolute)."""
     parts = PurePosixPath(key).parts
     if not parts or key.startswith("/") or any(part in ("..", ".") for part in parts):
         raise StageError(f"s3://{bucket}/{key}: refusing a key that does not map to a file under {cache_dir}")
     return cache_dir.joinpath(bucket, *parts)
+
 
 def _load_manifest(cache_dir: Path) -> dict[str, dict[str, Any]]:
     try:
@@ -69,15 +71,18 @@ def _load_manifest(cache_dir: Path) -> dict[str, dict[str, Any]]:
         return {}  # missing or unreadable: files are fetched again, never trusted unchecked
     return manifest if isinstance(manifest, dict) else {}
 
+
 def _save_manifest(cache_dir: Path, manifest: dict[str, dict[str, Any]]) -> None:
     """Atomic: a reader sees the old or the new manifest, never half of one."""
     tmp = cache_dir / f".{MANIFEST}.{uuid4().hex[:8]}.tmp"
     tmp.write_text(json.dumps(manifest, indent=0, sort_keys=True))
     os.replace(tmp, cache_dir / MANIFEST)
 
+
 def _is_cached(obj: RemoteObject, path: Path, manifest: dict[str, dict[str, Any]]) -> bool:
     entry = manifest.get(obj.id)
     return path.is_file() and path.stat().st_size == obj.size and entry == {"size": obj.size, "etag": obj.etag}
+
 
 def _is_cached_or_adopted(obj: RemoteObject, path: Path, manifest: dict[str, dict[str, Any]]) -> bool:
     """Cached, or a complete file a killed stager renamed into place but never recorded (its manifest is
@@ -92,6 +97,7 @@ def _is_cached_or_adopted(obj: RemoteObject, path: Path, manifest: dict[str, dic
     manifest[obj.id] = {"size": obj.size, "etag": obj.etag}
     return True
 
+
 class _PartNames(OSUtils):
     """s3transfer's file operations, but a download in flight is named ``.<name>.<8 hex>.part``.
 
@@ -105,6 +111,7 @@ class _PartNames(OSUtils):
         path = Path(filename)
         return str(path.with_name(f".{path.name}.{uuid4().hex[:8]}.part"))
 
+
 def _transfer_config(concurrency: int, upload: bool = False) -> Any:
     """s3transfer's settings: ``concurrency`` requests at a time; its retries of a body cut short (on top of
     botocore's request retries) replace the ones this module used to hand-write. Uploads go in one part
@@ -114,6 +121,7 @@ def _transfer_config(concurrency: int, upload: bool = False) -> Any:
 
     single = {"multipart_threshold": SINGLE_PUT_MAX} if upload else {}
     return TransferConfig(max_concurrency=max(1, concurrency), num_download_attempts=5, **single)
+
 
 def _pin_etags(client: Any, objects: list[RemoteObject]) -> None:
     """Every GetObject of a listed object carries ``IfMatch`` with the listed ETag: an object replaced since
@@ -127,6 +135,7 @@ def _pin_etags(client: Any, objects: list[RemoteObject]) -> None:
             params.setdefault("IfMatch", etag)
 
     client.meta.events.register("before-parameter-build.s3.GetObject", add_if_match)
+
 
 class _Listed(BaseSubscriber):
     """Gives s3transfer the listed size and ETag (no HEAD request per object) and reports each completion."""
@@ -144,6 +153,7 @@ class _Listed(BaseSubscriber):
         except BaseException:
             return
         self.done(self.obj)
+
 
 class _Meter:
     """Files and bytes done, said at most once a second and at the end, so a person can follow."""
@@ -167,6 +177,7 @@ class _Meter:
             f"{self.bytes / 1e6 / seconds:.1f} MB/s"
         )
 
+
 def _prune(cache_dir: Path, prefixes: set[str], listed: set[str], manifest: dict[str, dict[str, Any]]) -> None:
     """Drop files this tool staged under ``prefixes`` that the bucket no longer has (never anything else)."""
     for object_id in [i for i in manifest if i not in listed and any(i.startswith(p) for p in prefixes)]:
@@ -174,12 +185,14 @@ def _prune(cache_dir: Path, prefixes: set[str], listed: set[str], manifest: dict
         local_path(cache_dir, bucket, key).unlink(missing_ok=True)
         del manifest[object_id]
 
+
 def _verify(cache_dir: Path, objects: list[RemoteObject], manifest: dict[str, dict[str, Any]]) -> None:
     """Every listed object is on disk with the listed size and ETag; StageError listing the first misfits."""
     bad = [o for o in objects if not _is_cached(o, local_path(cache_dir, o.bucket, o.key), manifest)]
     if bad:
         names = ", ".join(str(local_path(cache_dir, o.bucket, o.key)) for o in bad[:3])
         raise StageError(f"{cache_dir}: {len(bad)} of {len(objects)} staged files do not match the bucket: {names}")
+
 
 def _sync(
     client: Any, cache_dir: Path, objects: list[RemoteObject], concurrency: int, say: Progress
@@ -206,6 +219,7 @@ def _sync(
         _save_manifest(cache_dir, manifest)  # keep what finished even when something failed
     return meter.bytes, len(todo), len(unique) - len(todo), manifest
 
+
 def _download(
     client: Any, cache_dir: Path, todo: list[RemoteObject], concurrency: int, done: Callable[[RemoteObject], None]
 ) -> None:
@@ -226,12 +240,14 @@ def _download(
             except (BotoCoreError, ClientError, OSError) as err:
                 raise explain_error(err, f"s3://{obj.bucket}/{obj.key}") from err
 
+
 def _check_layout(folder: Path, uri: str, modality: str, lesion: bool) -> None:
     """The staged (or to-be-uploaded) folder is a dataset the study can read; StageError otherwise."""
     try:
         discover_subjects(folder, modality, require_lesion_mask=lesion)
     except DataError as err:
         raise StageError(f"{uri} (local {folder}): layout not recognised: {err}") from err
+
 
 @contextmanager
 def _node_lock(cache_dir: Path, say: Progress) -> Iterator[None]:
@@ -246,6 +262,7 @@ def _node_lock(cache_dir: Path, say: Progress) -> Iterator[None]:
         yield
     finally:
         lock.release()
+
 
 def stage_dataset(
     study: ClusterStudy,
@@ -283,6 +300,7 @@ def stage_dataset(
             _check_layout(dirs[role], uri, modality, lesion=role == "lesion")
     return StagedData(dirs["healthy"], dirs["lesion"], nbytes, fetched, skipped)
 
+
 def _md5(path: Path) -> str:
     digest = hashlib.md5(usedforsecurity=False)
     with open(path, "rb") as handle:
@@ -290,11 +308,13 @@ def _md5(path: Path) -> str:
             digest.update(chunk)
     return digest.hexdigest()
 
+
 def _cohort_dir(folder: Path, role: str) -> Path:
     for name in COHORT_DIRS[role]:
         if (folder / name).is_dir():
             return folder / name
     raise StageError(f"{folder}: --upload needs a sub-folder {' or '.join(COHORT_DIRS[role])}/ for the {role} cohort")
+
 
 def _upload_plan(client: Any, study: ClusterStudy, local: Path, uri: str) -> list[tuple[Path, str, str]]:
     """(file, bucket, key) for every visible file under ``local`` not already in the bucket unchanged."""
@@ -310,6 +330,7 @@ def _upload_plan(client: Any, study: ClusterStudy, local: Path, uri: str) -> lis
         if known is None or known.size != path.stat().st_size or known.etag != _md5(path):
             plan.append((path, bucket, key))
     return plan
+
 
 def upload_cohort(
     study: ClusterStudy,

@@ -38,6 +38,11 @@ def family_names() -> list[str]:
     return sorted(_FAMILIES)
 
 
+def searchable_family_names() -> list[str]:
+    """Families a study may search: those with learned weights (the threshold is every study's baseline row)."""
+    return [name for name in family_names() if _FAMILIES[name].trainable]
+
+
 def family_class(name: str) -> type[Family]:
     """The class registered under ``name``; ``ValueError`` listing the known names otherwise."""
     try:

@@ -22,8 +22,8 @@ from trainables.inference import ModelError
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
 
+    from study.cluster.storage import RayStorage
     from study.config import StudyConfig
-    from study.storage import RayStorage
 
 MODEL_PATH = "model"  # runs:/<id>/model
 CHAMPION = "champion"  # alias of the first objective's winner

@@ -17,7 +17,6 @@ from mlflow.tracking import MlflowClient  # noqa: E402
 from mlflow.utils.mlflow_tags import MLFLOW_RUN_NOTE  # noqa: E402
 
 from study.config import StudyConfig  # noqa: E402
-from study.pareto import fronts, write_pareto  # noqa: E402
 from study.results import (  # noqa: E402
     TRIALS_CSV,
     best_by_family,
@@ -28,7 +27,8 @@ from study.results import (  # noqa: E402
     write_trials_csv,
 )
 from study.search import make_storage  # noqa: E402
-from study.tracking import tracking_uri, trial_label  # noqa: E402
+from study.tracking.pareto import fronts, write_pareto  # noqa: E402
+from study.tracking.runs import tracking_uri, trial_label  # noqa: E402
 
 SUMMARY = "summary.md"  # the parent run's summary, also shown as the run's description
 TEST_SHOWN = ("test_pixel_auroc", "test_slice_auroc")  # reported beside each chosen trial, never used to choose

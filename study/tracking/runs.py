@@ -155,11 +155,11 @@ class MlflowTrialLogger(Callback):
         storage: Any = None,
     ) -> None:
         self.uri = uri
-        self.storage = storage  # study.storage.RayStorage the trials' checkpoints are on (None: local folders)
+        self.storage = storage  # study.cluster.storage.RayStorage the trials' checkpoints are on (None: local folders)
         self.parent_run_id = parent_run_id
         self.final_step = epochs + 1
         self.run_ids = run_ids  # trial_id -> MLflow run id, shared with the trial recorder
-        self.inputs = inputs  # the splits every trial trains and is scored on (study.datasets)
+        self.inputs = inputs  # the splits every trial trains and is scored on (study.tracking.datasets)
         self._client: MlflowClient | None = None
         self._system: dict[str, Any] = {}  # trial_id -> MLflow's system metrics monitor of its run (issue 12.8)
 
@@ -228,7 +228,7 @@ class MlflowTrialLogger(Callback):
 
     def _log_checkpoint(self, run_id: str, path: str | None) -> None:
         """Attach the chosen detector (an MLflow model at runs:/<id>/model) and the trial's figures to its run."""
-        from study.models import log_trial_model  # local or S3 checkpoint, fetched with Ray's Checkpoint API
+        from study.tracking.models import log_trial_model  # local or S3 checkpoint, fetched with Ray's Checkpoint API
 
         log_trial_model(self.client, run_id, path, self.storage)
 

@@ -9,10 +9,10 @@ from mlflow.entities import DatasetInput, Metric, RunStatus
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 
-from study.datasets import evaluation_inputs
-from study.models import log_baseline_model
 from study.results import append_row, load_rows, trial_row
-from study.tracking import TRIAL_ID_TAG
+from study.tracking.datasets import evaluation_inputs
+from study.tracking.models import log_baseline_model
+from study.tracking.runs import TRIAL_ID_TAG
 from trainables.baseline import evaluate_untrained
 
 BASELINE_FAMILY = "threshold"

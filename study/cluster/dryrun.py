@@ -20,7 +20,7 @@ from typing import Any
 
 import yaml
 
-from study.cluster import ClusterConfigError, cluster_settings, read_study_block
+from study.cluster.block import ClusterConfigError, cluster_settings, read_study_block
 from study.config import ConfigError, StudyConfig, load_config
 from trainables.data.s3 import ClusterStudy, parse_s3_uri
 
@@ -144,7 +144,7 @@ def _check_mlflow(dry: DryRun) -> None:
     if uri.startswith(("http://", "https://")):
         from mlflow.tracking import MlflowClient
 
-        from study.tracking import TrackingError, check_reachable
+        from study.tracking.runs import TrackingError, check_reachable
 
         try:
             check_reachable(uri)
@@ -195,7 +195,7 @@ def _check_writable(folder: Path, key: str) -> None:
 
 def _check_ray_storage(dry: DryRun) -> None:
     """Where Tune and Train keep state, opened as the study opens it: a probe file written and deleted there."""
-    from study.storage import ray_storage
+    from study.cluster.storage import ray_storage
 
     config = dry.config
     try:
@@ -254,7 +254,7 @@ def _worker_node_types(dry: DryRun) -> list[str]:
 
 
 def _check_resources(dry: DryRun) -> None:
-    from study.resources import check_resources
+    from study.cluster.resources import check_resources
 
     try:
         dry.facts.update(check_resources(dry.config, dry.ray_yaml))
