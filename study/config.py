@@ -16,6 +16,7 @@ from typing import Any
 import yaml
 
 from trainables.metric_names import OBJECTIVE_METRICS
+from trainables.objective import MODES, Objective
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 DEFAULT_CONFIG = CONFIG_DIR / "default.yaml"
@@ -25,12 +26,6 @@ SCHEDULERS = ("none", "asha")
 
 class ConfigError(ValueError):
     """A study config that cannot run; the message names the file and key."""
-
-
-@dataclass
-class Objective:
-    metric: str  # a val_* metric name (model choice never sees test data)
-    mode: str = "max"  # "max" or "min"
 
 
 @dataclass
@@ -154,7 +149,7 @@ def validate(config: StudyConfig) -> None:
         if objective.metric not in OBJECTIVE_METRICS:
             expected = ", ".join(OBJECTIVE_METRICS)
             fail(f"objectives[{i}].metric", f"unknown metric '{objective.metric}'; expected one of {expected}")
-        if objective.mode not in ("max", "min"):
+        if objective.mode not in MODES:
             fail(f"objectives[{i}].mode", f"expected 'max' or 'min', got '{objective.mode}'")
     if config.sampler not in SAMPLERS:
         fail("sampler", f"unknown sampler '{config.sampler}'; expected one of {SAMPLERS}")

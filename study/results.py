@@ -17,8 +17,8 @@ from typing import Any
 from ray.tune import Callback
 from ray.tune.experiment import Trial
 
-from study.config import Objective
 from trainables.metric_names import TEST_METRICS, VAL_METRICS, is_appearance_metric
+from trainables.objective import Objective
 
 JOURNAL = "trials.jsonl"
 TRIALS_CSV = "trials.csv"
@@ -134,11 +134,7 @@ def read_trials_csv(path: Path) -> list[dict[str, Any]]:
 
 def best_trial(rows: list[dict[str, Any]], objective: Objective) -> dict[str, Any] | None:
     """The completed trial with the best final value of the objective (chosen on val), or None."""
-    scored = [r for r in rows if r["status"] == "completed" and finite(r.get(objective.metric))]
-    if not scored:
-        return None
-    pick = max if objective.mode == "max" else min
-    return pick(scored, key=lambda r: r[objective.metric])
+    return objective.best((r for r in rows if r["status"] == "completed"), lambda r: r.get(objective.metric))
 
 
 def best_by_family(rows: list[dict[str, Any]], objective: Objective) -> dict[str, dict[str, Any]]:

@@ -15,13 +15,13 @@ import matplotlib
 matplotlib.use("Agg")  # files only; no display on cluster heads or CI
 import matplotlib.pyplot as plt  # noqa: E402
 
-from study.config import Objective  # noqa: E402
 from study.results import finite, write_trials_csv  # noqa: E402
+from trainables.objective import Objective  # noqa: E402
 
 
 def _oriented(row: dict[str, Any], objectives: list[Objective]) -> tuple[float, ...]:
     """The row's objective values, negated where minimised, so larger is better on every axis."""
-    return tuple(row[o.metric] if o.mode == "max" else -row[o.metric] for o in objectives)
+    return tuple(o.oriented(row[o.metric]) for o in objectives)
 
 
 def dominates(a: tuple[float, ...], b: tuple[float, ...]) -> bool:
@@ -85,8 +85,7 @@ def plot_best_so_far(rows: list[dict[str, Any]], objective: Objective, path: Pat
     """The objective of each completed trial in finishing order, and the best so far."""
     pool = candidates(rows, [objective])
     values = [r[objective.metric] for r in pool]
-    pick = max if objective.mode == "max" else min
-    best = [pick(values[: i + 1]) for i in range(len(values))]
+    best = [objective.best(values[: i + 1], float) for i in range(len(values))]
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.plot(range(1, len(values) + 1), values, "o", alpha=0.6, label="trial")
     ax.plot(range(1, len(best) + 1), best, "-", label="best so far")

@@ -161,9 +161,8 @@ def _winner(row: dict, metric: str, uri: str) -> list[str]:
 def _against_baseline(winner: dict, rows: list[dict], config: StudyConfig) -> list[str]:
     """A warning line where the untrained baseline beats the winner on the first objective (learning bought nothing)."""
     objective = config.objectives[0]
-    sign = 1 if objective.mode == "max" else -1
     baselines = [r for r in rows if r["status"] == "baseline" and finite(r.get(objective.metric))]
-    better = [r for r in baselines if sign * (r[objective.metric] - winner[objective.metric]) > 0]
+    better = [r for r in baselines if objective.better(r[objective.metric], winner[objective.metric])]
     return [
         f"Note: the untrained `{r['family']}` baseline scores better on `{objective.metric}`"
         f" ({format_cell(r[objective.metric])}) than the winner."

@@ -31,9 +31,9 @@ import numpy as np
 import pytest
 import yaml
 
-from study.config import Objective
 from study.results import best_trial, read_trials_csv
 from trainables.data.synthetic import generate_cohort
+from trainables.objective import Objective
 
 ROOT = Path(__file__).parents[2]
 STUDY = "cluster"

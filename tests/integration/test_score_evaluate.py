@@ -204,8 +204,9 @@ def test_mlflow_model_references(trained: Path, planted: Planted, data: Data, tm
     import mlflow.pyfunc
     from mlflow.tracking import MlflowClient
 
-    from study.config import Objective, StudyConfig
+    from study.config import StudyConfig
     from study.tracking.models import log_model_file, register_winners
+    from trainables.objective import Objective
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = MlflowClient(tracking_uri=uri)

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from study.config import Objective, StudyConfig
+from study.config import StudyConfig
 from study.results import trial_row
 from study.tracking.report import study_summary, summary_metrics
+from trainables.objective import Objective
 
 OBJECTIVES = [Objective("val_pixel_auroc", "max"), Objective("train_seconds", "min")]
 
