@@ -41,7 +41,11 @@ class ProgressPrinter(Callback):
         self._say(trial, f"epoch {result.get('epoch')}/{self.epochs} {shown}")
 
     def on_trial_complete(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
-        self._say(trial, "completed")
+        last = trial.last_result or {}
+        if last.get("final"):  # the same rule as the journal's status (study.results)
+            self._say(trial, "completed")
+        else:
+            self._say(trial, f"stopped early by the scheduler after epoch {last.get('epoch', '?')}/{self.epochs}")
 
     def on_trial_error(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
         self._say(trial, f"FAILED: {failure_reason(trial)}")

@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -24,6 +25,27 @@ import yaml
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 # Studies under test start their own local Ray rather than attaching to one a developer left running.
 os.environ["RAY_ADDRESS"] = "local"
+
+
+def _run_on_local_ray(config: Any) -> Any:
+    """``run_study(config)`` on a fresh local Ray of 2 CPUs, shut down afterwards (a Ray left by an earlier test
+    in this process would otherwise be reused with its own resources)."""
+    import ray
+
+    from study.run import run_study  # here: collecting tests should not import Ray and MLflow
+
+    ray.shutdown()
+    ray.init(num_cpus=2, log_to_driver=False)
+    try:
+        return run_study(config)
+    finally:
+        ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def study_on_local_ray() -> Callable[[Any], Any]:
+    """Runs a study in this process as `python -m study.run` would, on its own local Ray; returns its outcome."""
+    return _run_on_local_ray
 
 
 @pytest.fixture(scope="session")

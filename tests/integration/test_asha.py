@@ -7,30 +7,28 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-import ray
 from mlflow.tracking import MlflowClient
 
 from study.config import load_config
 from study.results import read_trials_csv
-from study.run import run_study
 
 
 @pytest.mark.slow  # four trials (about 3 minutes on a busy 2-core machine): run by .ci/run
-def test_asha_stops_weak_trials_and_keeps_them_off_the_front(write_config: Callable[..., Path]) -> None:
+def test_asha_stops_weak_trials_and_keeps_them_off_the_front(
+    write_config: Callable[..., Path], study_on_local_ray: Callable, capsys: pytest.CaptureFixture[str]
+) -> None:
     # 3 epochs, so ASHA's only rung (after epoch 1; max_t is 3 epochs + the final report) can stop a trial.
     config = load_config(write_config(scheduler="asha", num_samples=4, training={"epochs": 3}))
-    ray.shutdown()  # a Ray left by an earlier test in this process would be reused with its own resources
-    ray.init(num_cpus=2, log_to_driver=False)
-    try:
-        outcome = run_study(config)
-    finally:
-        ray.shutdown()
+    outcome = study_on_local_ray(config)
     assert not outcome.interrupted
     rows = [r for r in read_trials_csv(outcome.study_dir / "trials.csv") if r["status"] != "baseline"]
     assert len(rows) == config.num_samples
     stopped = [r for r in rows if r["status"] == "stopped_early"]
     completed = [r for r in rows if r["status"] == "completed"]
     assert stopped and completed and len(stopped) + len(completed) == len(rows), [r["status"] for r in rows]
+    printed = capsys.readouterr().out  # the progress lines say the same as trials.csv
+    assert printed.count("stopped early by the scheduler after epoch 1/3") == len(stopped), printed
+    assert printed.count(": completed") == len(completed), printed
 
     client = MlflowClient(config.mlflow.tracking_uri)
     for row in stopped:  # one epoch, then stopped: no chosen checkpoint, no test score

@@ -9,22 +9,21 @@ over the default suite's per-change budget; CI runs it with `python -m pytest -m
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-import ray
 from mlflow.tracking import MlflowClient
 
 from study.config import DEFAULT_CONFIG, load_config
 from study.results import read_trials_csv
-from study.run import run_study
 from trainables.data.lesions import APPEARANCES
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def default_small(tmp_path_factory: pytest.TempPathFactory, data_root: Path):
+def default_small(tmp_path_factory: pytest.TempPathFactory, data_root: Path, study_on_local_ray: Callable):
     tmp = tmp_path_factory.mktemp("default")
     config = load_config(DEFAULT_CONFIG)
     config.results_dir = str(tmp / "results")
@@ -34,12 +33,7 @@ def default_small(tmp_path_factory: pytest.TempPathFactory, data_root: Path):
     config.num_samples = len(config.points_to_evaluate)  # the paper settings, one trial per family
     config.training.epochs = 1
     config.mlflow.tracking_uri = f"sqlite:///{tmp / 'mlflow.db'}"
-    ray.shutdown()
-    ray.init(num_cpus=2, log_to_driver=False)
-    try:
-        outcome = run_study(config)
-    finally:
-        ray.shutdown()
+    outcome = study_on_local_ray(config)
     return config, outcome
 
 

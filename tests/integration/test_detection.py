@@ -15,14 +15,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-import ray
 import torch
 from torch.utils.data import DataLoader
 
 from study.config import load_config
 from study.data import prepare_data
 from study.results import read_trials_csv
-from study.run import run_study
 from trainables.data.dataset import SliceDataset
 from trainables.families import create_family
 from trainables.metrics import evaluate
@@ -53,7 +51,7 @@ def _untrained(config_path: Path, hparams: dict, seed: int) -> dict[str, float]:
 
 
 def test_trained_vae_beats_the_same_vae_untrained(
-    write_config: Callable[..., Path], capsys: pytest.CaptureFixture[str]
+    write_config: Callable[..., Path], capsys: pytest.CaptureFixture[str], study_on_local_ray: Callable
 ) -> None:
     config_path = write_config(
         num_samples=1,
@@ -63,12 +61,7 @@ def test_trained_vae_beats_the_same_vae_untrained(
         data={"synthetic": {"healthy": 8, "lesion": 4, "seed": 0, "mix": MIX}},
     )
     config = load_config(config_path)
-    ray.shutdown()  # a Ray left by an earlier test in this process would be reused with its own resources
-    ray.init(num_cpus=2, log_to_driver=False)
-    try:
-        outcome = run_study(config)
-    finally:
-        ray.shutdown()
+    outcome = study_on_local_ray(config)
     rows = read_trials_csv(outcome.study_dir / "trials.csv")
     (baseline,) = [r for r in rows if r["status"] == "baseline"]
     (trial,) = [r for r in rows if r["status"] != "baseline"]
@@ -80,9 +73,12 @@ def test_trained_vae_beats_the_same_vae_untrained(
     table = [("threshold baseline", baseline), ("vae untrained", {f"test_{k}": v for k, v in untrained.items()})]
     table.append((f"vae trained {EPOCHS} epochs", trial))
     with capsys.disabled():
-        print(f"\ndetection, seed {SEED}: " + "; ".join(
-            f"{name} pixel AUROC {row['test_pixel_auroc']:.3f} AUPRC {row['test_pixel_auprc']:.3f}"
-            for name, row in table
-        ))
+        print(
+            f"\ndetection, seed {SEED}: "
+            + "; ".join(
+                f"{name} pixel AUROC {row['test_pixel_auroc']:.3f} AUPRC {row['test_pixel_auprc']:.3f}"
+                for name, row in table
+            )
+        )
     assert trial["test_pixel_auroc"] >= untrained["pixel_auroc"] + MARGINS["over_untrained"]
     assert trial["test_pixel_auprc"] >= untrained["pixel_auprc"] * MARGINS["auprc_ratio"]

@@ -7,7 +7,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-import ray
 from mlflow.tracking import MlflowClient
 
 from study.config import load_config
@@ -70,7 +69,7 @@ def test_two_objective_front_matches_brute_force(write_config: Callable[..., Pat
 
 
 @pytest.mark.slow  # four trials (about 3 minutes on a busy 2-core machine): run by .ci/run
-def test_two_family_fronts_match_brute_force(write_config: Callable[..., Path]) -> None:
+def test_two_family_fronts_match_brute_force(write_config: Callable[..., Path], study_on_local_ray: Callable) -> None:
     objectives = [{"metric": "val_pixel_auroc", "mode": "max"}, {"metric": "train_seconds", "mode": "min"}]
     keys = [("val_pixel_auroc", "max"), ("train_seconds", "min")]
     path = write_config(
@@ -82,12 +81,7 @@ def test_two_family_fronts_match_brute_force(write_config: Callable[..., Path]) 
         training={"epochs": 1},
     )
     config = load_config(path)
-    ray.shutdown()  # a Ray left by an earlier test in this process would be reused with its own resources
-    ray.init(num_cpus=2, log_to_driver=False)
-    try:
-        outcome = run_study(config)
-    finally:
-        ray.shutdown()
+    outcome = study_on_local_ray(config)
     assert not outcome.interrupted
 
     rows = [r for r in read_trials_csv(outcome.study_dir / "trials.csv") if r["status"] != "baseline"]

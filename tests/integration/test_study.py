@@ -8,22 +8,21 @@ import io
 import json
 import math
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-import ray
 import torch
 from mlflow.tracking import MlflowClient
 
 from study.config import load_config
 from study.data import prepare_data
-from study.run import run_study
 from trainables.checkpoint import load_model
 from trainables.data.dataset import SliceDataset
 
 
 @pytest.fixture(scope="module")
-def smoke(tmp_path_factory: pytest.TempPathFactory, data_root: Path):
+def smoke(tmp_path_factory: pytest.TempPathFactory, data_root: Path, study_on_local_ray: Callable):
     """Run the smoke study once for every test in this module."""
     tmp = tmp_path_factory.mktemp("smoke")
     config_text = (Path(__file__).parents[2] / "study/configs/smoke.yaml").read_text()
@@ -33,14 +32,11 @@ def smoke(tmp_path_factory: pytest.TempPathFactory, data_root: Path):
     config.results_dir = str(tmp / "results")
     config.data.root = str(data_root)
     config.mlflow.tracking_uri = f"sqlite:///{tmp / 'mlflow.db'}"
-    ray.shutdown()  # a Ray left by an earlier test in this process would be reused with its own resources
-    ray.init(num_cpus=2, log_to_driver=False)
     console = io.StringIO()  # what the study prints, read back by test_console_is_quiet
     try:
         with contextlib.redirect_stdout(console):
-            outcome = run_study(config)
+            outcome = study_on_local_ray(config)
     finally:
-        ray.shutdown()
         (tmp / "console.txt").write_text(console.getvalue())
     return config, outcome
 
