@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import optuna
 from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 from ray.tune.search.optuna import OptunaSearch
 
-from study.config import StudyConfig
+from search_spaces import family_space
+from study.config import ConfigError, StudyConfig
+from trainables.families import family_hparams
+
+# Loop settings a space may draw beside the family's hyperparameters, at their product defaults.
+LOOP_DEFAULTS = {"batch_size": 64}  # the global batch of both papers
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)  # our progress lines say what each trial is
 # A trial restarted by --resume reports its last epoch again; Optuna keeps the first value, as it should.
@@ -66,9 +72,57 @@ def make_searcher(config: StudyConfig, space_fn: Callable) -> OptunaSearch:
         mode=modes[0] if single else modes,
         sampler=make_sampler(config),
         storage=make_storage(config),
-        points_to_evaluate=[dict(p) for p in config.points_to_evaluate] or None,
+        points_to_evaluate=completed_points(config) or None,
         study_name=config.name,
     )
+
+
+def completed_points(config: StudyConfig) -> list[dict[str, Any]]:
+    """``points_to_evaluate``, each completed with every parameter its family's space would draw, at the
+    family's default (its paper's value): a point is the whole setting it names, where the sampler would
+    otherwise draw the parameters it leaves out at random. ConfigError names a value outside its space."""
+    points = []
+    for i, point in enumerate(config.points_to_evaluate):
+        family = point.get("family", config.families[0])
+        where = f"{config.source}: key 'points_to_evaluate[{i}]'"
+        answers = _PointTrial(point, {**LOOP_DEFAULTS, **family_hparams(family)}, where)
+        family_space(family)(answers)
+        unused = sorted(set(point) - set(answers.params) - {"family"})
+        if unused:
+            raise ConfigError(f"{where}: {unused} not drawn by the space of '{family}' (search_spaces/{family}.py)")
+        family_key = {"family": family} if len(config.families) > 1 else {}
+        points.append({**family_key, **answers.params})
+    return points
+
+
+class _PointTrial:
+    """Stands in for an Optuna trial while a space runs: each suggest_* is answered with the point's value, else
+    the default, after a check that the value lies in the suggested range. Branches follow those answers."""
+
+    def __init__(self, point: dict[str, Any], defaults: dict[str, Any], where: str) -> None:
+        self.point, self.defaults, self.where = point, defaults, where
+        self.params: dict[str, Any] = {}
+
+    def _answer(self, name: str, fits: Callable[[Any], bool], expected: str) -> Any:
+        if name not in self.point and name not in self.defaults:
+            raise ConfigError(f"{self.where}: give '{name}' (the family has no default for it)")
+        value = self.point.get(name, self.defaults.get(name))
+        if not fits(value):
+            source = "value" if name in self.point else "default"
+            raise ConfigError(f"{self.where}: '{name}' {source} {value!r} is outside its space ({expected})")
+        self.params[name] = value
+        return value
+
+    def suggest_float(self, name: str, low: float, high: float, *, step: float | None = None, log: bool = False):
+        in_range = lambda v: isinstance(v, int | float) and not isinstance(v, bool) and low <= v <= high  # noqa: E731
+        return self._answer(name, in_range, f"{low}..{high}")
+
+    def suggest_int(self, name: str, low: int, high: int, *, step: int = 1, log: bool = False) -> int:
+        in_range = lambda v: isinstance(v, int) and not isinstance(v, bool) and low <= v <= high  # noqa: E731
+        return self._answer(name, in_range, f"integers {low}..{high}")
+
+    def suggest_categorical(self, name: str, choices: Sequence[Any]) -> Any:
+        return self._answer(name, lambda v: v in choices, f"one of {list(choices)}")
 
 
 def make_scheduler(config: StudyConfig) -> TrialScheduler | None:

@@ -1,0 +1,49 @@
+"""points_to_evaluate are whole settings: what a point leaves out is the family's default (its paper's value),
+never a random draw; a value outside its space, or a key the space never draws, is refused by name."""
+
+from __future__ import annotations
+
+import pytest
+
+from study.config import CONFIG_DIR, ConfigError, StudyConfig, load_config
+from study.search import completed_points
+from trainables.families import searchable_family_names
+
+
+def _points(families: list[str], *points: dict) -> list[dict]:
+    return completed_points(StudyConfig(name="points", families=families, points_to_evaluate=list(points)))
+
+
+def test_the_default_study_tries_each_paper_setting_whole():
+    caae, lran, dae = completed_points(load_config(CONFIG_DIR / "default.yaml"))
+    # the first paper's official code: latent 128, lr 2e-5, 20 critic steps, batch 64; its best lambda
+    assert caae == {"family": "caae", "latent_dim": 128, "lr": 2e-5, "batch_size": 64, "width": 16,
+                    "critic_steps": 20, "gp_weight": 10.0, "adv_weight": 1.0, "latent_weight": 1.0}  # fmt: skip
+    # the second paper: GANomaly's latent 100, lr 2e-3, the GAN term, both latent terms on
+    assert lran["adversarial"] == "gan" and lran["use_zrec"] and lran["use_rank"] and lran["latent_dim"] == 100
+    assert (lran["w_i"], lran["w_a"], lran["w_z"], lran["w_r"], lran["lr"]) == (1.0, 5.0, 1.0, 0.05, 2e-3)
+    assert (dae["noise_res"], dae["noise_std"], dae["lr"]) == (16, 1.4, 1e-4)
+
+
+def test_branches_follow_the_point():
+    (point,) = _points(["lran"], {"use_rank": False, "use_zrec": False})
+    assert "w_r" not in point and "rank_target" not in point and "w_z" not in point
+    assert "family" not in point  # a one-family study's space draws no family
+
+
+@pytest.mark.parametrize("family", searchable_family_names())
+def test_every_family_default_is_a_point_of_its_space(family):
+    (point,) = _points([family, "dae" if family != "dae" else "vae"], {"family": family})
+    assert point["family"] == family and point["batch_size"] == 64
+
+
+def test_a_value_outside_its_space_is_refused_by_name():
+    with pytest.raises(ConfigError, match=r"points_to_evaluate\[0\].*'w_a' value 100.0 is outside its space"):
+        _points(["lran"], {"w_a": 100.0})
+    with pytest.raises(ConfigError, match=r"'latent_weight' value 'one' is outside"):
+        _points(["caae"], {"latent_weight": "one"})
+
+
+def test_a_key_the_space_never_draws_is_refused():
+    with pytest.raises(ConfigError, match=r"\['w_r'\] not drawn by the space of 'lran'"):
+        _points(["lran"], {"use_rank": False, "w_r": 0.1})
