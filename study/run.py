@@ -10,9 +10,11 @@ from __future__ import annotations
 import argparse
 import inspect
 import json
+import logging
 import os
 import shutil
 import sys
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -133,6 +135,7 @@ def run_study(
     from study.tracking.runs import check_reachable, open_parent_run, tracking_uri
     from study.tuning import trial_setup
 
+    quiet_libraries(verbose)
     study_dir = config.study_dir.resolve()
     check_reachable(tracking_uri(config))  # seconds, before any staging, cache building or state reset
     storage = ray_storage(config, cluster)
@@ -164,6 +167,19 @@ def run_study(
     status = RunStatus.KILLED if outcome.interrupted else RunStatus.FINISHED
     client.set_terminated(parent_run_id, RunStatus.to_string(status))
     return outcome
+
+
+def quiet_libraries(verbose: bool) -> None:
+    """Keep the console to our progress lines: MLflow's INFO lines (tables created, each run's system-metrics
+    monitor started and stopped, an input example validated) and its artifact download bars only bury them.
+    ``--verbose`` keeps everything."""
+    if verbose:
+        return
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    # our pyfunc's predict has no type hints on purpose (MLflow would read them as a second schema beside
+    # the signature it is logged with), which MLflow warns about on every model logged
+    warnings.filterwarnings("ignore", message="Add type hints to the `predict` method", category=UserWarning)
 
 
 def _start_state(config: StudyConfig, study_dir: Path, resume: bool, storage: RayStorage) -> str | None:
