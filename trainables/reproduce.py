@@ -31,7 +31,7 @@ import math
 import sys
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -47,35 +47,11 @@ from trainables.data.preprocess import PreprocessConfig
 from trainables.data.synthetic import ensure_cohort
 from trainables.families import Family, Scores, create_family
 from trainables.metrics import DetectionMetrics, unpack_batch
+from trainables.reproduce_runs import LESION, POOLED, RUNS, Run
+from trainables.reproduce_table import write_tables
 
 Say = Callable[[str], None]
 CPU = torch.device("cpu")
-LESION, POOLED = "lesion", "pooled"  # metric sets: lesion subjects only / every subject of the split
-
-
-@dataclass(frozen=True)
-class Run:
-    key: str  # row name in the tables
-    family: str  # registered family
-    objective: tuple[str, str]  # (metric set, metric) choosing the epoch on val: the paper's own measure
-    hparams: dict[str, Any] = field(default_factory=dict)  # overrides of the family's (paper) defaults
-
-
-PAPER1 = (LESION, "pixel_auroc")  # first paper: pixel AUROC on BraTS (lesion subjects only)
-PAPER2 = (POOLED, "slice_auroc")  # second paper: slice-level AUROC
-# In order of priority (runs start in this order; a deadline cuts the last ones first)
-RUNS = (
-    Run("threshold", "threshold", PAPER1),
-    Run("vae", "vae", PAPER1),
-    Run("caae_1.0", "caae", PAPER1, {"latent_weight": 1.0}),
-    Run("lran", "lran", PAPER2),
-    Run("lran_no_rank", "lran", PAPER2, {"use_rank": False}),  # = GANomaly with the paper's weights
-    Run("aae", "aae", PAPER1),
-    Run("lran_irec_adv", "lran", PAPER2, {"use_rank": False, "use_zrec": False}),
-    Run("lran_no_zrec", "lran", PAPER2, {"use_zrec": False}),
-    Run("caae_0.5", "caae", PAPER1, {"latent_weight": 0.5}),
-    Run("ae", "ae", PAPER1),
-)
 OFFICIAL_EPOCHS, OFFICIAL_WARMUP = 300, 20  # the official code trains 300 epochs, the first 20 with 200 critic steps
 
 
@@ -237,8 +213,6 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     """Command line: train every run and seed (OUT/runs/), then write OUT/table.md and OUT/results.json."""
-    from trainables.reproduce_table import write_tables  # the tables' module imports this one's names
-
     args = _parse(argv)
     torch.set_num_threads(args.threads)
 
