@@ -1,13 +1,14 @@
 """The per-worker training loop run by Ray Train (DDP) for every detector family.
 
-Each epoch: train on this worker's shard of the healthy train slices, average the loss terms over
-workers, score val (each rank its shard, gathered to rank 0), keep the best epoch by the val objective,
-write a checkpoint (rank 0) and report. After the last epoch, rank 0 scores the test split once with the
-chosen weights and reports the final record. Test data never influences a choice.
+Each epoch: train on this worker's shard of the healthy train slices (``trainables.epoch``, which averages
+the loss terms over workers), score val (each rank its shard, gathered to rank 0), keep the best epoch by
+the val objective, write a checkpoint (rank 0) and report. After the last epoch, rank 0 scores the test
+split once with the chosen weights and reports the final record. Test data never influences a choice.
 
 Performance structure (issue 15 / 12.8): batches are read whole from the cache's memory maps (images
-only for training); loss terms stay on the device and are read once per epoch; on CUDA, training runs
-under bf16 autocast (``precision``), batches are pinned and read ahead by loader workers.
+only for training); loss terms stay on the device and are read once per epoch (``trainables.epoch``);
+on CUDA, training runs under bf16 autocast (``precision``), batches are pinned and read ahead by loader
+workers.
 """
 
 from __future__ import annotations
@@ -39,15 +40,12 @@ from trainables.checkpoint import (
     state_dicts,
 )
 from trainables.data.dataset import TRAIN_FIELDS, ShardBatches, SliceDataset, slice_loader
+from trainables.epoch import EpochLosses, train_epoch, world_size
 from trainables.families import Family, create_family
 from trainables.families.base import unwrap
 
 EVAL_BATCH = 256
 GPU_LOADER_WORKERS = 2  # read-ahead processes per Train worker on CUDA (the CPU path reads in-process)
-
-
-class NonFiniteLossError(RuntimeError):
-    """Training diverged: a loss term became NaN or inf."""
 
 
 @dataclass
@@ -81,7 +79,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     if device.type == "cuda":
         torch.cuda.set_device(device)  # NCCL collectives of Python objects (the val gather) use the current device
     family = create_family(spec.family, spec.hparams)
-    family.device_terms = True  # loss terms stay on the device; _train_epoch reads them once per epoch
+    family.device_terms = True  # loss terms stay on the device; train_epoch reads them once per epoch
     nets = family.build(spec.image_size).to(device)
     opts = family.optimizers(nets)
     progress = _restore(ray.train.get_checkpoint(), nets, opts)
@@ -95,7 +93,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         sampler.set_epoch(epoch)
         family.set_epoch(epoch)
         started = time.perf_counter()
-        losses = _train_epoch(family, nets, opts, train_loader, device, epoch, autocast)
+        losses = _loss_metrics(train_epoch(family, nets, opts, train_loader, device, epoch, autocast), epoch)
         train_s = time.perf_counter() - started
         progress.epoch, progress.train_seconds = epoch + 1, progress.train_seconds + train_s
         metrics: dict[str, Any] = {"epoch": epoch + 1, **losses, "time_train_s": train_s}
@@ -127,66 +125,15 @@ def _autocast(precision: str, device: torch.device) -> Callable[[], contextlib.A
     return contextlib.nullcontext
 
 
-def _train_epoch(
-    family: Family, nets: nn.ModuleDict, opts: dict, loader: Iterable, device: torch.device, epoch: int,
-    autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
-) -> dict[str, float]:  # fmt: skip
-    """One pass over this worker's shard; loss terms averaged over all workers' steps.
-
-    The terms of each step stay on the device (one row per step); the epoch's rows are checked and summed
-    there and read with the all-reduce, once per epoch: no host sync between steps. A divergence is thus
-    raised at the end of the epoch it happened in, naming its first non-finite step.
-    Also returns `workers` and `train_slices` (slices trained on by all workers together), which show
-    that every DDP worker took its share.
-    """
-    nets.train()
-    keys: list[str] = []
-    rows: list[torch.Tensor] = []
-    slices = 0
-    first_step_at = None  # wall clock (time.time) of the epoch's first step: study.bench's trial start cost
-    for batch in loader:
-        images = batch["image"].to(device, non_blocking=True)
-        first_step_at = first_step_at or time.time()
-        with autocast():
-            terms = family.train_step(nets, opts, images)
-        keys = keys or sorted(terms)
-        rows.append(torch.stack([torch.as_tensor(terms[k], dtype=torch.float32, device=device) for k in keys]))
-        slices += len(images)
-    out: dict[str, Any] = {"workers": _world_size()}
-    if epoch == 0 and first_step_at is not None:
-        out["first_step_at"] = first_step_at  # only in the first epoch's metrics (Tune forwards it; MLflow skips it)
-    if not rows:
-        return out | {"train_slices": 0}
-    table = torch.stack(rows)
-    local = torch.cat([table.sum(0), torch.tensor([len(rows), slices], dtype=torch.float32, device=device)])
-    totals = _all_reduce_sum(local)
-    if not all(math.isfinite(v) for v in totals):
-        raise NonFiniteLossError(_divergence(table, keys, epoch))
-    steps, count = max(totals[-2], 1.0), totals[-1]
-    means = {("train_loss" if k == "loss" else f"loss_{k}"): v / steps for k, v in zip(keys, totals, strict=False)}
-    out.update(means)  # zip stops at the terms: totals ends with the step and slice counts
-    return out | {"train_slices": int(count)}
-
-
-def _divergence(table: torch.Tensor, keys: list[str], epoch: int) -> str:
-    """The error message of a non-finite epoch: its first bad step on this worker and that step's terms."""
-    bad = (~torch.isfinite(table).all(1)).nonzero().flatten().tolist()
-    if not bad:
-        return f"non-finite loss at epoch {epoch + 1}, on another worker"
-    terms = dict(zip(keys, table[bad[0]].tolist(), strict=True))
-    return f"non-finite loss at epoch {epoch + 1}, step {bad[0] + 1}: {terms}"
-
-
-def _world_size() -> int:
-    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
-
-
-def _all_reduce_sum(values: torch.Tensor) -> list[float]:
-    """Sum a small per-worker tensor over the DDP group and read it on the host (one collective, one sync)."""
-    if _world_size() > 1:
-        values = values.double()
-        dist.all_reduce(values)
-    return values.tolist()
+def _loss_metrics(losses: EpochLosses, epoch: int) -> dict[str, Any]:
+    """An epoch's training metrics: ``train_loss``, each term as ``loss_<term>``, ``workers``, ``train_slices``
+    and, in the first epoch only, ``first_step_at`` (study.bench's trial start cost; Tune forwards it, MLflow
+    skips it)."""
+    out: dict[str, Any] = {"workers": losses.workers}
+    if epoch == 0 and losses.first_step_at is not None:
+        out["first_step_at"] = losses.first_step_at
+    out.update({("train_loss" if k == "loss" else f"loss_{k}"): v for k, v in losses.means.items()})
+    return out | {"train_slices": losses.slices}
 
 
 def _report(
@@ -276,7 +223,7 @@ def _wrap_ddp(nets: nn.ModuleDict, device: torch.device, sync_batchnorm: bool = 
     ``sync_batchnorm`` converts BatchNorm layers to SyncBatchNorm first (in place: the optimisers keep the
     same parameter objects), so batch statistics are those of the global batch, as on one worker.
     """
-    if _world_size() == 1:
+    if world_size() == 1:
         return nets
     if sync_batchnorm:
         for key in list(nets.keys()):
@@ -309,7 +256,7 @@ def _train_loader(spec: TrialSpec, device: torch.device) -> tuple[Iterable, Shar
 def _eval_loader(spec: TrialSpec, split: str, device: torch.device, shard: bool = False) -> Iterable:
     """A split in order; with ``shard``, this rank's positions only (rank, rank + world, ...)."""
     dataset = SliceDataset(Path(spec.cache_dir), split)
-    where = {"rank": _rank(), "world": _world_size()} if shard else {}
+    where = {"rank": _rank(), "world": world_size()} if shard else {}
     return slice_loader(dataset, ShardBatches(len(dataset), EVAL_BATCH, **where), **_loader_options(device))
 
 
@@ -319,7 +266,7 @@ def _loader_options(device: torch.device) -> dict[str, Any]:
 
 
 def _rank() -> int:
-    return dist.get_rank() if _world_size() > 1 else 0
+    return dist.get_rank() if world_size() > 1 else 0
 
 
 def _validate(family: Family, nets: nn.ModuleDict, loader: Iterable, device: torch.device) -> dict[str, float] | None:
@@ -333,9 +280,9 @@ def _validate(family: Family, nets: nn.ModuleDict, loader: Iterable, device: tor
     for batch in loader:
         scores = family.score(plain, batch["image"].to(device, non_blocking=True))
         metrics.update_batch(scores, batch)
-    if _world_size() > 1:
+    if world_size() > 1:
         mine = [np.concatenate(part) if part else None for part in _metric_parts(metrics)]
-        parts: list | None = [None] * _world_size() if _rank() == 0 else None
+        parts: list | None = [None] * world_size() if _rank() == 0 else None
         dist.gather_object(mine, parts, dst=0)
         if parts is None:
             return None
