@@ -1,4 +1,4 @@
-"""Search space of the plain auto-encoder baseline (with its optional latent consistency weight).
+"""Search space of the plain auto-encoder baseline.
 
 Names shared with other families keep one distribution in every family (one Optuna study may hold
 several families, and a name must mean one distribution there; tests/unit/test_search_spaces.py checks):
@@ -6,8 +6,6 @@ several families, and a name must mean one distribution there; tests/unit/test_s
 - lr: 1e-5..3e-3 (log, shared by all families); contains the official 2e-5 and the second paper's 2e-3.
 - batch_size: 32 or 64 (both papers: 64).
 - width: 8 or 16 channels at the first block (16 in the official code).
-- latent_weight: 0..2 in steps of 0.25 (as the constrained AAE's lambda): 0 is the plain AE, 0.5 and 1.0
-  are the first paper's settings; the steps keep those exact values reachable while TPE sees an order.
 """
 
 from __future__ import annotations
@@ -25,5 +23,4 @@ def suggest(trial: optuna.Trial) -> dict[str, Any]:
     trial.suggest_float("lr", 1e-5, 3e-3, log=True)
     trial.suggest_categorical("batch_size", [32, 64])
     trial.suggest_categorical("width", [8, 16])
-    trial.suggest_float("latent_weight", 0.0, 2.0, step=0.25)
     return {}

@@ -1,8 +1,9 @@
 """Search space of the first paper's constrained AAE: the AAE's space plus lambda.
 
 - everything the AAE samples, with the same distributions (search_spaces/aae.py says why);
-- latent_weight (the paper's lambda): 0..2 in steps of 0.25, as the AE baseline's; contains 0 (the AAE),
-  0.5 and 1.0 (the paper's two settings, 1.0 its best) and stronger constraints up to 2.
+- latent_weight (the paper's lambda): 0..2 in steps of 0.25; contains 0 (the AAE), 0.5 and 1.0 (the paper's
+  two settings, 1.0 its best) and stronger constraints up to 2; the steps keep those exact values reachable
+  while TPE sees an order.
 """
 
 from __future__ import annotations

@@ -12,10 +12,12 @@ from ray.tune.search.optuna import OptunaSearch
 
 from search_spaces import family_space
 from study.config import ConfigError, StudyConfig
+from study.trial import LOOP_KEYS
 from trainables.families import family_hparams
+from trainables.train_loop import TrialSpec
 
-# Loop settings a space may draw beside the family's hyperparameters, at their product defaults.
-LOOP_DEFAULTS = {"batch_size": 64}  # the global batch of both papers
+# Loop settings a space may draw beside the family's hyperparameters, at the training loop's defaults.
+LOOP_DEFAULTS = {key: getattr(TrialSpec, key) for key in LOOP_KEYS}
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)  # our progress lines say what each trial is
 # A trial restarted by --resume reports its last epoch again; Optuna keeps the first value, as it should.

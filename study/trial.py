@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import ray
@@ -16,11 +15,10 @@ from ray.tune.integration.ray_train import TuneReportCallback
 
 from study.cluster.storage import RayStorage
 from trainables.families import family_hparams
-from trainables.train_loop import spec_from, train_loop_per_worker
+from trainables.train_loop import TrialSpec, train_loop_per_worker
 
-# Sampled keys that configure the training loop rather than the family.
+# Sampled keys that configure the training loop rather than the family: TrialSpec fields of the same name.
 LOOP_KEYS = ("batch_size",)
-DEFAULT_BATCH_SIZE = 64
 
 
 @dataclass(frozen=True)
@@ -28,23 +26,13 @@ class TrialSetup:
     """What every trial of a study shares; sent once to the trial processes by tune.with_parameters."""
 
     study: str  # study name, used to name each Train run
+    spec: TrialSpec  # the training loop's settings; run_trial sets each trial's family, hparams and loop keys
     storage: RayStorage  # where Ray Train keeps each trial's run and checkpoints (below its "train" part)
-    cache_dir: str  # slice cache entry prepared by the driver
-    image_size: int  # slice side in the cache
-    preprocess: dict[str, Any]  # preprocessing settings, recorded in each model.pt
-    epochs: int  # epochs per trial
-    objective: str  # val metric that chooses each trial's checkpoint (the first objective)
-    objective_mode: str  # "max" or "min"
-    seed: int  # training seed
     workers: int  # DDP workers per trial
     cpus_per_worker: float  # logical CPUs per worker
     gpus_per_worker: float  # GPUs per worker (0: CPU with gloo)
-    threads: int  # torch threads per worker
-    sync_batchnorm: bool  # SyncBatchNorm under DDP (GPU workers)
     max_failures: int  # worker-group restarts from the last checkpoint
-    precision: str = "auto"  # training.precision: auto, bf16 or fp32 (resolved on the worker, which sees its device)
-    node_data: Callable[[], str] | None = None  # gives each worker its node's slice cache (trainables.data.node_cache)
-    worker_start_timeout_s: float = 300.0  # seconds the Train controller waits for the worker group to start
+    worker_start_timeout_s: float  # seconds the Train controller waits for the worker group to start
 
 
 def split_params(config: dict[str, Any]) -> tuple[str, dict[str, Any], dict[str, Any]]:
@@ -62,28 +50,11 @@ def split_params(config: dict[str, Any]) -> tuple[str, dict[str, Any], dict[str,
 def run_trial(config: dict[str, Any], setup: TrialSetup) -> None:
     """Tune function trainable: build the TorchTrainer for this trial and fit it."""
     family, hparams, loop = split_params(config)
-    spec = spec_from(
-        {
-            "family": family,
-            "hparams": hparams,
-            "cache_dir": setup.cache_dir,
-            "image_size": setup.image_size,
-            "epochs": setup.epochs,
-            "batch_size": loop.get("batch_size", DEFAULT_BATCH_SIZE),
-            "objective": setup.objective,
-            "objective_mode": setup.objective_mode,
-            "seed": setup.seed,
-            "threads": setup.threads,
-            "precision": setup.precision,
-            "sync_batchnorm": setup.sync_batchnorm,
-            "preprocess": setup.preprocess,
-            "node_data": setup.node_data,
-        }
-    )
+    spec = replace(setup.spec, family=family, hparams=hparams, **loop)
     _controller_environment(setup)
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config=spec,
+        train_loop_config={"spec": spec},  # Ray wants a dict: train_loop_per_worker says why
         torch_config=TorchConfig(backend="nccl" if setup.gpus_per_worker > 0 else "gloo"),
         scaling_config=_scaling(setup),
         run_config=RunConfig(

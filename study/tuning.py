@@ -19,6 +19,7 @@ from study.search import make_scheduler, make_searcher
 from study.trial import TrialSetup, run_trial
 from trainables.data.node_cache import NodeData
 from trainables.data.s3 import ClusterStudy
+from trainables.train_loop import TrialSpec
 
 HEAD_RESOURCE = "node:__internal_head__"  # a resource only Ray's head node has (1 of it)
 # Secrets Ray Tune would copy from the driver's environment into every trial actor's runtime_env.
@@ -48,24 +49,29 @@ def trial_setup(
         split_seed=config.data.split_seed,
         cluster=cluster,
     )
-    return TrialSetup(
-        study=config.name,
-        storage=storage or ray_storage(config, cluster),
+    spec = TrialSpec(
+        family="",  # each trial's own family, hyperparameters and loop keys: study.trial.run_trial sets them
+        hparams={},
         cache_dir=str(cache_dir),
         image_size=config.data.image_size,
-        preprocess=preprocess,
         epochs=training.epochs,
         objective=objective.metric,
         objective_mode=objective.mode,
         seed=config.seed,
+        sync_batchnorm=training.sync_batchnorm,
+        threads=training.threads_per_worker,
+        precision=training.precision,
+        preprocess=preprocess,
+        node_data=node_data,
+    )
+    return TrialSetup(
+        study=config.name,
+        spec=spec,
+        storage=storage or ray_storage(config, cluster),
         workers=training.workers_per_trial,
         cpus_per_worker=training.cpus_per_worker,
         gpus_per_worker=training.gpus_per_worker,
-        threads=training.threads_per_worker,
-        sync_batchnorm=training.sync_batchnorm,
         max_failures=training.max_failures,
-        precision=training.precision,
-        node_data=node_data,
         worker_start_timeout_s=training.worker_start_timeout_s,
     )
 

@@ -7,7 +7,9 @@ constrained AAE with lambda 0.5 and 1.0; the latent-regularised network and its 
 the two baselines (plain AE, intensity threshold) on the healthy train slices of a slice cache, once per
 seed. Budget, the same for every run: up to ``--max-epochs`` epochs (50), stopping early once the run's
 val measure has not improved for ``--patience`` epochs (6) after ``--min-epochs`` (10); each run records
-its epochs and steps and why it stopped. The AAEs' critic warm-up is scaled to the cap (the official 20
+its epochs and steps and why it stopped; a diverged run (``NonFiniteLossError`` at the end of its epoch) is
+recorded with its error. Epochs train through ``trainables.epoch.train_epoch``, the study loop's own pass
+(here in one process, no process group). The AAEs' critic warm-up is scaled to the cap (the official 20
 of 300 epochs, see ``_scaled_warmup``).
 After each epoch val is scored and the best epoch kept by the paper's own measure: the first paper's
 pixel AUROC on lesion subjects (its tables use BraTS, lesion subjects only), the second paper's slice
@@ -30,8 +32,8 @@ import json
 import math
 import sys
 import time
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -45,37 +47,14 @@ from trainables.data.cache import SplitConfig, prepare_slice_cache, read_meta
 from trainables.data.dataset import SliceDataset
 from trainables.data.preprocess import PreprocessConfig
 from trainables.data.synthetic import ensure_cohort
+from trainables.epoch import NonFiniteLossError, train_epoch
 from trainables.families import Family, Scores, create_family
 from trainables.metrics import DetectionMetrics, unpack_batch
+from trainables.reproduce_runs import LESION, POOLED, RUNS, Run
+from trainables.reproduce_table import write_tables
 
 Say = Callable[[str], None]
 CPU = torch.device("cpu")
-LESION, POOLED = "lesion", "pooled"  # metric sets: lesion subjects only / every subject of the split
-
-
-@dataclass(frozen=True)
-class Run:
-    key: str  # row name in the tables
-    family: str  # registered family
-    objective: tuple[str, str]  # (metric set, metric) choosing the epoch on val: the paper's own measure
-    hparams: dict[str, Any] = field(default_factory=dict)  # overrides of the family's (paper) defaults
-
-
-PAPER1 = (LESION, "pixel_auroc")  # first paper: pixel AUROC on BraTS (lesion subjects only)
-PAPER2 = (POOLED, "slice_auroc")  # second paper: slice-level AUROC
-# In order of priority (runs start in this order; a deadline cuts the last ones first)
-RUNS = (
-    Run("threshold", "threshold", PAPER1),
-    Run("vae", "vae", PAPER1),
-    Run("caae_1.0", "caae", PAPER1, {"latent_weight": 1.0}),
-    Run("lran", "lran", PAPER2),
-    Run("lran_no_rank", "lran", PAPER2, {"use_rank": False}),  # = GANomaly with the paper's weights
-    Run("aae", "aae", PAPER1),
-    Run("lran_irec_adv", "lran", PAPER2, {"use_rank": False, "use_zrec": False}),
-    Run("lran_no_zrec", "lran", PAPER2, {"use_zrec": False}),
-    Run("caae_0.5", "caae", PAPER1, {"latent_weight": 0.5}),
-    Run("ae", "ae", PAPER1),
-)
 OFFICIAL_EPOCHS, OFFICIAL_WARMUP = 300, 20  # the official code trains 300 epochs, the first 20 with 200 critic steps
 
 
@@ -131,19 +110,6 @@ def score_split(
     }
 
 
-def train_epoch(family: Family, nets: nn.ModuleDict, opts: dict, loader: Iterable) -> tuple[dict[str, float], int]:
-    """One pass; (mean of each returned term, steps). Raises ``FloatingPointError`` on a non-finite term."""
-    sums: dict[str, float] = {}
-    steps = 0
-    for steps, batch in enumerate(loader, 1):
-        terms = family.train_step(nets, opts, batch["image"])
-        if not all(math.isfinite(v) for v in terms.values()):
-            raise FloatingPointError(f"non-finite loss at step {steps}: {terms}")
-        for key, value in terms.items():
-            sums[key] = sums.get(key, 0.0) + value
-    return {k: v / max(steps, 1) for k, v in sums.items()}, steps
-
-
 def fit(run: Run, family: Family, nets: nn.ModuleDict, cache: Path, budget: Budget, seed: int, say: Say) -> dict:
     """Train under ``budget``, leave the best val epoch's weights in ``nets``; the training record."""
     scorers = {"main": family}
@@ -156,12 +122,12 @@ def fit(run: Run, family: Family, nets: nn.ModuleDict, cache: Path, budget: Budg
     history, steps, stopped, epoch = [], 0, "max_epochs", 0
     for epoch in range(1, budget.max_epochs + 1):
         family.set_epoch(epoch - 1)
-        losses, n = train_epoch(family, nets, opts, train)
-        steps += n
+        losses = train_epoch(family, nets, opts, train, CPU, epoch - 1)
+        steps += losses.steps
         val = score_split(scorers, nets, cache, "val")["main"]
         score = val[part][metric]
         history.append(round(score, 4) if math.isfinite(score) else None)
-        say(f"  {run.key} seed {seed} epoch {epoch}: loss {losses['loss']:.4f}, val {part} {metric} {score:.4f}")
+        say(f"  {run.key} seed {seed} epoch {epoch}: loss {losses.means['loss']:.4f}, val {part} {metric} {score:.4f}")
         if best["weights"] is None or (math.isfinite(score) and not score <= best["score"]):
             best = {"epoch": epoch, "score": score, "val": val, "weights": copy.deepcopy(nets.state_dict())}
         if epoch >= budget.min_epochs and epoch - best["epoch"] >= budget.patience:
@@ -237,8 +203,6 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     """Command line: train every run and seed (OUT/runs/), then write OUT/table.md and OUT/results.json."""
-    from trainables.reproduce_table import write_tables  # the tables' module imports this one's names
-
     args = _parse(argv)
     torch.set_num_threads(args.threads)
 
@@ -258,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
             say(f"{run.key} seed {seed}: {run.family} {run.hparams or '(paper defaults)'}")
             try:
                 record = run_one(run, cache, budget, seed, say)
-            except FloatingPointError as err:  # a diverged run is a result too
+            except NonFiniteLossError as err:  # a diverged run is a result too
                 record = {"family": run.family, "hparams": run.hparams, "seed": seed, "error": str(err)}
                 say(f"  {run.key} seed {seed} diverged: {err}")
             path = runs_dir / f"{run.key}-seed{seed}.json"

@@ -1,13 +1,14 @@
 """The per-worker training loop run by Ray Train (DDP) for every detector family.
 
-Each epoch: train on this worker's shard of the healthy train slices, average the loss terms over
-workers, score val (each rank its shard, gathered to rank 0), keep the best epoch by the val objective,
-write a checkpoint (rank 0) and report. After the last epoch, rank 0 scores the test split once with the
-chosen weights and reports the final record. Test data never influences a choice.
+Each epoch: train on this worker's shard of the healthy train slices (``trainables.epoch``, which averages
+the loss terms over workers), score val (each rank its shard, gathered to rank 0), keep the best epoch by
+the val objective, write a checkpoint (rank 0) and report. After the last epoch, rank 0 scores the test
+split once with the chosen weights and reports the final record. Test data never influences a choice.
 
 Performance structure (issue 15 / 12.8): batches are read whole from the cache's memory maps (images
-only for training); loss terms stay on the device and are read once per epoch; on CUDA, training runs
-under bf16 autocast (``precision``), batches are pinned and read ahead by loader workers.
+only for training); loss terms stay on the device and are read once per epoch (``trainables.epoch``);
+on CUDA, training runs under bf16 autocast (``precision``), batches are pinned and read ahead by loader
+workers.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,7 @@ from trainables.checkpoint import (
     state_dicts,
 )
 from trainables.data.dataset import TRAIN_FIELDS, ShardBatches, SliceDataset, slice_loader
+from trainables.epoch import EpochLosses, train_epoch, world_size
 from trainables.families import Family, create_family
 from trainables.families.base import unwrap
 
@@ -46,20 +48,21 @@ EVAL_BATCH = 256
 GPU_LOADER_WORKERS = 2  # read-ahead processes per Train worker on CUDA (the CPU path reads in-process)
 
 
-class NonFiniteLossError(RuntimeError):
-    """Training diverged: a loss term became NaN or inf."""
-
-
-@dataclass
+@dataclass(frozen=True)
 class TrialSpec:
+    """Everything a Train worker needs to train one trial. The study builds one template on the driver
+    (study.tuning.trial_setup); each trial sets its family, hyperparameters and sampled loop keys with
+    ``dataclasses.replace`` (study.trial.run_trial) and hands the spec whole to ``train_loop_per_worker``.
+    Frozen: a worker keeps what it resolves (its node's cache folder) in local variables."""
+
     family: str  # registered family name
     hparams: dict[str, Any]  # the family's hyperparameters (unknown keys are an error)
-    cache_dir: str  # slice cache entry prepared by the driver (absolute path, same on every node)
+    cache_dir: str  # the driver's slice cache entry (absolute path; where node_data is set, it gives each node's)
     image_size: int  # slice side in the cache
     epochs: int  # epochs to train
-    batch_size: int  # global batch size, split evenly over the workers
     objective: str  # val_* metric that chooses the checkpoint
     objective_mode: str = "max"  # "max" or "min"
+    batch_size: int = 64  # global batch size, split evenly over the workers; 64 in both papers
     seed: int = 0  # torch seed; rank r draws with seed + r (DDP broadcasts rank 0's initial weights)
     sync_batchnorm: bool = False  # convert BatchNorm to SyncBatchNorm under DDP (statistics over the global batch)
     threads: int = 1  # torch intra-op threads per worker
@@ -68,10 +71,15 @@ class TrialSpec:
     node_data: Callable[[], str] | None = None  # returns this node's cache folder (stages it on other nodes)
 
 
-def train_loop_per_worker(config: dict[str, Any]) -> None:
-    """Ray Train entry point: `config` is a TrialSpec as a dict."""
+def train_loop_per_worker(config: dict[str, TrialSpec]) -> None:
+    """Ray Train entry point; ``config`` is ``{"spec": TrialSpec}``.
+
+    Why a one-key dict: Ray 2.60's TorchTrainer types ``train_loop_config`` as a dict and passes it to this
+    function as its one argument (its only check: a falsy config becomes ``{}``). The spec travels in it whole,
+    pickled with its ``node_data`` callable, rather than unpacked into fields and rebuilt here.
+    """
     entered = time.time()  # study.bench splits a trial's start cost at this point (Ray's part / this loop's part)
-    spec = TrialSpec(**config)
+    spec = config["spec"]
     torch.set_num_threads(spec.threads)
     rank = ray.train.get_context().get_world_rank()
     # a seed per rank: prior samples, noise and interpolates differ between workers (DDP broadcasts rank 0's
@@ -81,21 +89,20 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     if device.type == "cuda":
         torch.cuda.set_device(device)  # NCCL collectives of Python objects (the val gather) use the current device
     family = create_family(spec.family, spec.hparams)
-    family.device_terms = True  # loss terms stay on the device; _train_epoch reads them once per epoch
+    family.device_terms = True  # loss terms stay on the device; train_epoch reads them once per epoch
     nets = family.build(spec.image_size).to(device)
     opts = family.optimizers(nets)
     progress = _restore(ray.train.get_checkpoint(), nets, opts)
-    if spec.node_data is not None:
-        spec.cache_dir = spec.node_data()
+    cache_dir = Path(spec.node_data() if spec.node_data is not None else spec.cache_dir)  # this node's copy
     nets = _wrap_ddp(nets, device, spec.sync_batchnorm)
-    train_loader, sampler = _train_loader(spec, device)
-    val_loader = _eval_loader(spec, "val", device, shard=True)  # every rank scores its share of val
+    train_loader, sampler = _train_loader(spec, cache_dir, device)
+    val_loader = _eval_loader(cache_dir, "val", device, shard=True)  # every rank scores its share of val
     autocast = _autocast(spec.precision, device)
     for epoch in range(progress.epoch, spec.epochs):
         sampler.set_epoch(epoch)
         family.set_epoch(epoch)
         started = time.perf_counter()
-        losses = _train_epoch(family, nets, opts, train_loader, device, epoch, autocast)
+        losses = _loss_metrics(train_epoch(family, nets, opts, train_loader, device, epoch, autocast), epoch)
         train_s = time.perf_counter() - started
         progress.epoch, progress.train_seconds = epoch + 1, progress.train_seconds + train_s
         metrics: dict[str, Any] = {"epoch": epoch + 1, **losses, "time_train_s": train_s}
@@ -110,10 +117,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 progress.best = BestRecord(epoch=epoch + 1, score=val[spec.objective], metrics=val)
                 progress.best_weights = state_dicts(nets)
         _report(metrics, spec, family, nets, opts, progress, rank)
-    with tempfile.TemporaryDirectory() as figures:
-        if progress.final is None:  # a trial restarted after its test was scored reports that record again
-            progress.final = _final_record(spec, family, nets, progress, rank, device, Path(figures))
-        _report(progress.final, spec, family, nets, opts, progress, rank, Path(figures))
+    _finish(spec, cache_dir, family, nets, opts, progress, rank, device)
 
 
 def _autocast(precision: str, device: torch.device) -> Callable[[], contextlib.AbstractContextManager]:
@@ -127,66 +131,15 @@ def _autocast(precision: str, device: torch.device) -> Callable[[], contextlib.A
     return contextlib.nullcontext
 
 
-def _train_epoch(
-    family: Family, nets: nn.ModuleDict, opts: dict, loader: Iterable, device: torch.device, epoch: int,
-    autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
-) -> dict[str, float]:  # fmt: skip
-    """One pass over this worker's shard; loss terms averaged over all workers' steps.
-
-    The terms of each step stay on the device (one row per step); the epoch's rows are checked and summed
-    there and read with the all-reduce, once per epoch: no host sync between steps. A divergence is thus
-    raised at the end of the epoch it happened in, naming its first non-finite step.
-    Also returns `workers` and `train_slices` (slices trained on by all workers together), which show
-    that every DDP worker took its share.
-    """
-    nets.train()
-    keys: list[str] = []
-    rows: list[torch.Tensor] = []
-    slices = 0
-    first_step_at = None  # wall clock (time.time) of the epoch's first step: study.bench's trial start cost
-    for batch in loader:
-        images = batch["image"].to(device, non_blocking=True)
-        first_step_at = first_step_at or time.time()
-        with autocast():
-            terms = family.train_step(nets, opts, images)
-        keys = keys or sorted(terms)
-        rows.append(torch.stack([torch.as_tensor(terms[k], dtype=torch.float32, device=device) for k in keys]))
-        slices += len(images)
-    out: dict[str, Any] = {"workers": _world_size()}
-    if epoch == 0 and first_step_at is not None:
-        out["first_step_at"] = first_step_at  # only in the first epoch's metrics (Tune forwards it; MLflow skips it)
-    if not rows:
-        return out | {"train_slices": 0}
-    table = torch.stack(rows)
-    local = torch.cat([table.sum(0), torch.tensor([len(rows), slices], dtype=torch.float32, device=device)])
-    totals = _all_reduce_sum(local)
-    if not all(math.isfinite(v) for v in totals):
-        raise NonFiniteLossError(_divergence(table, keys, epoch))
-    steps, count = max(totals[-2], 1.0), totals[-1]
-    means = {("train_loss" if k == "loss" else f"loss_{k}"): v / steps for k, v in zip(keys, totals, strict=False)}
-    out.update(means)  # zip stops at the terms: totals ends with the step and slice counts
-    return out | {"train_slices": int(count)}
-
-
-def _divergence(table: torch.Tensor, keys: list[str], epoch: int) -> str:
-    """The error message of a non-finite epoch: its first bad step on this worker and that step's terms."""
-    bad = (~torch.isfinite(table).all(1)).nonzero().flatten().tolist()
-    if not bad:
-        return f"non-finite loss at epoch {epoch + 1}, on another worker"
-    terms = dict(zip(keys, table[bad[0]].tolist(), strict=True))
-    return f"non-finite loss at epoch {epoch + 1}, step {bad[0] + 1}: {terms}"
-
-
-def _world_size() -> int:
-    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
-
-
-def _all_reduce_sum(values: torch.Tensor) -> list[float]:
-    """Sum a small per-worker tensor over the DDP group and read it on the host (one collective, one sync)."""
-    if _world_size() > 1:
-        values = values.double()
-        dist.all_reduce(values)
-    return values.tolist()
+def _loss_metrics(losses: EpochLosses, epoch: int) -> dict[str, Any]:
+    """An epoch's training metrics: ``train_loss``, each term as ``loss_<term>``, ``workers``, ``train_slices``
+    and, in the first epoch only, ``first_step_at`` (study.bench's trial start cost; Tune forwards it, MLflow
+    skips it)."""
+    out: dict[str, Any] = {"workers": losses.workers}
+    if epoch == 0 and losses.first_step_at is not None:
+        out["first_step_at"] = losses.first_step_at
+    out.update({("train_loss" if k == "loss" else f"loss_{k}"): v for k, v in losses.means.items()})
+    return out | {"train_slices": losses.slices}
 
 
 def _report(
@@ -201,16 +154,28 @@ def _report(
         weights = progress.best_weights or state_dicts(nets)
         model = model_record(family, spec.image_size, spec.preprocess, weights, progress.best)
         save_checkpoint(Path(tmp), nets=nets, opts=opts, progress=progress, model=model)
-        if metrics.get("final"):
-            if figures is not None and not any(figures.iterdir()):  # a restart after the final record: draw again
-                _draw_figures(spec, family, _chosen(nets, weights), progress.best, figures)
-            if figures is not None and any(figures.iterdir()):
-                shutil.copytree(figures, Path(tmp) / "figures")
+        if figures is not None and any(figures.iterdir()):
+            shutil.copytree(figures, Path(tmp) / "figures")
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
 
 
+def _finish(
+    spec: TrialSpec, cache_dir: Path, family: Family, nets: nn.ModuleDict, opts: dict, progress: TrainingProgress,
+    rank: int, device: torch.device,
+) -> None:  # fmt: skip
+    """The final report: test scored once (rank 0) with the chosen weights; rank 0 attaches its figures."""
+    with tempfile.TemporaryDirectory() as tmp:
+        figures = Path(tmp)
+        if progress.final is None:  # a trial restarted after its test was scored reports that record again
+            progress.final = _final_record(cache_dir, family, nets, progress, rank, device, figures)
+        if rank == 0 and not any(figures.iterdir()):  # that restart, or a failed drawing: draw (again)
+            weights = progress.best_weights or state_dicts(nets)
+            _draw_figures(cache_dir, family, _chosen(nets, weights), progress.best, figures)
+        _report(progress.final, spec, family, nets, opts, progress, rank, figures)
+
+
 def _final_record(
-    spec: TrialSpec, family: Family, nets: nn.ModuleDict, progress: TrainingProgress, rank: int,
+    cache_dir: Path, family: Family, nets: nn.ModuleDict, progress: TrainingProgress, rank: int,
     device: torch.device, figures: Path,
 ) -> dict[str, Any]:  # fmt: skip
     """The trial's last report: the chosen epoch's val_*, and (rank 0) test_* scored once with its weights.
@@ -221,13 +186,13 @@ def _final_record(
     final: dict[str, Any] = {"final": True, "best_epoch": best.epoch, "train_seconds": progress.train_seconds}
     final.update(best.metrics)
     if rank == 0:
-        test = _draw_figures(spec, family, _chosen(nets, progress.best_weights or {}), best, figures)
+        test = _draw_figures(cache_dir, family, _chosen(nets, progress.best_weights or {}), best, figures)
         final.update({f"test_{k}": v for k, v in test.items()})
     return final
 
 
 def _draw_figures(
-    spec: TrialSpec, family: Family, chosen: nn.ModuleDict, best: BestRecord, out_dir: Path
+    cache_dir: Path, family: Family, chosen: nn.ModuleDict, best: BestRecord, out_dir: Path
 ) -> dict[str, float]:
     """Score the test split once with the chosen detector; draw its figures (ROC, examples, histograms).
 
@@ -237,7 +202,7 @@ def _draw_figures(
 
     threshold = best.metrics.get("val_best_threshold")
     device = ray.train.torch.get_device()
-    record = collect(family, chosen, _eval_loader(spec, "test", device), device)
+    record = collect(family, chosen, _eval_loader(cache_dir, "test", device), device)
     test = record.metrics.compute(threshold)
     try:
         render(record, test, out_dir, "test", threshold)
@@ -276,7 +241,7 @@ def _wrap_ddp(nets: nn.ModuleDict, device: torch.device, sync_batchnorm: bool = 
     ``sync_batchnorm`` converts BatchNorm layers to SyncBatchNorm first (in place: the optimisers keep the
     same parameter objects), so batch statistics are those of the global batch, as on one worker.
     """
-    if _world_size() == 1:
+    if world_size() == 1:
         return nets
     if sync_batchnorm:
         for key in list(nets.keys()):
@@ -296,20 +261,20 @@ def _plain(nets: nn.ModuleDict) -> nn.ModuleDict:
     return nn.ModuleDict({k: unwrap(n) for k, n in nets.items()})
 
 
-def _train_loader(spec: TrialSpec, device: torch.device) -> tuple[Iterable, ShardBatches]:
+def _train_loader(spec: TrialSpec, cache_dir: Path, device: torch.device) -> tuple[Iterable, ShardBatches]:
     """This worker's shard of the healthy train slices, reshuffled every epoch, images only, read a batch at once."""
     context = ray.train.get_context()
-    dataset = SliceDataset(Path(spec.cache_dir), "train", fields=TRAIN_FIELDS)
+    dataset = SliceDataset(cache_dir, "train", fields=TRAIN_FIELDS)
     world = context.get_world_size()
     batches = ShardBatches(len(dataset), max(1, spec.batch_size // world), shuffle=True, seed=spec.seed,
                            rank=context.get_world_rank(), world=world, drop_last=True)  # fmt: skip
     return slice_loader(dataset, batches, **_loader_options(device)), batches
 
 
-def _eval_loader(spec: TrialSpec, split: str, device: torch.device, shard: bool = False) -> Iterable:
+def _eval_loader(cache_dir: Path, split: str, device: torch.device, shard: bool = False) -> Iterable:
     """A split in order; with ``shard``, this rank's positions only (rank, rank + world, ...)."""
-    dataset = SliceDataset(Path(spec.cache_dir), split)
-    where = {"rank": _rank(), "world": _world_size()} if shard else {}
+    dataset = SliceDataset(cache_dir, split)
+    where = {"rank": _rank(), "world": world_size()} if shard else {}
     return slice_loader(dataset, ShardBatches(len(dataset), EVAL_BATCH, **where), **_loader_options(device))
 
 
@@ -319,7 +284,7 @@ def _loader_options(device: torch.device) -> dict[str, Any]:
 
 
 def _rank() -> int:
-    return dist.get_rank() if _world_size() > 1 else 0
+    return dist.get_rank() if world_size() > 1 else 0
 
 
 def _validate(family: Family, nets: nn.ModuleDict, loader: Iterable, device: torch.device) -> dict[str, float] | None:
@@ -333,9 +298,9 @@ def _validate(family: Family, nets: nn.ModuleDict, loader: Iterable, device: tor
     for batch in loader:
         scores = family.score(plain, batch["image"].to(device, non_blocking=True))
         metrics.update_batch(scores, batch)
-    if _world_size() > 1:
+    if world_size() > 1:
         mine = [np.concatenate(part) if part else None for part in _metric_parts(metrics)]
-        parts: list | None = [None] * _world_size() if _rank() == 0 else None
+        parts: list | None = [None] * world_size() if _rank() == 0 else None
         dist.gather_object(mine, parts, dst=0)
         if parts is None:
             return None
@@ -352,8 +317,3 @@ def _metric_parts(metrics: Any) -> tuple[list, ...]:
     m = metrics
     return m.slice_scores, m.slice_labels, m.slice_codes, m.pixel_scores, m.pixel_codes
 
-
-def spec_from(config: dict[str, Any]) -> dict[str, Any]:
-    """Validate a TrialSpec dict on the driver (fails fast on a bad key) and return it as a plain dict."""
-    spec = TrialSpec(**config)
-    return {f.name: getattr(spec, f.name) for f in fields(spec)}  # shallow: node_data stays a callable

@@ -26,7 +26,7 @@ from study.bench.common import BenchPlan, say, torch_threads
 from study.bench.report import median, rates, ratio, steady
 from trainables.families import searchable_family_names
 
-BATCH_SIZE = 64  # the study's default batch size (study.trial.DEFAULT_BATCH_SIZE)
+BATCH_SIZE = 64  # the study's default batch size (trainables.train_loop.TrialSpec.batch_size)
 IMAGE_SIZE = 32
 
 
@@ -87,26 +87,16 @@ def ray_epochs(family_name: str, cache: Path, epochs: int, threads: int, storage
     from ray.train import CheckpointConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    from trainables.train_loop import spec_from, train_loop_per_worker
+    from trainables.train_loop import TrialSpec, train_loop_per_worker
 
     gpu = torch.cuda.is_available()
-    spec = spec_from(
-        {
-            "family": family_name,
-            "hparams": {},
-            "cache_dir": str(cache),
-            "image_size": IMAGE_SIZE,
-            "epochs": epochs,
-            "batch_size": BATCH_SIZE,
-            "objective": "val_pixel_auroc",
-            "threads": threads,
-        }
-    )
+    spec = TrialSpec(family=family_name, hparams={}, cache_dir=str(cache), image_size=IMAGE_SIZE, epochs=epochs,
+                     objective="val_pixel_auroc", batch_size=BATCH_SIZE, threads=threads)  # fmt: skip
     reports = storage / f"{family_name}.jsonl"
     resources = {"CPU": 1, **({"GPU": 1} if gpu else {})}
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config=spec,
+        train_loop_config={"spec": spec},
         torch_config=TorchConfig(backend="nccl" if gpu else "gloo"),
         scaling_config=ScalingConfig(num_workers=1, use_gpu=gpu, resources_per_worker=resources),
         run_config=RunConfig(

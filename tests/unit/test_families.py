@@ -196,12 +196,13 @@ def test_caae_constraint_changes_training():
 
 def test_consistency_pass_leaves_batchnorm_statistics_to_images():
     """Enc(x') runs in inference mode: after a step the running statistics are what Enc(x) alone gives."""
-    family, nets, opts = _setup("ae", latent_weight=1.0)
+    family, nets, opts = _setup("caae", latent_weight=1.0)
     x = smooth_images(B, S)
     reference = copy.deepcopy(nets["encoder"])
     with torch.no_grad():
         reference(x)
-    family.train_step(nets, opts, x)
+    nets.train()
+    family.autoencoder_step(nets, opts["ae"], x)
     expected, got = reference.state_dict(), nets["encoder"].state_dict()
     running = [k for k in expected if "running_" in k or "num_batches" in k]
     assert running and all(torch.allclose(expected[k], got[k]) for k in running)

@@ -109,7 +109,7 @@ def test_papers_settings_are_points_of_the_spaces(point):
 
 def test_reproduce_yaml_matches_the_reproduce_script():
     """The study's points are the reproduce script's runs: the family defaults with each run's overrides."""
-    from trainables.reproduce import RUNS
+    from trainables.reproduce_runs import RUNS
 
     points = _reproduce_points()
     assert len(points) == len([r for r in RUNS if r.family != "threshold"])

@@ -1,7 +1,7 @@
 """The training loop's collective parts with 2 real gloo ranks (spawned processes, no Ray): validation
 sharded across ranks and gathered on rank 0 equals one process scoring the whole split; the epoch's loss
 terms, summed on the device and all-reduced once, equal the mean over both ranks' steps; a non-finite
-step is named at the end of its epoch."""
+step is named at the end of its epoch; the same epoch function runs without a process group."""
 
 from __future__ import annotations
 
@@ -19,9 +19,10 @@ from trainables.data.cache import SplitConfig, prepare_slice_cache
 from trainables.data.dataset import TRAIN_FIELDS, ShardBatches, SliceDataset, slice_loader
 from trainables.data.preprocess import PreprocessConfig
 from trainables.data.synthetic import generate_cohort
+from trainables.epoch import EpochLosses, NonFiniteLossError, train_epoch
 from trainables.families import create_family
 from trainables.metrics import evaluate
-from trainables.train_loop import NonFiniteLossError, _train_epoch, _validate, _wrap_ddp
+from trainables.train_loop import _loss_metrics, _validate, _wrap_ddp
 
 CPU = torch.device("cpu")
 
@@ -54,10 +55,10 @@ def _rank_main(rank: int, world: int, port: int, cache: str, out: dict) -> None:
         scored = _validate(family, nets, slice_loader(val, ShardBatches(len(val), 16, rank=rank, world=world)), CPU)
         train = SliceDataset(Path(cache), "train", fields=TRAIN_FIELDS)
         batches = ShardBatches(len(train), 8, shuffle=True, rank=rank, world=world, drop_last=True)
-        losses = _train_epoch(family, nets, opts, slice_loader(train, batches), CPU, 0)
+        losses = _loss_metrics(train_epoch(family, nets, opts, slice_loader(train, batches), CPU, 0), 0)
         bad = torch.full((8, 1, 32, 32), float("nan"))
         try:
-            _train_epoch(family, nets, opts, [{"image": bad}], CPU, 1)
+            train_epoch(family, nets, opts, [{"image": bad}], CPU, 1)
             error = ""
         except NonFiniteLossError as err:
             error = str(err)
@@ -89,6 +90,22 @@ def test_sharded_validation_and_epoch_sums_over_two_gloo_ranks(cache: Path) -> N
         assert {"loss_recon", "loss_kl"} <= set(losses) and "first_step_at" in losses
     assert results[0]["losses"]["train_loss"] == results[1]["losses"]["train_loss"]  # all-reduced: one value
     assert "non-finite loss at epoch 2, step 1" in results[0]["error"]
+
+
+def test_epoch_without_a_process_group() -> None:
+    """The reproduction's case: one process, no process group; float terms (``device_terms`` unset) are summed
+    like device ones, and a non-finite step is named at the end of its epoch."""
+    torch.manual_seed(0)
+    family = create_family("vae", {})
+    nets = family.build(32)
+    opts = family.optimizers(nets)
+    batches = [{"image": torch.randn(4, 1, 32, 32)} for _ in range(3)]
+    losses = train_epoch(family, nets, opts, batches, CPU, 0)
+    assert (losses.workers, losses.steps, losses.slices) == (1, 3, 12) and losses.first_step_at is not None
+    assert set(losses.means) == {"loss", "recon", "kl"} and all(math.isfinite(v) for v in losses.means.values())
+    assert train_epoch(family, nets, opts, [], CPU, 1) == EpochLosses({}, 0, 0, 1, None)
+    with pytest.raises(NonFiniteLossError, match="epoch 3, step 2"):
+        train_epoch(family, nets, opts, [batches[0], {"image": torch.full((4, 1, 32, 32), math.nan)}], CPU, 2)
 
 
 def test_precision_and_device_terms() -> None:

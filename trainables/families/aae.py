@@ -2,8 +2,8 @@
 WGAN-GP critic on the latent code, prior N(0, I), residual anomaly map.
 
 One ``train_step`` follows the official code's schedule, three phases on one batch, each with its own Adam:
-1. auto-encoder step (``"ae"``, encoder and decoder): ``||x - x'||_2`` per image, batch mean (plus
-   ``lambda * ||z - Enc(x')||^2`` in the constrained AAE, that pass in inference mode);
+1. auto-encoder step (``"ae"``, encoder and decoder): ``||x - x'||_2`` per image, batch mean
+   (``autoencoder_loss``; the constrained AAE, trainables/families/caae.py, adds its consistency term there);
 2. critic steps (``"critic"``): codes ``Enc(x)`` of the updated encoder are fake, prior samples real;
    loss ``-(mean C(real) - mean C(fake)) + gp_weight * GP`` with the penalty on random interpolates.
    ``critic_steps`` per batch (20), ``warmup_critic_steps`` (200 = the official 10 x 20) during the first
@@ -35,9 +35,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from trainables.families.ae import build_autoencoder, reconstruction_loss, reconstruction_terms, score_reconstruction
+from trainables.families.autoencoder import build_autoencoder, reconstruct, score_reconstruction
 from trainables.families.base import Family, Scores, local_grads, parameters, scoring
-from trainables.families.losses import gradient_penalty, wasserstein_estimate
+from trainables.families.losses import gradient_penalty, l2_recon, wasserstein_estimate
 from trainables.families.nets import Critic
 from trainables.families.registry import register_family
 
@@ -84,11 +84,6 @@ class AAE(Family):
         if hparams.critic_steps < 1 or hparams.warmup_critic_steps < 0 or hparams.warmup_epochs < 0:
             raise ValueError(f"{type(self).__name__}: critic_steps must be >= 1, warm-up settings >= 0; got {hparams}")
 
-    @property
-    def latent_weight(self) -> float:
-        """Weight of the latent consistency term: none in the plain AAE (the constrained AAE overrides this)."""
-        return 0.0
-
     def build(self, image_size: int) -> nn.ModuleDict:
         """Encoder and decoder of the official code, and the latent critic (MLP 200-400-1)."""
         hp = self.hp
@@ -115,13 +110,18 @@ class AAE(Family):
     def autoencoder_step(
         self, nets: nn.ModuleDict, opt: torch.optim.Optimizer, x: torch.Tensor
     ) -> dict[str, float]:
-        """Phase 1: reconstruction (and consistency) step of encoder and decoder."""
-        _, terms = reconstruction_terms(nets, x, self.latent_weight)
-        loss = reconstruction_loss(terms, self.latent_weight)
+        """Phase 1: one step of encoder and decoder on ``autoencoder_loss``."""
+        loss, terms = self.autoencoder_loss(nets, x)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         return self.terms({"loss": loss, **terms})
+
+    def autoencoder_loss(self, nets: nn.ModuleDict, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Phase 1's objective and its terms: ``recon``, the batch mean of ``||x - x'||_2`` (the official code's)."""
+        _, xr = reconstruct(nets, x)
+        recon = l2_recon(x, xr)
+        return recon, {"recon": recon}
 
     def critic_phase(self, nets: nn.ModuleDict, opt: torch.optim.Optimizer, x: torch.Tensor) -> dict[str, float]:
         """Phase 2: critic steps on this batch's codes and one prior draw; means of its terms."""

@@ -1,8 +1,9 @@
 """Plain auto-encoder baseline: the first paper's ResNet encoder/decoder and L2 reconstruction, nothing adversarial.
 
-With ``latent_weight > 0`` it adds the constrained AAE's latent consistency term ``||z - Enc(Dec(z))||^2``
-without the critic, so a study can tell what the adversarial prior adds on top of each part.
-The helpers ``reconstruction_terms`` and ``score_reconstruction`` are shared with the (constrained) AAE.
+Its whole objective is ``||x - x'||_2`` per image, batch mean. It has no latent consistency term (the
+constrained AAE's lambda, trainables/families/caae.py): the reproduction trains "ae" as this plain baseline
+(trainables/reproduce_runs.py, study/configs/reproduce.yaml), and what the term adds is what the constrained
+AAE's own lambda answers (0 is the AAE), as the AAE against this AE answers what the critic adds.
 """
 
 from __future__ import annotations
@@ -12,9 +13,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from trainables.families.base import Family, Scores, eval_mode, parameters, scoring
-from trainables.families.losses import l2_recon, latent_l2
-from trainables.families.nets import Decoder, Encoder
+from trainables.families.autoencoder import build_autoencoder, reconstruct, score_reconstruction
+from trainables.families.base import Family, Scores, parameters, scoring
+from trainables.families.losses import l2_recon
 from trainables.families.registry import register_family
 
 
@@ -22,61 +23,14 @@ from trainables.families.registry import register_family
 class AEHparams:
     latent_dim: int = 128  # size of z; 128 in the first paper's official code
     width: int = 16  # channels after the stem conv, doubled per block; 16 in the official code
-    latent_weight: float = 0.0  # lambda of ||z - Enc(Dec(z))||^2; 0: plain AE (the constrained AAE used 0.5, 1.0)
     lr: float = 2e-5  # Adam learning rate; 2e-5 in the official code (its models share it)
     beta1: float = 0.5  # Adam beta1; 0.5 in the official code
     beta2: float = 0.9  # Adam beta2; 0.9 in the official code
 
 
-def build_autoencoder(image_size: int, latent_dim: int, width: int) -> dict[str, nn.Module]:
-    """The first paper's deterministic ResNet encoder (image -> z) and decoder (z -> image)."""
-    return {"encoder": Encoder(image_size, latent_dim, width), "decoder": Decoder(image_size, latent_dim, width)}
-
-
-def reconstruction_terms(
-    nets: nn.ModuleDict, x: torch.Tensor, latent_weight: float
-) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """``z = Enc(x)`` and the loss terms ``recon`` (batch mean of ``||x - Dec(z)||_2``, the official code's
-    reconstruction loss) and, if ``latent_weight > 0``, ``latent`` (batch mean of ``||z - Enc(Dec(z))||^2``).
-
-    The consistency pass ``Enc(x')`` runs in inference mode, as in the official code: its BatchNorm layers
-    normalise with their running statistics and leave them untouched (a reconstruction's statistics,
-    blurrier and lower in contrast early on, would otherwise leak into what eval mode uses). The gradient
-    flows through both passes, as in the official code. The pass is skipped at weight 0 rather than
-    multiplied by 0, so ``latent_weight = 0`` is exactly the model without the term.
-    """
-    z = nets["encoder"](x)
-    xr = nets["decoder"](z)
-    terms = {"recon": l2_recon(x, xr)}
-    if latent_weight > 0:
-        with eval_mode(nets["encoder"]):
-            terms["latent"] = latent_l2(z, nets["encoder"](xr))
-    return z, terms
-
-
-def reconstruction_loss(terms: dict[str, torch.Tensor], latent_weight: float) -> torch.Tensor:
-    """``recon + latent_weight * latent`` (the latent term only where it was computed)."""
-    loss = terms["recon"]
-    return loss + latent_weight * terms["latent"] if "latent" in terms else loss
-
-
-def score_reconstruction(nets: nn.ModuleDict, x: torch.Tensor) -> Scores:
-    """Scores of a deterministic auto-encoder: map ``|x - x'|``, slice score its mean over the slice,
-    latent score ``||z - Enc(x')||`` with ``z = Enc(x)``, ``x' = Dec(z)``. Call inside ``@scoring``.
-
-    The brain mask is not passed to families, so the slice mean includes background pixels (where image
-    and reconstruction are both near 0); evaluation applies the mask to the pixel metrics.
-    """
-    z = nets["encoder"](x)
-    recon = nets["decoder"](z)
-    pixel_map = (x - recon).abs()
-    latent = (z - nets["encoder"](recon)).norm(dim=1)
-    return Scores(recon=recon, pixel_map=pixel_map, slice_score=pixel_map.flatten(1).mean(1), latent_score=latent)
-
-
 @register_family("ae")
 class AE(Family):
-    """Deterministic ResNet auto-encoder; optional latent consistency; anomaly map ``|x - Dec(Enc(x))|``."""
+    """Deterministic ResNet auto-encoder; anomaly map ``|x - Dec(Enc(x))|``."""
 
     Hparams = AEHparams
 
@@ -92,14 +46,14 @@ class AE(Family):
     def train_step(
         self, nets: nn.ModuleDict, opts: dict[str, torch.optim.Optimizer], x: torch.Tensor
     ) -> dict[str, float]:
-        """One step on ``l2_recon(x, x') + latent_weight * ||z - Enc(x')||^2``."""
+        """One step on ``l2_recon(x, x')``: the batch mean of ``||x - x'||_2`` (the official code's loss)."""
         nets.train()
-        _, terms = reconstruction_terms(nets, x, self.hp.latent_weight)
-        loss = reconstruction_loss(terms, self.hp.latent_weight)
+        _, xr = reconstruct(nets, x)
+        recon = l2_recon(x, xr)
         opts["ae"].zero_grad(set_to_none=True)
-        loss.backward()
+        recon.backward()
         opts["ae"].step()
-        return self.terms({"loss": loss, **terms})
+        return self.terms({"loss": recon, "recon": recon})
 
     @scoring
     def score(self, nets: nn.ModuleDict, x: torch.Tensor) -> Scores:
