@@ -50,6 +50,7 @@ from trainables.data.synthetic import ensure_cohort
 from trainables.epoch import NonFiniteLossError, train_epoch
 from trainables.families import Family, Scores, create_family
 from trainables.metrics import DetectionMetrics, unpack_batch
+from trainables.objective import Objective
 from trainables.reproduce_runs import LESION, POOLED, RUNS, Run
 from trainables.reproduce_table import write_tables
 
@@ -118,6 +119,7 @@ def fit(run: Run, family: Family, nets: nn.ModuleDict, cache: Path, budget: Budg
                 "val": score_split(scorers, nets, cache, "val")["main"], "history": []}  # fmt: skip
     opts, train = family.optimizers(nets), _train_loader(cache, budget.batch_size, seed)
     part, metric = run.objective
+    chooser = Objective(metric, "max")  # the papers' measures are AUROCs: larger is better
     best: dict[str, Any] = {"epoch": 0, "score": math.nan, "val": None, "weights": None}
     history, steps, stopped, epoch = [], 0, "max_epochs", 0
     for epoch in range(1, budget.max_epochs + 1):
@@ -128,7 +130,7 @@ def fit(run: Run, family: Family, nets: nn.ModuleDict, cache: Path, budget: Budg
         score = val[part][metric]
         history.append(round(score, 4) if math.isfinite(score) else None)
         say(f"  {run.key} seed {seed} epoch {epoch}: loss {losses.means['loss']:.4f}, val {part} {metric} {score:.4f}")
-        if best["weights"] is None or (math.isfinite(score) and not score <= best["score"]):
+        if best["weights"] is None or chooser.better(score, best["score"]):
             best = {"epoch": epoch, "score": score, "val": val, "weights": copy.deepcopy(nets.state_dict())}
         if epoch >= budget.min_epochs and epoch - best["epoch"] >= budget.patience:
             stopped = "plateau"

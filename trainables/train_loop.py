@@ -14,7 +14,6 @@ workers.
 from __future__ import annotations
 
 import contextlib
-import math
 import shutil
 import tempfile
 import time
@@ -43,6 +42,7 @@ from trainables.data.dataset import TRAIN_FIELDS, ShardBatches, SliceDataset, sl
 from trainables.epoch import EpochLosses, train_epoch, world_size
 from trainables.families import Family, create_family
 from trainables.families.base import unwrap
+from trainables.objective import Objective
 
 EVAL_BATCH = 256
 GPU_LOADER_WORKERS = 2  # read-ahead processes per Train worker on CUDA (the CPU path reads in-process)
@@ -60,8 +60,7 @@ class TrialSpec:
     cache_dir: str  # the driver's slice cache entry (absolute path; where node_data is set, it gives each node's)
     image_size: int  # slice side in the cache
     epochs: int  # epochs to train
-    objective: str  # val_* metric that chooses the checkpoint
-    objective_mode: str = "max"  # "max" or "min"
+    objective: Objective  # the val measure that chooses the checkpoint, and which way is better
     batch_size: int = 64  # global batch size, split evenly over the workers; 64 in both papers
     seed: int = 0  # torch seed; rank r draws with seed + r (DDP broadcasts rank 0's initial weights)
     sync_batchnorm: bool = False  # convert BatchNorm to SyncBatchNorm under DDP (statistics over the global batch)
@@ -113,8 +112,8 @@ def train_loop_per_worker(config: dict[str, TrialSpec]) -> None:
         if scored is not None:
             val = {f"val_{k}": v for k, v in scored.items()}
             metrics.update(val, time_eval_s=time.perf_counter() - started - train_s)
-            if _improves(val[spec.objective], progress.best.score, spec.objective_mode):
-                progress.best = BestRecord(epoch=epoch + 1, score=val[spec.objective], metrics=val)
+            if spec.objective.better(val[spec.objective.metric], progress.best.score):
+                progress.best = BestRecord(epoch=epoch + 1, score=val[spec.objective.metric], metrics=val)
                 progress.best_weights = state_dicts(nets)
         _report(metrics, spec, family, nets, opts, progress, rank)
     _finish(spec, cache_dir, family, nets, opts, progress, rank, device)
@@ -217,14 +216,6 @@ def _chosen(nets: nn.ModuleDict, weights: dict) -> nn.ModuleDict:
     for key, w in weights.items():
         chosen[key].load_state_dict(w)
     return chosen
-
-
-def _improves(value: float, best: float, mode: str) -> bool:
-    if math.isnan(value):
-        return False
-    if math.isnan(best):
-        return True
-    return value > best if mode == "max" else value < best
 
 
 def _restore(checkpoint: ray.train.Checkpoint | None, nets: nn.ModuleDict, opts: dict) -> TrainingProgress:

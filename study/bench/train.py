@@ -87,11 +87,12 @@ def ray_epochs(family_name: str, cache: Path, epochs: int, threads: int, storage
     from ray.train import CheckpointConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
+    from trainables.objective import Objective
     from trainables.train_loop import TrialSpec, train_loop_per_worker
 
     gpu = torch.cuda.is_available()
     spec = TrialSpec(family=family_name, hparams={}, cache_dir=str(cache), image_size=IMAGE_SIZE, epochs=epochs,
-                     objective="val_pixel_auroc", batch_size=BATCH_SIZE, threads=threads)  # fmt: skip
+                     objective=Objective("val_pixel_auroc"), batch_size=BATCH_SIZE, threads=threads)  # fmt: skip
     reports = storage / f"{family_name}.jsonl"
     resources = {"CPU": 1, **({"GPU": 1} if gpu else {})}
     trainer = TorchTrainer(
