@@ -9,8 +9,8 @@ seed. Budget, the same for every run: up to ``--max-epochs`` epochs (50), stoppi
 val measure has not improved for ``--patience`` epochs (6) after ``--min-epochs`` (10); each run records
 its epochs and steps and why it stopped; a diverged run (``NonFiniteLossError`` at the end of its epoch) is
 recorded with its error. Epochs train through ``trainables.epoch.train_epoch``, the study loop's own pass
-(here in one process, no process group). The AAEs' critic warm-up is scaled to the cap (the official 20
-of 300 epochs, see ``_scaled_warmup``).
+(here in one process, no process group). The AAEs' critic warm-up is their share of the cap (the official 20
+of 300 epochs).
 After each epoch val is scored and the best epoch kept by the paper's own measure: the first paper's
 pixel AUROC on lesion subjects (its tables use BraTS, lesion subjects only), the second paper's slice
 AUROC. Test is scored once, with those weights; Dice thresholds come from val. The papers chose their
@@ -56,7 +56,6 @@ from trainables.reproduce_table import write_tables
 
 Say = Callable[[str], None]
 CPU = torch.device("cpu")
-OFFICIAL_EPOCHS, OFFICIAL_WARMUP = 300, 20  # the official code trains 300 epochs, the first 20 with 200 critic steps
 
 
 @dataclass(frozen=True)
@@ -123,7 +122,7 @@ def fit(run: Run, family: Family, nets: nn.ModuleDict, cache: Path, budget: Budg
     best: dict[str, Any] = {"epoch": 0, "score": math.nan, "val": None, "weights": None}
     history, steps, stopped, epoch = [], 0, "max_epochs", 0
     for epoch in range(1, budget.max_epochs + 1):
-        family.set_epoch(epoch - 1)
+        family.set_epoch(epoch - 1, budget.max_epochs)
         losses = train_epoch(family, nets, opts, train, CPU, epoch - 1)
         steps += losses.steps
         val = score_split(scorers, nets, cache, "val")["main"]
@@ -147,7 +146,7 @@ def run_one(run: Run, cache: Path, budget: Budget, seed: int, say: Say) -> dict[
     """Train ``run`` with ``seed``, choose its epoch on val, score test once with val's Dice thresholds."""
     started = time.perf_counter()
     torch.manual_seed(seed)
-    family = create_family(run.family, {**_scaled_warmup(run, budget), **run.hparams})
+    family = create_family(run.family, run.hparams)
     nets = family.build(read_meta(cache)["preprocess"]["image_size"])
     record = fit(run, family, nets, cache, budget, seed, say)
     scorers = {"main": family}
@@ -162,17 +161,6 @@ def run_one(run: Run, cache: Path, budget: Budget, seed: int, say: Say) -> dict[
         record["test_residual"] = test["residual"]
     record["seconds"] = round(time.perf_counter() - started, 1)
     return record
-
-
-def _scaled_warmup(run: Run, budget: Budget) -> dict[str, int]:
-    """The AAEs' critic warm-up scaled to the budget: the official 20 of 300 epochs, i.e. 1/15 of the cap.
-
-    Departure (docs/decisions.md): a 20-epoch warm-up would take 40% of a 50-epoch budget (10x the critic
-    steps), where the official code spends 1/15 of its training in it.
-    """
-    if run.family not in ("aae", "caae"):
-        return {}
-    return {"warmup_epochs": max(1, round(budget.max_epochs * OFFICIAL_WARMUP / OFFICIAL_EPOCHS))}
 
 
 def _deadline(text: str | None) -> float | None:

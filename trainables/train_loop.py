@@ -99,7 +99,7 @@ def train_loop_per_worker(config: dict[str, TrialSpec]) -> None:
     autocast = _autocast(spec.precision, device)
     for epoch in range(progress.epoch, spec.epochs):
         sampler.set_epoch(epoch)
-        family.set_epoch(epoch)
+        family.set_epoch(epoch, spec.epochs)
         started = time.perf_counter()
         losses = _loss_metrics(train_epoch(family, nets, opts, train_loader, device, epoch, autocast), epoch)
         train_s = time.perf_counter() - started

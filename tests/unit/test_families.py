@@ -29,7 +29,7 @@ B, S = 4, 32
 # Smaller nets, fewer critic steps and no critic warm-up than the papers', where a family has the field: same
 # code paths, a fraction of the time. `lr` is raised so a few dozen steps show learning; the rank target fits
 # the tiny batches (it must stay below batch - 1).
-FAST = {"lr": 1e-3, "width": 8, "latent_dim": 32, "channels": 16, "critic_steps": 5, "warmup_epochs": 0}
+FAST = {"lr": 1e-3, "width": 8, "latent_dim": 32, "channels": 16, "critic_steps": 5, "warmup_share": 0.0}
 FAST["rank_target"] = 2
 # dae: a 2-level U-Net, and noise on the scale of these smooth test images (the product's 1.4 is in z-units of
 # real brains); measured reconstruction MSE 0.46 -> 0.06 in 100 steps (depth 3 at noise 1.4: 0.19 -> 0.14)
@@ -209,15 +209,18 @@ def test_consistency_pass_leaves_batchnorm_statistics_to_images():
     assert all(m.training for m in nets.modules()), "train mode restored after the pass"
 
 
-def test_aae_warmup_runs_the_published_critic_steps_for_its_epochs():
+def test_aae_warmup_runs_the_published_critic_steps_for_its_share_of_the_run():
     family = create_family("aae")
-    assert (family.hp.warmup_critic_steps, family.hp.warmup_epochs, family.hp.critic_steps) == (200, 20, 20)
-    counts = []
-    for epoch in (0, 19, 20, 49):
-        family.set_epoch(epoch)
-        counts.append(family.critic_iterations())
-    assert counts == [200, 200, 20, 20]
-    off = create_family("aae", {"warmup_epochs": 0})
+    assert (family.hp.warmup_critic_steps, family.hp.critic_steps) == (200, 20)
+    counts = {}
+    for epoch, epochs in ((0, 300), (19, 300), (20, 300), (0, 50), (2, 50), (3, 50), (0, 6), (1, 6)):
+        family.set_epoch(epoch, epochs)
+        counts[epoch, epochs] = family.critic_iterations()
+    # the official 20 of 300 epochs; 3 of a 50-epoch run; at least one epoch of a short study trial
+    assert counts == {(0, 300): 200, (19, 300): 200, (20, 300): 20, (0, 50): 200, (2, 50): 200, (3, 50): 20,
+                      (0, 6): 200, (1, 6): 20}  # fmt: skip
+    off = create_family("aae", {"warmup_share": 0.0})
+    off.set_epoch(0, 300)
     assert off.critic_iterations() == 20
 
 

@@ -7,8 +7,9 @@ One ``train_step`` follows the official code's schedule, three phases on one bat
 2. critic steps (``"critic"``): codes ``Enc(x)`` of the updated encoder are fake, prior samples real;
    loss ``-(mean C(real) - mean C(fake)) + gp_weight * GP`` with the penalty on random interpolates.
    ``critic_steps`` per batch (20), ``warmup_critic_steps`` (200 = the official 10 x 20) during the first
-   ``warmup_epochs`` (20) epochs. As in the official code every critic step reuses this batch and one
-   prior draw; only the interpolation weights are drawn afresh;
+   ``warmup_share`` of the run's epochs (the official 20 of 300, at least one epoch). As in the official
+   code every critic step reuses this batch and one prior draw; only the interpolation weights are drawn
+   afresh;
 3. generator step (``"gen"``, encoder only): ``adv_weight * (-mean C(Enc(x)))``, codes pushed towards the prior.
 
 Sign convention: our critic scores prior samples high; the official code's scores them low and its
@@ -16,8 +17,10 @@ generator minimises ``mean C(fake)``. The two are the same game with the critic 
 
 Departures, each with its reason:
 - ``adv_weight`` (1 = the official unweighted loss) exists so a study can search it;
-- the warm-up is counted in epochs through ``Family.set_epoch`` (the training loop's epoch), so a run
-  restarted from a checkpoint resumes the schedule where it was.
+- the warm-up is a share of the run's epochs (``Family.set_epoch`` gives the epoch and the budget), not 20
+  epochs: the official code spends 1/15 of its 300 epochs in it, and 20 epochs at ten times the critic
+  steps would be most of a study trial's budget (a 6-epoch trial: all of it). A run restarted from a
+  checkpoint resumes the schedule where it was.
 
 DDP: every net is called as ``nets[key](...)``, and every forward with grad enabled is followed by one
 backward reaching all of that net's parameters (DDP's reducer, without unused-parameter search, expects
@@ -54,7 +57,7 @@ class AAEHparams:
     gp_weight: float = 10.0  # WGAN-GP gradient-penalty weight; 10 in the official code and in WGAN-GP
     critic_steps: int = 20  # critic steps per batch; 20 in the official code (WGAN-GP: 5)
     warmup_critic_steps: int = 200  # critic steps per batch during warm-up; 200 (10 x 20) in the official code
-    warmup_epochs: int = 20  # epochs of warm-up; 20 in the official code (0: none)
+    warmup_share: float = 20 / 300  # share of the run's epochs warmed up, at least 1; official: 20 of 300 (0: none)
 
 
 def critic_step(
@@ -81,7 +84,7 @@ class AAE(Family):
 
     def __init__(self, hparams) -> None:
         super().__init__(hparams)
-        if hparams.critic_steps < 1 or hparams.warmup_critic_steps < 0 or hparams.warmup_epochs < 0:
+        if hparams.critic_steps < 1 or hparams.warmup_critic_steps < 0 or not 0 <= hparams.warmup_share <= 1:
             raise ValueError(f"{type(self).__name__}: critic_steps must be >= 1, warm-up settings >= 0; got {hparams}")
 
     def build(self, image_size: int) -> nn.ModuleDict:
@@ -102,10 +105,14 @@ class AAE(Family):
         }
 
     def critic_iterations(self) -> int:
-        """Critic steps for this batch: the warm-up count during the first ``warmup_epochs`` epochs."""
+        """Critic steps for this batch: the warm-up count during the run's first ``warmup_share`` of epochs."""
         hp = self.hp
-        warm = hp.warmup_critic_steps > 0 and self.epoch < hp.warmup_epochs
+        warm = hp.warmup_critic_steps > 0 and hp.warmup_share > 0 and self.epoch < self.warmup_epochs()
         return hp.warmup_critic_steps if warm else hp.critic_steps
+
+    def warmup_epochs(self) -> int:
+        """Epochs of warm-up in this run: ``warmup_share`` of its budget, rounded, at least one."""
+        return max(1, round(self.hp.warmup_share * self.epochs))
 
     def autoencoder_step(
         self, nets: nn.ModuleDict, opt: torch.optim.Optimizer, x: torch.Tensor

@@ -58,10 +58,12 @@ class Family(abc.ABC):
     def __init__(self, hparams) -> None:
         self.hp = hparams
         self.epoch = 0  # 0-based epoch being trained, set by the training loop (schedules such as a warm-up)
+        self.epochs = 1  # the run's epoch budget, set with it (a schedule may be a share of the run)
 
-    def set_epoch(self, epoch: int) -> None:
-        """Called by the training loop before each epoch's steps with the 0-based epoch (also after a restart)."""
-        self.epoch = epoch
+    def set_epoch(self, epoch: int, epochs: int) -> None:
+        """Called by the training loop before each epoch's steps with the 0-based epoch and the run's budget
+        (also after a restart)."""
+        self.epoch, self.epochs = epoch, epochs
 
     @abc.abstractmethod
     def build(self, image_size: int) -> nn.ModuleDict:
