@@ -25,6 +25,7 @@ RUNS = (
     Run("vae", "vae", PAPER1),
     Run("caae_1.0", "caae", PAPER1, {"latent_weight": 1.0}),
     Run("lran", "lran", PAPER2),
+    Run("dae", "dae", PAPER1),  # the modern reference (Kascenas et al. 2022), scored as the first paper's models
     Run("lran_no_rank", "lran", PAPER2, {"use_rank": False}),  # = GANomaly with the paper's weights
     Run("aae", "aae", PAPER1),
     Run("lran_irec_adv", "lran", PAPER2, {"use_rank": False, "use_zrec": False}),

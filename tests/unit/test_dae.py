@@ -122,12 +122,27 @@ def test_denoiser_beats_the_identity_after_short_training():
     assert learned < 0.3 * identity, (learned, identity)
 
 
+@pytest.mark.parametrize("schedule, expected", [("cosine", [1.0, 0.5, 0.0245]), ("constant", [1.0, 1.0, 1.0])])
+def test_learning_rate_follows_the_schedule_over_the_run(schedule, expected):
+    family = create_family("dae", {"channels": 4, "depth": 2, "lr": 1e-3, "lr_schedule": schedule})
+    nets = family.build(8)
+    opts = family.optimizers(nets)
+    used = []
+    for epoch in (0, 5, 9):  # of 10: the start, half way (cos 90 degrees), the last epoch
+        family.set_epoch(epoch, 10)
+        family.train_step(nets, opts, smooth_images(2, 8, seed=epoch))
+        used.append(opts["unet"].param_groups[0]["lr"] / 1e-3)
+    assert used == pytest.approx(expected, abs=1e-3)
+
+
 def test_image_size_must_fit_the_depth():
     with pytest.raises(ValueError, match="not divisible"):
         create_family("dae", {"depth": 4}).build(36)
 
 
-@pytest.mark.parametrize("key, value", [("residual", "both"), ("noise_mode", "nearest"), ("depth", 0)])
+@pytest.mark.parametrize(
+    "key, value", [("residual", "both"), ("noise_mode", "nearest"), ("lr_schedule", "step"), ("depth", 0)]
+)
 def test_bad_settings_are_named(key, value):
     with pytest.raises(ValueError, match=key):
         create_family("dae", {key: value})

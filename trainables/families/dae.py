@@ -22,12 +22,14 @@ inside the brain. On the default synthetic T2 cohort the brain's standard deviat
 scale is 0.14 (measured on 6 healthy subjects: 0.136-0.151), so the paper's std 0.2 is 1.4 of our units:
 ``noise_std`` is in our units and defaults to 1.4 (a conversion of the paper's value, not its number). As in
 that code, ``std`` is the lattice's: bilinear interpolation lowers the pixels' std (about 0.68 of it).
-Departures, each a choice: plain convolutions instead of weight-standardised ones; no cosine learning-rate
-schedule (the shared loop has no per-epoch family hook); the 5 x 5 windows and the noise grid scale with the
-slice side (a 16-cell grid per 128 pixels is 4 cells at 32 x 32), so one setting means the same physical
-coarseness at every ``image_size``; the translation is a random sub-cell offset of a grid one cell larger,
-not a circular roll (a roll puts a seam into the field). ``noise_mode="fourier"`` draws a band-limited field
-instead (no energy above the grid's Nyquist frequency), for studying the noise's spectrum.
+- the learning rate follows a cosine from ``lr`` towards 0 over the run (the authors' run anneals it); here it
+  is set per epoch from ``Family.set_epoch``'s epoch and budget (``lr_schedule="constant"`` turns it off).
+Departures, each a choice: plain convolutions instead of weight-standardised ones; the cosine steps once an
+epoch, not once a batch (the family sees epochs, not the loader's length); the 5 x 5 windows and the noise
+grid scale with the slice side (a 16-cell grid per 128 pixels is 4 cells at 32 x 32), so one setting means
+the same physical coarseness at every ``image_size``; the translation is a random sub-cell offset of a grid
+one cell larger, not a circular roll (a roll puts a seam into the field). ``noise_mode="fourier"`` draws a
+band-limited field instead (no energy above the grid's Nyquist frequency), for studying the noise's spectrum.
 ``residual`` chooses the map's sign: ``abs`` (the paper), ``bright`` (``x - x'``: brighter than the network
 expects) or ``dark`` (``x' - x``).
 """
@@ -47,6 +49,7 @@ from trainables.families.registry import register_family
 REFERENCE_SIZE = 128  # the slice side the paper's noise grid and windows are given for
 RESIDUALS = ("abs", "bright", "dark")
 NOISE_MODES = ("bilinear", "fourier")
+LR_SCHEDULES = ("cosine", "constant")
 
 
 @dataclass
@@ -57,6 +60,7 @@ class DAEHparams:
     noise_std: float = 1.4  # noise std in z-score units: the paper's 0.2 on its 99th-percentile scale, converted
     noise_mode: str = "bilinear"  # upsampling of the coarse grid: bilinear (the paper) or fourier (band-limited)
     lr: float = 1e-4  # Adam learning rate; 1e-4 in the authors' run
+    lr_schedule: str = "cosine"  # "cosine": lr * (1 + cos(pi * epoch / epochs)) / 2 over the run; or "constant"
     weight_decay: float = 1e-5  # Adam weight decay; 1e-5 in the authors' code (with amsgrad)
     residual: str = "abs"  # map sign: abs |x - x'| (the paper), bright (x - x') or dark (x' - x)
     median_kernel: int = 5  # median filter and erosion window at 128 px (5 in the authors' code), scaled
@@ -159,6 +163,7 @@ class DAE(Family):
         checks = {
             "residual": hparams.residual in RESIDUALS,
             "noise_mode": hparams.noise_mode in NOISE_MODES,
+            "lr_schedule": hparams.lr_schedule in LR_SCHEDULES,
             "depth": hparams.depth >= 1,
             "channels": hparams.channels >= 1,
             "noise_res": hparams.noise_res >= 1,
@@ -181,6 +186,12 @@ class DAE(Family):
         params = nets["unet"].parameters()
         return {"unet": torch.optim.Adam(params, lr=self.hp.lr, weight_decay=self.hp.weight_decay, amsgrad=True)}
 
+    def epoch_lr(self) -> float:
+        """This epoch's learning rate: ``lr`` annealed on a half cosine over the run's epochs, or constant."""
+        if self.hp.lr_schedule == "constant":
+            return self.hp.lr
+        return self.hp.lr * (1 + math.cos(math.pi * self.epoch / max(self.epochs, 1))) / 2
+
     def noisy(self, x: torch.Tensor) -> torch.Tensor:
         """``x`` plus coarse noise inside the brain (``x != 0``: preprocessing zeroes the background)."""
         grid = noise_grid(self.hp.noise_res, x.shape[-1])
@@ -192,6 +203,8 @@ class DAE(Family):
     ) -> dict[str, float]:
         """One step of masked squared error between the U-Net's output on the noisy slice and the clean slice."""
         nets.train()
+        for group in opts["unet"].param_groups:
+            group["lr"] = self.epoch_lr()
         out = nets["unet"](self.noisy(x))
         loss = ((out - x).square() * (x != 0)).mean()
         opts["unet"].zero_grad(set_to_none=True)
