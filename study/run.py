@@ -178,8 +178,8 @@ def quiet_libraries(verbose: bool) -> None:
     logging.getLogger("mlflow").setLevel(logging.WARNING)
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     # our pyfunc's predict has no type hints on purpose (MLflow would read them as a second schema beside
-    # the signature it is logged with), which MLflow warns about on every model logged
-    warnings.filterwarnings("ignore", message="Add type hints to the `predict` method", category=UserWarning)
+    # the signature it is logged with), which MLflow warns about on every model logged (colour codes first)
+    warnings.filterwarnings("ignore", message=".*Add type hints to the `predict` method", category=UserWarning)
 
 
 def _start_state(config: StudyConfig, study_dir: Path, resume: bool, storage: RayStorage) -> str | None:
