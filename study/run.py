@@ -14,7 +14,6 @@ import logging
 import os
 import shutil
 import sys
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -177,9 +176,6 @@ def quiet_libraries(verbose: bool) -> None:
         return
     logging.getLogger("mlflow").setLevel(logging.WARNING)
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    # our pyfunc's predict has no type hints on purpose (MLflow would read them as a second schema beside
-    # the signature it is logged with), which MLflow warns about on every model logged (colour codes first)
-    warnings.filterwarnings("ignore", message=".*Add type hints to the `predict` method", category=UserWarning)
 
 
 def _start_state(config: StudyConfig, study_dir: Path, resume: bool, storage: RayStorage) -> str | None:
