@@ -99,32 +99,38 @@ def completed_points(config: StudyConfig) -> list[dict[str, Any]]:
 
 class _PointTrial:
     """Stands in for an Optuna trial while a space runs: each suggest_* is answered with the point's value, else
-    the default, after a check that the value lies in the suggested range. Branches follow those answers."""
+    the default. Branches follow those answers. A number the point gives may lie outside the searched range
+    (Optuna evaluates an enqueued point as given: a published value, or one chosen to diverge); a default must
+    lie inside it, and a categorical value must be one of the choices."""
 
     def __init__(self, point: dict[str, Any], defaults: dict[str, Any], where: str) -> None:
         self.point, self.defaults, self.where = point, defaults, where
         self.params: dict[str, Any] = {}
 
-    def _answer(self, name: str, fits: Callable[[Any], bool], expected: str) -> Any:
+    def _answer(self, name: str, in_space: Callable[[Any], bool], expected: str, number: type | None = None) -> Any:
         if name not in self.point and name not in self.defaults:
             raise ConfigError(f"{self.where}: give '{name}' (the family has no default for it)")
         value = self.point.get(name, self.defaults.get(name))
-        if not fits(value):
+        given_number = name in self.point and number is not None and _is_number(value, number)
+        if not (in_space(value) or given_number):
             source = "value" if name in self.point else "default"
             raise ConfigError(f"{self.where}: '{name}' {source} {value!r} is outside its space ({expected})")
         self.params[name] = value
         return value
 
     def suggest_float(self, name: str, low: float, high: float, *, step: float | None = None, log: bool = False):
-        in_range = lambda v: isinstance(v, int | float) and not isinstance(v, bool) and low <= v <= high  # noqa: E731
-        return self._answer(name, in_range, f"{low}..{high}")
+        return self._answer(name, lambda v: _is_number(v, float) and low <= v <= high, f"{low}..{high}", float)
 
     def suggest_int(self, name: str, low: int, high: int, *, step: int = 1, log: bool = False) -> int:
-        in_range = lambda v: isinstance(v, int) and not isinstance(v, bool) and low <= v <= high  # noqa: E731
-        return self._answer(name, in_range, f"integers {low}..{high}")
+        return self._answer(name, lambda v: _is_number(v, int) and low <= v <= high, f"integers {low}..{high}", int)
 
     def suggest_categorical(self, name: str, choices: Sequence[Any]) -> Any:
         return self._answer(name, lambda v: v in choices, f"one of {list(choices)}")
+
+
+def _is_number(value: Any, kind: type) -> bool:
+    """An int (for int parameters) or an int or float (for float ones); never a bool."""
+    return isinstance(value, int if kind is int else int | float) and not isinstance(value, bool)
 
 
 def make_scheduler(config: StudyConfig) -> TrialScheduler | None:

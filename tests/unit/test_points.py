@@ -37,11 +37,20 @@ def test_every_family_default_is_a_point_of_its_space(family):
     assert point["family"] == family and point["batch_size"] == 64
 
 
-def test_a_value_outside_its_space_is_refused_by_name():
-    with pytest.raises(ConfigError, match=r"points_to_evaluate\[0\].*'w_a' value 100.0 is outside its space"):
-        _points(["lran"], {"w_a": 100.0})
-    with pytest.raises(ConfigError, match=r"'latent_weight' value 'one' is outside"):
+def test_a_number_outside_the_searched_range_is_kept_as_given():
+    """Optuna evaluates an enqueued point as given: a published value outside the range, or an lr chosen to
+    diverge (tests/integration/test_faults.py), is tried as written."""
+    (point,) = _points(["lran"], {"w_a": 100.0, "rank_target": 64})
+    assert point["w_a"] == 100.0 and point["rank_target"] == 64
+
+
+def test_a_value_of_the_wrong_kind_or_an_unknown_choice_is_refused_by_name():
+    with pytest.raises(ConfigError, match=r"points_to_evaluate\[0\].*'latent_weight' value 'one' is outside"):
         _points(["caae"], {"latent_weight": "one"})
+    with pytest.raises(ConfigError, match=r"'rank_target' value 8.5 is outside its space \(integers 1..16\)"):
+        _points(["lran"], {"rank_target": 8.5})
+    with pytest.raises(ConfigError, match=r"'adversarial' value 'wgan' is outside its space \(one of"):
+        _points(["lran"], {"adversarial": "wgan"})
 
 
 def test_a_key_the_space_never_draws_is_refused():
