@@ -13,7 +13,7 @@ from pathlib import Path
 
 from study.config import CONFIG_DIR, StudyConfig, load_config
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]  # study/bench/common.py -> the repository root
 SMOKE_CONFIG = CONFIG_DIR / "smoke.yaml"
 DEFAULT_CONFIG = CONFIG_DIR / "default.yaml"
 

@@ -132,6 +132,14 @@ def test_only_accepts_known_sections() -> None:
         bench.parse_args(["--only", "data,nope"])
 
 
+def test_default_out_and_data_root_are_under_the_repository_root() -> None:
+    from study.bench.common import REPO, study_config
+
+    assert (REPO / "pyproject.toml").is_file()
+    assert bench.DEFAULT_OUT == REPO / "results" / "bench.json"
+    assert Path(study_config().data.root).is_relative_to(REPO / "results")
+
+
 def test_help_runs() -> None:
     out = subprocess.run([sys.executable, "-m", "study.bench", "--help"], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0
