@@ -37,11 +37,11 @@ class BenchPlan:
 
     @classmethod
     def full(cls) -> BenchPlan:
-        return cls(False, None, 3, 9, 8, 5, 3, 16, 4, 128, None)
+        return cls(False, None, 3, 61, 8, 5, 3, 16, 4, 128, None)
 
     @classmethod
     def quick_plan(cls) -> BenchPlan:
-        return cls(True, ("vae",), 2, 3, 2, 1, 1, 6, 2, 64, 1)
+        return cls(True, ("vae",), 2, 21, 2, 1, 1, 6, 2, 64, 1)
 
 
 def device_name() -> str:

@@ -5,9 +5,11 @@ Delivery (slices/s, one process, batches of 64 drawn in random order, the train 
 - loader: the study's training path, `slice_loader(SliceDataset(cache, "train", fields=TRAIN_FIELDS),
   ShardBatches(..., shuffle=True))`: a whole batch of images read at once from the memory maps;
 - memory: the same images as a tensor already in RAM, indexed by a random permutation;
-- loader_all / memory_all: the same with all five fields (images, both masks, subject, slice index), as
+- loader_all / memory_all: the same with all six fields (images, both masks, subject, slice index, appearance), as
   scoring reads them.
-Rounds alternate the four so load on the shared machine hits each alike; medians over rounds.
+Rounds alternate the four so load on the shared machine hits each alike, each round in another (seeded)
+order so no path always follows the same one; medians over rounds. A timing lasts 1-2 ms, so a scheduler
+preemption on a shared machine moves it a lot: many rounds (61, --quick 21) keep the medians steady.
 
 Memory: 1 and 4 processes (`python -m study.bench.data --hold CACHE`) each iterate the train split through
 SliceDataset and stay alive while /proc/<pid>/smaps_rollup (RSS, PSS) and the cache files' own mappings
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import random
 import subprocess
 import sys
 import time
@@ -88,6 +91,13 @@ def _timed(fn: Any, passes: int) -> float:
     return slices / (time.perf_counter() - started)
 
 
+def rotations(names: list[str], rounds: int, seed: int = 0) -> list[str]:
+    """``rounds`` rounds over ``names``, each in its own seeded random order, so no path always follows the
+    same one (what ran just before, its allocations and cache traffic, shifts a 1-2 ms timing)."""
+    rng = random.Random(seed)
+    return [name for _ in range(rounds) for name in rng.sample(names, len(names))]
+
+
 def delivery(plan: BenchPlan, cache: Path) -> dict[str, float]:
     """Median slices/s of the four paths over alternating rounds, and the ratios to memory."""
     from trainables.data.dataset import FIELDS, TRAIN_FIELDS
@@ -101,9 +111,8 @@ def delivery(plan: BenchPlan, cache: Path) -> dict[str, float]:
     with torch_threads(plan.threads):
         for fn in paths.values():
             fn()  # warm-up: page cache, allocator
-        for _ in range(plan.data_rounds):
-            for name, fn in paths.items():
-                found[name].append(_timed(fn, plan.data_passes))
+        for name in rotations(list(paths), plan.data_rounds):
+            found[name].append(_timed(paths[name], plan.data_passes))
     rate = {name: median(values) for name, values in found.items()}
     return {
         "data_ratio": ratio(rate["loader"], rate["memory"]),

@@ -146,6 +146,18 @@ def test_help_runs() -> None:
     assert "--quick" in out.stdout and "--only" in out.stdout
 
 
+def test_data_rounds_run_every_path_once_per_round_in_varying_seeded_orders() -> None:
+    from study.bench.data import rotations
+
+    names = ["a", "b", "c", "d"]
+    order = rotations(names, 40)
+    rounds = [order[i : i + 4] for i in range(0, len(order), 4)]
+    assert len(rounds) == 40 and all(sorted(r) == names for r in rounds)
+    before = {(order[i - 1], order[i]) for i in range(1, len(order))}
+    assert all((x, y) in before for x in names for y in names if x != y)  # each path follows each other one
+    assert rotations(names, 40) == order
+
+
 def test_parse_smaps_totals_and_file_filter() -> None:
     text = """\
 55d0c0000000-55d0c0001000 r--p 00000000 fd:01 42   /usr/bin/python3
