@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from study.config import load_config
-from study.results import TRIALS_CSV, finite, read_trials_csv
+from study.results import TRIALS_CSV, read_trials_csv
+from trainables.numbers import is_finite
 
 REPO = Path(__file__).resolve().parent.parent
 COLUMNS = (
@@ -35,7 +36,7 @@ def table(rows: list[dict[str, Any]], appearances: list[str], front: set[str]) -
     for row in rows:
         keys = [k for k, _ in COLUMNS] + [APPEARANCE_COLUMN.format(a) for a in appearances]
         cells = [f"{row['trial_id']}{' *' if row['trial_id'] in front else ''}", str(row["family"])]
-        cells += [f"{row[k]:.3f}" if finite(row.get(k)) else "-" for k in keys]
+        cells += [f"{row[k]:.3f}" if is_finite(row.get(k)) else "-" for k in keys]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

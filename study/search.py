@@ -14,6 +14,7 @@ from search_spaces import family_space
 from study.config import ConfigError, StudyConfig
 from study.trial import LOOP_KEYS
 from trainables.families import family_hparams
+from trainables.numbers import is_integer, is_real
 from trainables.train_loop import TrialSpec
 
 # Loop settings a space may draw beside the family's hyperparameters, at the training loop's defaults.
@@ -107,11 +108,13 @@ class _PointTrial:
         self.point, self.defaults, self.where = point, defaults, where
         self.params: dict[str, Any] = {}
 
-    def _answer(self, name: str, in_space: Callable[[Any], bool], expected: str, number: type | None = None) -> Any:
+    def _answer(
+        self, name: str, in_space: Callable[[Any], bool], expected: str, of_kind: Callable[[Any], bool] | None = None
+    ) -> Any:
         if name not in self.point and name not in self.defaults:
             raise ConfigError(f"{self.where}: give '{name}' (the family has no default for it)")
         value = self.point.get(name, self.defaults.get(name))
-        given_number = name in self.point and number is not None and _is_number(value, number)
+        given_number = name in self.point and of_kind is not None and of_kind(value)
         if not (in_space(value) or given_number):
             source = "value" if name in self.point else "default"
             raise ConfigError(f"{self.where}: '{name}' {source} {value!r} is outside its space ({expected})")
@@ -119,18 +122,13 @@ class _PointTrial:
         return value
 
     def suggest_float(self, name: str, low: float, high: float, *, step: float | None = None, log: bool = False):
-        return self._answer(name, lambda v: _is_number(v, float) and low <= v <= high, f"{low}..{high}", float)
+        return self._answer(name, lambda v: is_real(v) and low <= v <= high, f"{low}..{high}", is_real)
 
     def suggest_int(self, name: str, low: int, high: int, *, step: int = 1, log: bool = False) -> int:
-        return self._answer(name, lambda v: _is_number(v, int) and low <= v <= high, f"integers {low}..{high}", int)
+        return self._answer(name, lambda v: is_integer(v) and low <= v <= high, f"integers {low}..{high}", is_integer)
 
     def suggest_categorical(self, name: str, choices: Sequence[Any]) -> Any:
         return self._answer(name, lambda v: v in choices, f"one of {list(choices)}")
-
-
-def _is_number(value: Any, kind: type) -> bool:
-    """An int (for int parameters) or an int or float (for float ones); never a bool."""
-    return isinstance(value, int if kind is int else int | float) and not isinstance(value, bool)
 
 
 def make_scheduler(config: StudyConfig) -> TrialScheduler | None:

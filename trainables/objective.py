@@ -12,6 +12,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from trainables.numbers import is_real
+
 MODES = ("max", "min")
 T = TypeVar("T")
 
@@ -38,10 +40,6 @@ class Objective:
         chosen, chosen_value = None, math.nan
         for item in items:
             candidate = read(item)
-            if (
-                isinstance(candidate, int | float)
-                and not isinstance(candidate, bool)
-                and self.better(candidate, chosen_value)
-            ):
+            if is_real(candidate) and self.better(candidate, chosen_value):
                 chosen, chosen_value = item, candidate
         return chosen

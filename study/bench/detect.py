@@ -40,12 +40,12 @@ def best_of_study(config: Any, names: list[str]) -> dict[str, Any]:
 
 def margins(figures: dict[str, Any], names: list[str]) -> dict[str, float]:
     """``detect_margin_<name>``: best trial minus threshold baseline, where both were measured."""
-    from study.bench.report import finite
+    from trainables.numbers import is_finite
 
     out = {}
     for name in names:
         learned, baseline = figures.get(f"best_test_{name}"), figures.get(f"threshold_test_{name}")
-        if finite(learned) and finite(baseline):
+        if is_finite(learned) and is_finite(baseline):
             out[f"detect_margin_{name}"] = learned - baseline
     return out
 

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from trainables.numbers import is_finite
+
 NAN = float("nan")
 
 
@@ -28,7 +30,7 @@ class Target:
 
     def met(self, value: Any) -> bool | None:
         """True/False, or None when the figure was not measured (None or NaN)."""
-        if not finite(value):
+        if not is_finite(value):
             return None
         if self.op == ">=":
             return value >= self.bound
@@ -81,21 +83,16 @@ INFO_KEYS = (
 DETECT_PREFIXES = ("best_test_", "threshold_test_", "detect_margin_")
 
 
-def finite(value: Any) -> bool:
-    """A real number that is not NaN or infinite (bools are not figures)."""
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-
-
 def ratio(numerator: float | None, denominator: float | None) -> float:
     """``numerator / denominator``; NaN when either is missing or the denominator is not positive."""
-    if not (finite(numerator) and finite(denominator)) or denominator <= 0:
+    if not (is_finite(numerator) and is_finite(denominator)) or denominator <= 0:
         return NAN
     return numerator / denominator
 
 
 def median(values: Iterable[float | None]) -> float:
     """Median of the finite values; NaN when there are none."""
-    kept = [v for v in values if finite(v)]
+    kept = [v for v in values if is_finite(v)]
     return float(statistics.median(kept)) if kept else NAN
 
 
@@ -117,7 +114,7 @@ def budget_share(curve: Sequence[tuple[float, float]], goal: float, budget: floa
     None when ``goal`` is never reached within the curve.
     """
     for spent, value in curve:
-        if finite(value) and value >= goal:
+        if is_finite(value) and value >= goal:
             return spent / budget
     return None
 

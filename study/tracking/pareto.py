@@ -15,7 +15,8 @@ import matplotlib
 matplotlib.use("Agg")  # files only; no display on cluster heads or CI
 import matplotlib.pyplot as plt  # noqa: E402
 
-from study.results import finite, write_trials_csv  # noqa: E402
+from study.results import write_trials_csv  # noqa: E402
+from trainables.numbers import is_finite  # noqa: E402
 from trainables.objective import Objective  # noqa: E402
 
 
@@ -31,7 +32,7 @@ def dominates(a: tuple[float, ...], b: tuple[float, ...]) -> bool:
 
 def candidates(rows: list[dict[str, Any]], objectives: list[Objective]) -> list[dict[str, Any]]:
     """Completed trials with a finite value for every objective."""
-    return [r for r in rows if r["status"] == "completed" and all(finite(r.get(o.metric)) for o in objectives)]
+    return [r for r in rows if r["status"] == "completed" and all(is_finite(r.get(o.metric)) for o in objectives)]
 
 
 def pareto_front(rows: list[dict[str, Any]], objectives: list[Objective]) -> list[dict[str, Any]]:
@@ -67,8 +68,8 @@ def plot_front(rows: list[dict[str, Any]], objectives: list[Objective], path: Pa
     for family in sorted({r["family"] for r in pool}):
         points = [(r[x_obj.metric], r[y_obj.metric]) for r in pool if r["family"] == family]
         ax.scatter(*zip(*points, strict=True), label=family, alpha=0.7)
-    stopped = [r for r in rows if r["status"] == "stopped_early" and finite(r.get(x_obj.metric))]
-    if stopped and all(finite(r.get(y_obj.metric)) for r in stopped):
+    stopped = [r for r in rows if r["status"] == "stopped_early" and is_finite(r.get(x_obj.metric))]
+    if stopped and all(is_finite(r.get(y_obj.metric)) for r in stopped):
         xs, ys = [r[x_obj.metric] for r in stopped], [r[y_obj.metric] for r in stopped]
         ax.scatter(xs, ys, marker="x", color="grey", label="stopped early (not on the front)")
     front = sorted(pareto_front(rows, objectives), key=lambda r: r[x_obj.metric])

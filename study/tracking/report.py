@@ -21,7 +21,6 @@ from study.results import (  # noqa: E402
     TRIALS_CSV,
     best_by_family,
     best_trial,
-    finite,
     format_cell,
     write_best_json,
     write_trials_csv,
@@ -29,6 +28,7 @@ from study.results import (  # noqa: E402
 from study.search import make_storage  # noqa: E402
 from study.tracking.pareto import fronts, write_pareto  # noqa: E402
 from study.tracking.runs import tracking_uri, trial_label  # noqa: E402
+from trainables.numbers import is_finite  # noqa: E402
 
 SUMMARY = "summary.md"  # the parent run's summary, also shown as the run's description
 TEST_SHOWN = ("test_pixel_auroc", "test_slice_auroc")  # reported beside each chosen trial, never used to choose
@@ -108,10 +108,10 @@ def summary_metrics(config: StudyConfig, rows: list[dict]) -> list[Metric]:
             values[f"best/{objective.metric}"] = row[objective.metric]
     first = config.objectives[0]
     for family, row in best_by_family(rows, first).items():
-        values.update({f"best_{family}/{k}": row[k] for k in (first.metric, *TEST_SHOWN) if finite(row.get(k))})
+        values.update({f"best_{family}/{k}": row[k] for k in (first.metric, *TEST_SHOWN) if is_finite(row.get(k))})
     for row in (r for r in rows if r["status"] == "baseline"):
         keys = (*config.objective_names, *TEST_SHOWN)
-        values.update({f"{row['family']}/{k}": row[k] for k in keys if finite(row.get(k))})
+        values.update({f"{row['family']}/{k}": row[k] for k in keys if is_finite(row.get(k))})
     return [Metric(key, float(value), 0, 0) for key, value in values.items()]
 
 
@@ -161,7 +161,7 @@ def _winner(row: dict, metric: str, uri: str) -> list[str]:
 def _against_baseline(winner: dict, rows: list[dict], config: StudyConfig) -> list[str]:
     """A warning line where the untrained baseline beats the winner on the first objective (learning bought nothing)."""
     objective = config.objectives[0]
-    baselines = [r for r in rows if r["status"] == "baseline" and finite(r.get(objective.metric))]
+    baselines = [r for r in rows if r["status"] == "baseline" and is_finite(r.get(objective.metric))]
     better = [r for r in baselines if objective.better(r[objective.metric], winner[objective.metric])]
     return [
         f"Note: the untrained `{r['family']}` baseline scores better on `{objective.metric}`"

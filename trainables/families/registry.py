@@ -9,6 +9,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
 from trainables.families.base import Family
+from trainables.numbers import is_real
 
 _FAMILIES: dict[str, type[Family]] = {}
 
@@ -82,10 +83,10 @@ def _coerce(family: str, key: str, value: Any, typ: Any) -> Any:
         ok = isinstance(value, (bool, numbers.Integral)) and value in (0, 1)
         value = bool(value) if ok else value
     elif typ is int:
-        ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and float(value).is_integer()
+        ok = is_real(value) and float(value).is_integer()
         value = int(value) if ok else value
     elif typ is float:
-        ok = isinstance(value, numbers.Real) and not isinstance(value, bool)
+        ok = is_real(value)
         value = float(value) if ok else value
     elif typ is str:
         ok = isinstance(value, str)
