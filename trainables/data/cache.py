@@ -30,10 +30,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
-from filelock import FileLock, Timeout
 
 from trainables.data.errors import DataError
 from trainables.data.layouts import SubjectRecord, discover_subjects
+from trainables.data.locks import node_lock
 from trainables.data.preprocess import PreprocessConfig, SubjectSlices, subject_slices
 from trainables.metric_names import APPEARANCE_NAME  # names become part of metric names (test_pixel_auroc_<name>)
 
@@ -112,13 +112,7 @@ def prepare_slice_cache(
     if (entry / "meta.json").is_file():
         say(f"reusing slice cache {entry}")
         return entry
-    lock = FileLock(str(cache_root / f"{key}.lock"))
-    try:
-        lock.acquire(timeout=0)
-    except Timeout:
-        say(f"waiting for another process building slice cache {entry}")
-        lock.acquire()
-    try:
+    with node_lock(cache_root / f"{key}.lock", f"waiting for another process building slice cache {entry}", say):
         if (entry / "meta.json").is_file():  # built by another process while we waited
             say(f"reusing slice cache {entry}")
             return entry
@@ -129,8 +123,6 @@ def prepare_slice_cache(
             os.rename(tmp, entry)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
-    finally:
-        lock.release()
     say(f"slice cache ready: {entry}")
     return entry
 

@@ -12,20 +12,19 @@ import json
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 from uuid import uuid4
 
-from filelock import FileLock, Timeout
 from s3transfer.manager import TransferManager
 from s3transfer.subscribers import BaseSubscriber
 from s3transfer.utils import OSUtils
 
 from trainables.data.errors import DataError
 from trainables.data.layouts import discover_subjects
+from trainables.data.locks import node_lock
 from trainables.data.s3 import (
     DEFAULT_CONCURRENCY,
     ClusterStudy,
@@ -249,21 +248,6 @@ def _check_layout(folder: Path, uri: str, modality: str, lesion: bool) -> None:
         raise StageError(f"{uri} (local {folder}): layout not recognised: {err}") from err
 
 
-@contextmanager
-def _node_lock(cache_dir: Path, say: Progress) -> Iterator[None]:
-    """One stager per cache folder (per node): the others wait here, then find everything cached."""
-    lock = FileLock(str(cache_dir / LOCK))
-    try:
-        lock.acquire(timeout=0)
-    except Timeout:
-        say(f"waiting for another process staging into {cache_dir}")
-        lock.acquire()
-    try:
-        yield
-    finally:
-        lock.release()
-
-
 def stage_dataset(
     study: ClusterStudy,
     cache_dir: Path,
@@ -287,7 +271,7 @@ def stage_dataset(
     uris = {"healthy": study.healthy_uri, "lesion": study.lesion_uri}
     dirs = {role: cache_dir.joinpath(*parse_s3_uri(uri)) for role, uri in uris.items()}
     say(f"staging {' and '.join(uris.values())} from {study.label} into {cache_dir}")
-    with _node_lock(cache_dir, say):
+    with node_lock(cache_dir / LOCK, f"waiting for another process staging into {cache_dir}", say):
         check_buckets(study, [parse_s3_uri(uri)[0] for uri in uris.values()])
         client = s3_client(study, concurrency=concurrency)
         objects = [o for uri in uris.values() for o in list_prefix(client, study, uri)]
