@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -49,8 +50,9 @@ def split_params(config: dict[str, Any]) -> tuple[str, dict[str, Any], dict[str,
 
 def run_trial(config: dict[str, Any], setup: TrialSetup) -> None:
     """Tune function trainable: build the TorchTrainer for this trial and fit it."""
+    entered = time.time()  # study.bench: the trial actor is up and has imported this module
     family, hparams, loop = split_params(config)
-    spec = replace(setup.spec, family=family, hparams=hparams, **loop)
+    spec = replace(setup.spec, family=family, hparams=hparams, trial_entered_at=entered, **loop)
     _controller_environment(setup)
     trainer = TorchTrainer(
         train_loop_per_worker,

@@ -68,6 +68,7 @@ class TrialSpec:
     precision: str = "auto"  # "bf16" (autocast), "fp32", or "auto": bf16 on CUDA, fp32 otherwise
     preprocess: dict[str, Any] = field(default_factory=dict)  # recorded in model.pt for later inference
     node_data: Callable[[], str] | None = None  # returns this node's cache folder (stages it on other nodes)
+    trial_entered_at: float | None = None  # wall clock when the Tune trial's function began (study.bench splits)
 
 
 def train_loop_per_worker(config: dict[str, TrialSpec]) -> None:
@@ -108,6 +109,8 @@ def train_loop_per_worker(config: dict[str, TrialSpec]) -> None:
         metrics["train_seconds"] = progress.train_seconds
         if "first_step_at" in losses:
             metrics["loop_start_at"] = entered
+            if spec.trial_entered_at is not None:
+                metrics["trial_entered_at"] = spec.trial_entered_at
         scored = _validate(family, nets, val_loader, device)  # None on ranks other than 0
         if scored is not None:
             val = {f"val_{k}": v for k, v in scored.items()}

@@ -70,6 +70,8 @@ INFO_KEYS = (
     "study_inner_s",
     "study_before_first_trial_s",
     "trial_start_to_loop_s",
+    "trial_start_to_trainable_s",
+    "trial_trainable_to_loop_s",
     "trial_loop_to_first_step_s",
     "trial_in_epochs_overhead_s",
     "trial_tail_s",

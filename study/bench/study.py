@@ -28,7 +28,7 @@ from study.bench.common import BenchPlan, say, study_config
 from study.bench.report import median, ratio
 from study.config import StudyConfig
 
-KEPT = ("epoch", "time_train_s", "time_eval_s", "first_step_at", "loop_start_at", "final")
+KEPT = ("epoch", "time_train_s", "time_eval_s", "first_step_at", "loop_start_at", "trial_entered_at", "final")
 
 
 class TrialClock(Callback):
@@ -169,6 +169,9 @@ def run(plan: BenchPlan) -> dict[str, Any]:
         "study_overhead": ratio(t1 - t0, inner),
         "trial_start_s": median(start_costs(clock)),
         "trial_start_to_loop_s": median(start_costs(clock, "loop_start_at")),  # Ray: actors, imports, rendezvous
+        # ... split at the trial's function: Tune's trial actor / Train's controller, workers and rendezvous
+        "trial_start_to_trainable_s": median(start_costs(clock, "trial_entered_at")),
+        "trial_trainable_to_loop_s": median(start_costs(clock, "loop_start_at", since="trial_entered_at")),
         "trial_loop_to_first_step_s": median(start_costs(clock, "first_step_at", since="loop_start_at")),
         "study_wall_s": t1 - t0,
         "study_inner_s": inner,
