@@ -26,7 +26,6 @@ from study.bench.common import BenchPlan, say, torch_threads
 from study.bench.report import median, rates, ratio, steady
 from trainables.families import searchable_family_names
 
-BATCH_SIZE = 64  # the study's default batch size (trainables.train_loop.TrialSpec.batch_size)
 IMAGE_SIZE = 32
 
 
@@ -58,6 +57,7 @@ class PlainLoop:
 
         from trainables.data.dataset import TRAIN_FIELDS, ShardBatches, SliceDataset, slice_loader
         from trainables.families import create_family
+        from trainables.train_loop import TrialSpec
 
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         torch.manual_seed(seed)
@@ -65,7 +65,7 @@ class PlainLoop:
         self.nets = self.family.build(IMAGE_SIZE).to(self.device)
         self.opts = self.family.optimizers(self.nets)
         dataset = SliceDataset(cache, "train", fields=TRAIN_FIELDS)
-        self.batches = ShardBatches(len(dataset), BATCH_SIZE, shuffle=True, seed=seed, drop_last=True)
+        self.batches = ShardBatches(len(dataset), TrialSpec.batch_size, shuffle=True, seed=seed, drop_last=True)
         self.loader, self.passes = slice_loader(dataset, self.batches), 0
 
     def epoch(self) -> tuple[int, float]:
@@ -92,7 +92,7 @@ def ray_epochs(family_name: str, cache: Path, epochs: int, threads: int, storage
 
     gpu = torch.cuda.is_available()
     spec = TrialSpec(family=family_name, hparams={}, cache_dir=str(cache), image_size=IMAGE_SIZE, epochs=epochs,
-                     objective=Objective("val_pixel_auroc"), batch_size=BATCH_SIZE, threads=threads)  # fmt: skip
+                     objective=Objective("val_pixel_auroc"), threads=threads)  # fmt: skip
     reports = storage / f"{family_name}.jsonl"
     resources = {"CPU": 1, **({"GPU": 1} if gpu else {})}
     trainer = TorchTrainer(
