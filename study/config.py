@@ -16,6 +16,7 @@ from typing import Any
 import yaml
 
 from trainables.metric_names import OBJECTIVE_METRICS
+from trainables.numbers import is_real
 from trainables.objective import MODES, Objective
 
 CONFIG_DIR = Path(__file__).parent / "configs"
@@ -263,7 +264,7 @@ def _coerce(hint: Any, value: Any, file: str, key: str) -> Any:
 
 
 def _scalar(hint: type, value: Any, file: str, key: str) -> Any:
-    if hint is float and isinstance(value, int | float) and not isinstance(value, bool):
+    if hint is float and is_real(value):
         return float(value)
     if isinstance(value, hint) and not (hint is int and isinstance(value, bool)):
         return value

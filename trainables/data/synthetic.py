@@ -61,6 +61,7 @@ from trainables.data.lesions import (
     push,
     smooth_fields,
 )
+from trainables.numbers import is_integer
 
 GENERATOR_VERSION = 2  # bump whenever outputs change, so ensure_cohort regenerates old cohorts
 HEALTHY_KIND, LESION_KIND = 0, 1
@@ -198,7 +199,7 @@ def _write_subject(tpl: _Template, root: Path, seed: int, kind: int, index: int,
 def _check_args(out_dir: Path | str, n_healthy: int, n_lesion: int, seed: int) -> Path:
     """Validate arguments; create the parent of ``out_dir``. Returns ``out_dir`` as an absolute Path."""
     for name, value in (("n_healthy", n_healthy), ("n_lesion", n_lesion), ("seed", seed)):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+        if not is_integer(value) or value < 0:
             raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
     out_dir = Path(out_dir).expanduser().absolute()
     if out_dir.exists() and not out_dir.is_dir():
