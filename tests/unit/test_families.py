@@ -14,9 +14,8 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 from family_kit import FAST, B, S, _family, _run, _setup, one_thread, smooth_images  # noqa: F401 (fixture)
+from gloo_kit import join_group, leave_group, run_ranks
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
@@ -235,8 +234,7 @@ def test_threshold_map_is_the_image():
 
 def _ddp_worker(rank: int, world: int, store: str, out: str) -> None:
     """Two gloo ranks train every family for 2 steps on different batches, from different initial weights."""
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
+    join_group(rank, world, store)
     weights = {}
     for name in family_names():
         torch.manual_seed(rank)  # DDP must broadcast rank 0's initial weights
@@ -251,12 +249,12 @@ def _ddp_worker(rank: int, world: int, store: str, out: str) -> None:
             assert all(math.isfinite(v) for v in terms.values()), (name, terms)
         weights[name] = [p.detach().clone() for p in nets.parameters()]
     torch.save(weights, Path(out) / f"rank{rank}.pt")
-    dist.destroy_process_group()
+    leave_group()
 
 
 def test_families_under_ddp_keep_ranks_in_sync(tmp_path):
     """Each family's GAN/critic steps work with DDP wrappers, and the ranks end with identical weights."""
-    mp.spawn(_ddp_worker, args=(2, str(tmp_path / "store"), str(tmp_path)), nprocs=2)
+    run_ranks(_ddp_worker, (2, str(tmp_path / "store"), str(tmp_path)))
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
     assert ranks[0].keys() == set(family_names())
     for name, params in ranks[0].items():

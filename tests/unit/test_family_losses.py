@@ -10,9 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 from family_kit import B, S, _run, _setup, one_thread, smooth_images  # noqa: F401 (one_thread: autouse fixture)
+from gloo_kit import join_group, leave_group, run_ranks
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
@@ -185,14 +184,13 @@ def _rank_setup() -> tuple[nn.Linear, torch.Tensor]:
 
 def _rank_worker(rank: int, world: int, store: str, out: str) -> None:
     """Each of two gloo ranks holds 8 of the 16 samples; the rank term is taken on the gathered batch."""
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
+    join_group(rank, world, store)
     net, x = _rank_setup()
     ddp = DistributedDataParallel(net)
     term = rank_energy(gather_batch(ddp(x[8 * rank : 8 * (rank + 1)])), 2)
     term.backward()
     torch.save({"term": term.detach(), "grads": [p.grad for p in net.parameters()]}, Path(out) / f"rank{rank}.pt")
-    dist.destroy_process_group()
+    leave_group()
 
 
 def test_rank_term_same_on_one_worker_and_on_two(tmp_path):
@@ -200,7 +198,7 @@ def test_rank_term_same_on_one_worker_and_on_two(tmp_path):
     net, x = _rank_setup()
     term = rank_energy(gather_batch(net(x)), 2)
     term.backward()
-    mp.spawn(_rank_worker, args=(2, str(tmp_path / "store"), str(tmp_path)), nprocs=2)
+    run_ranks(_rank_worker, (2, str(tmp_path / "store"), str(tmp_path)))
     for r in range(2):
         got = torch.load(tmp_path / f"rank{r}.pt")
         assert got["term"].item() == pytest.approx(term.item(), rel=1e-5)

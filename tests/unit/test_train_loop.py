@@ -6,14 +6,12 @@ step is named at the end of its epoch; the same epoch function runs without a pr
 from __future__ import annotations
 
 import math
-import os
-import socket
 from pathlib import Path
 
 import pytest
 import torch
-import torch.distributed as dist
 import torch.multiprocessing as mp
+from gloo_kit import join_group, leave_group, run_ranks
 
 from trainables.data.cache import SplitConfig, prepare_slice_cache
 from trainables.data.dataset import TRAIN_FIELDS, ShardBatches, SliceDataset, slice_loader
@@ -35,42 +33,32 @@ def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
                                PreprocessConfig(), SplitConfig())  # fmt: skip
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _rank_main(rank: int, world: int, port: int, cache: str, out: dict) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+def _rank_main(rank: int, world: int, store: str, cache: str, out: dict) -> None:
+    join_group(rank, world, store)
+    torch.manual_seed(0)
+    family = create_family("vae", {})
+    family.device_terms = True
+    nets = _wrap_ddp(family.build(32), CPU)
+    opts = family.optimizers(nets)
+    val = SliceDataset(Path(cache), "val")
+    scored = _validate(family, nets, slice_loader(val, ShardBatches(len(val), 16, rank=rank, world=world)), CPU)
+    train = SliceDataset(Path(cache), "train", fields=TRAIN_FIELDS)
+    batches = ShardBatches(len(train), 8, shuffle=True, rank=rank, world=world, drop_last=True)
+    losses = _loss_metrics(train_epoch(family, nets, opts, slice_loader(train, batches), CPU, 0), 0)
+    bad = torch.full((8, 1, 32, 32), float("nan"))
     try:
-        torch.set_num_threads(1)
-        torch.manual_seed(0)
-        family = create_family("vae", {})
-        family.device_terms = True
-        nets = _wrap_ddp(family.build(32), CPU)
-        opts = family.optimizers(nets)
-        val = SliceDataset(Path(cache), "val")
-        scored = _validate(family, nets, slice_loader(val, ShardBatches(len(val), 16, rank=rank, world=world)), CPU)
-        train = SliceDataset(Path(cache), "train", fields=TRAIN_FIELDS)
-        batches = ShardBatches(len(train), 8, shuffle=True, rank=rank, world=world, drop_last=True)
-        losses = _loss_metrics(train_epoch(family, nets, opts, slice_loader(train, batches), CPU, 0), 0)
-        bad = torch.full((8, 1, 32, 32), float("nan"))
-        try:
-            train_epoch(family, nets, opts, [{"image": bad}], CPU, 1)
-            error = ""
-        except NonFiniteLossError as err:
-            error = str(err)
-        out[rank] = {"val": scored, "losses": losses, "error": error, "steps": len(batches)}
-    finally:
-        dist.destroy_process_group()
+        train_epoch(family, nets, opts, [{"image": bad}], CPU, 1)
+        error = ""
+    except NonFiniteLossError as err:
+        error = str(err)
+    out[rank] = {"val": scored, "losses": losses, "error": error, "steps": len(batches)}
+    leave_group()
 
 
-def test_sharded_validation_and_epoch_sums_over_two_gloo_ranks(cache: Path) -> None:
+def test_sharded_validation_and_epoch_sums_over_two_gloo_ranks(cache: Path, tmp_path: Path) -> None:
     with mp.Manager() as manager:
         out = manager.dict()
-        mp.spawn(_rank_main, args=(2, _free_port(), str(cache), out), nprocs=2, join=True)
+        run_ranks(_rank_main, (2, str(tmp_path / "store"), str(cache), out))
         results = dict(out)
     torch.manual_seed(0)
     family = create_family("vae", {})
