@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import torch
 import torch.distributed as dist
-import torch.distributed.nn.functional as dist_fn
 import torch.nn.functional as F
 
 
@@ -43,10 +42,29 @@ def kl_divergence(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     return (-0.5 * (1 + logvar - mu.square() - logvar.exp())).sum(1).mean()
 
 
+class _GatherBatch(torch.autograd.Function):
+    """All-gather along the batch whose backward returns to each rank the gradient of its own rows, summed over
+    every rank's graph: one all_reduce of the whole gradient, then this rank's slice. ``torch.distributed.nn``'s
+    all_gather does the same but is deprecated, and on gloo emulates all_to_all with one scatter per rank."""
+
+    @staticmethod
+    def forward(ctx, z: torch.Tensor) -> torch.Tensor:
+        parts = [torch.empty_like(z) for _ in range(dist.get_world_size())]
+        dist.all_gather(parts, z)
+        ctx.rows = slice(dist.get_rank() * len(z), (dist.get_rank() + 1) * len(z))
+        return torch.cat(parts)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.contiguous().clone()  # all_reduce works in place; autograd may hold `grad` elsewhere
+        dist.all_reduce(grad)
+        return grad[ctx.rows]
+
+
 def gather_batch(z: torch.Tensor) -> torch.Tensor:
     """``z`` (B,...) of every worker of the default process group, concatenated in rank order, with the
-    gradient kept (``torch.distributed.nn``'s all_gather sends each rank's share of the gradient back to
-    it); ``z`` itself when no group is initialised.
+    gradient kept; ``z`` itself when no group is initialised. Every worker's B must be equal (training
+    batches drop the remainder).
 
     Used for terms that are not sums over samples (the rank term): computed on the gathered batch, they
     equal the single-worker value for the same global batch. Each rank computes the same term, so the
@@ -55,7 +73,7 @@ def gather_batch(z: torch.Tensor) -> torch.Tensor:
     """
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return z
-    return torch.cat(dist_fn.all_gather(z.contiguous()))
+    return _GatherBatch.apply(z.contiguous())
 
 
 def gradient_penalty(scores: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
