@@ -56,7 +56,7 @@ class _GatherBatch(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
-        grad = grad.contiguous().clone()  # all_reduce works in place; autograd may hold `grad` elsewhere
+        grad = grad.clone(memory_format=torch.contiguous_format)  # all_reduce is in place; autograd may hold `grad`
         dist.all_reduce(grad)
         return grad[ctx.rows]
 
