@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -25,14 +26,51 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)  # our progress lines say w
 warnings.filterwarnings("ignore", message="The reported value is ignored", category=UserWarning)
 
 
+_LOCK_TYPES = (type(threading.Lock()), type(threading.RLock()))
+
+
+class _PicklableSampler:
+    """Leaves thread locks out of a sampler's pickled state and makes new ones on unpickling.
+
+    Tune pickles the search algorithm (at start and at every checkpoint). Optuna 5.1's NSGAIISampler holds a
+    ``_thread_lock`` and so does not pickle; a lock guards one process's threads and carries no state, so a
+    fresh one is what the unpickled copy needs. Any sampler attribute that is a lock is handled the same way,
+    whatever Optuna release adds one next (tests/unit/test_samplers.py pickles every sampler the config accepts).
+    """
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(super().__getstate__() if hasattr(super(), "__getstate__") else self.__dict__)
+        locks = {k: isinstance(v, type(threading.RLock())) for k, v in state.items() if isinstance(v, _LOCK_TYPES)}
+        for name in locks:
+            del state[name]
+        return {**state, "_picklable_locks": locks}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        state = dict(state)
+        locks = state.pop("_picklable_locks", {})
+        self.__dict__.update(state)
+        for name, reentrant in locks.items():
+            setattr(self, name, threading.RLock() if reentrant else threading.Lock())
+
+
+class TPESampler(_PicklableSampler, optuna.samplers.TPESampler):
+    pass
+
+
+class RandomSampler(_PicklableSampler, optuna.samplers.RandomSampler):
+    pass
+
+
+class NSGAIISampler(_PicklableSampler, optuna.samplers.NSGAIISampler):
+    pass
+
+
+SAMPLER_CLASSES = {"tpe": TPESampler, "random": RandomSampler, "nsga2": NSGAIISampler}
+
+
 def make_sampler(config: StudyConfig) -> optuna.samplers.BaseSampler:
-    """TPE (default), random or NSGA-II, seeded from the study."""
-    samplers = {
-        "tpe": lambda: optuna.samplers.TPESampler(seed=config.seed),
-        "random": lambda: optuna.samplers.RandomSampler(seed=config.seed),
-        "nsga2": lambda: optuna.samplers.NSGAIISampler(seed=config.seed),
-    }
-    return samplers[config.sampler]()
+    """TPE (default), random or NSGA-II, seeded from the study; each pickles (Tune pickles its searcher)."""
+    return SAMPLER_CLASSES[config.sampler](seed=config.seed)
 
 
 def optuna_storage_url(config: StudyConfig) -> str:

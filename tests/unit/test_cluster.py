@@ -119,11 +119,19 @@ def test_constraints_pin_every_dependency_as_tested() -> None:
     from study.pins import project_requirements, read_constraints
 
     pins = read_constraints()
-    for req in project_requirements():
+    for req in project_requirements(extras=("test",)):  # README's set-up and CI install the test extra too
         name = canonicalize_name(req.name)
         assert name in pins and req.specifier.contains(pins[name], prereleases=True), (req, pins.get(name))
     assert pins["ray"] == "2.60.0" and pins["torch"] == "2.13.0" and "aiohttp-cors" in pins  # ray[default]
     assert pins["mlflow"] == metadata.version("mlflow")  # made from this environment
+    assert "moto" in pins and "pytest" in pins
+
+
+def test_pins_diff_names_each_change() -> None:
+    from study.pins import diff
+
+    changes = diff({"optuna": "5.1.0", "ray": "2.60.0", "new": "1.0"}, {"optuna": "5.0.0", "ray": "2.60.0", "old": "2"})
+    assert changes == ["new - -> 1.0", "old 2 -> -", "optuna 5.0.0 -> 5.1.0"]
 
 
 @pytest.mark.parametrize("path", CLUSTER_YAMLS, ids=lambda p: p.name)
