@@ -198,8 +198,11 @@ def _start_state(config: StudyConfig, study_dir: Path, resume: bool, storage: Ra
 
 
 def connect_ray(config: StudyConfig, verbose: bool) -> bool:
-    """Attach to the configured or a running Ray cluster (token auth as it is set up), else start a local one.
+    """Attach to the configured Ray, or to one started to be shared, else start a private local one.
 
+    Shared means named (``ray_address``, RAY_ADDRESS) or started with ``ray start`` (a cluster's head, or local
+    debugging), which records its address for later drivers. Another study's private Ray is never joined:
+    ``address="auto"`` would find it too, wait for its CPUs and die with it. Token auth stays as it is set up.
     Returns True when this call started Ray (the study then shuts it down at its end).
     """
     import ray
@@ -207,16 +210,26 @@ def connect_ray(config: StudyConfig, verbose: bool) -> bool:
     if ray.is_initialized():
         return False
     address = config.ray_address or os.environ.get("RAY_ADDRESS")
-    if address is None:
+    shared = address is None and shared_ray_address()
+    if shared:
         try:
-            ray.init(address="auto", log_to_driver=verbose)
-            print(f"attached to the running Ray cluster: {ray.cluster_resources()}", flush=True)
+            ray.init(address=shared, log_to_driver=verbose)
+            print(f"attached to the Ray cluster started with `ray start` at {shared}: {ray.cluster_resources()}")
             return False
         except ConnectionError:
-            pass  # no cluster running: start a local one below
-    ray.init(address=address, log_to_driver=verbose)
+            print(f"the Ray that `ray start` recorded at {shared} does not answer: starting a private one")
+    ray.init(address=address or "local", log_to_driver=verbose)
     print(f"Ray: {ray.cluster_resources()}", flush=True)
     return address in (None, "local")
+
+
+def shared_ray_address() -> str | None:
+    """The address the last ``ray start`` on this machine recorded (Ray's ``ray_current_cluster`` file), if any.
+
+    Private ``ray.init()`` instances record none, which is what tells the two apart."""
+    from ray._private.services import find_bootstrap_address  # the reader ray.init itself uses for this file
+
+    return find_bootstrap_address(None)
 
 
 def _tune(
