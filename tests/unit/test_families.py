@@ -96,22 +96,30 @@ def test_largest_images(name):
     _check_scores(family.score(nets, x), B, 128)
 
 
-# The paper's GAN term (w_a = 5, non-saturating BCE) pulls the LRAN generator away from its input here: measured
-# reconstruction MSE 0.178 -> 0.262 after 100 steps. Strict: the case fails the suite if it starts passing.
-LRAN_GAN = pytest.mark.xfail(strict=True, reason="LRAN's GAN term raises reconstruction error in 100 small steps")
-RECON_CASES = [pytest.param(n, marks=LRAN_GAN) if n == "lran" else n for n in TRAINABLE]
+# Reconstruction MSE after / before 100 steps on 8 fixed images (``_lowers_reconstruction_error``), measured for
+# seeds 0-5 (torch seed s for the weights, images of seed s + 1; the suite runs seed 0) with OMP_NUM_THREADS=1 on
+# the 2-core machine (Intel); issue 24 saw caae's seeds 0-3 at 0.605, 0.172, 0.315, 0.132 on an AMD EPYC.
+#   aae 0.165 0.062 0.084 0.072 0.077 0.073      ae 0.048 0.013 0.024 0.013 0.045 0.228
+#   caae 0.483 0.582 0.164 0.178 0.315 0.146     dae 0.121 0.601 0.114 0.188 0.235 0.162
+#   vae 0.053 0.084 0.044 0.060 0.080 0.076      lran, feature matching: 0.049 0.080 0.054 0.088 0.066 0.085
+# Each bound keeps half of the smallest gain seen (1 - ratio), the AMD figure included: ratio < 1 - (1 - worst) / 2.
+# LRAN with its published GAN term (w_a = 5, non-saturating BCE) is not here: its ratio was 0.80, 2.62, 2.67, 1.76,
+# 1.51, 3.72, so in 100 small steps it neither lowers nor reliably raises the error; test_families_learn checks
+# that LRAN learns to detect.
+RECON_RATIO_BOUND = {"aae": 0.58, "ae": 0.61, "caae": 0.80, "dae": 0.80, "vae": 0.54, "lran-feature": 0.54}
+RECON_CASES = [n for n in TRAINABLE if n != "lran"]
 
 
 @pytest.mark.parametrize("name", RECON_CASES)
 def test_training_lowers_reconstruction_error(name):
-    _lowers_reconstruction_error(name)
+    _lowers_reconstruction_error(name, RECON_RATIO_BOUND.get(name, 0.5))  # 0.5: a new family, until measured
 
 
 def test_lran_feature_matching_lowers_reconstruction_error():
-    _lowers_reconstruction_error("lran", adversarial="feature")
+    _lowers_reconstruction_error("lran", RECON_RATIO_BOUND["lran-feature"], adversarial="feature")
 
 
-def _lowers_reconstruction_error(name: str, **params) -> None:
+def _lowers_reconstruction_error(name: str, bound: float, **params) -> None:
     family, nets, opts = _setup(name, **params)
     x = smooth_images(8, S, seed=1)
 
@@ -122,7 +130,7 @@ def _lowers_reconstruction_error(name: str, **params) -> None:
     for _ in range(100):
         family.train_step(nets, opts, x)
     last = recon_error()
-    assert last < 0.5 * first, f"{name}: reconstruction MSE {first:.4f} -> {last:.4f}"
+    assert last < bound * first, f"{name}: reconstruction MSE {first:.4f} -> {last:.4f} (bound x{bound})"
 
 
 def test_caae_without_constraint_equals_aae():
@@ -188,6 +196,7 @@ def test_rank_term_lowers_effective_rank():
         opt.zero_grad()
         loss.backward()
         opt.step()
+    # seeds 0-5, one and two threads: effective rank 2 and energy 3.9e-10 to 4.9e-10 every time
     assert start == 16
     assert effective_rank(z) <= 3
     assert rank_energy(z, 2).item() < 1e-3
@@ -199,15 +208,20 @@ def test_rank_term_ignores_scale_and_offset():
     assert rank_energy(z, 16).item() == 0.0  # rank at or above the batch's: no tail
 
 
-def test_lran_latent_score_larger_out_of_distribution():
+def test_lran_latent_score_is_the_latent_residual():
+    """The latent score is ``||E(x) - E2(G(E(x)))||`` per slice. (Whether it is larger for an image with a planted
+    bright square after 40 steps held for seeds 0 and 1 of 0-5: differences 0.077, 0.018, -0.100, -0.121, -0.030,
+    -0.039. Not a property of so short a training, so not asserted.)"""
     family, nets, opts = _setup("lran")
-    for step in range(40):
+    for step in range(3):
         family.train_step(nets, opts, smooth_images(8, S, seed=100 + step))
-    healthy = smooth_images(8, S, seed=2)
-    outliers = healthy.clone()
-    outliers[:, :, 10:18, 10:18] += 3.0  # a bright square, like a hyperintense lesion
-    inside, outside = (family.score(nets, x).latent_score.mean().item() for x in (healthy, outliers))
-    assert outside > inside
+    x = smooth_images(8, S, seed=2)
+    scale = family.hp.input_scale
+    with torch.no_grad():
+        plain = nn.ModuleDict({k: copy.deepcopy(n).eval() for k, n in nets.items()})
+        z = plain["encoder"](x / scale)
+        expected = (z - plain["encoder2"](plain["decoder"](z))).norm(dim=1)
+    assert torch.allclose(family.score(nets, x).latent_score, expected, atol=1e-5)
 
 
 def test_lran_slice_score_choice():
