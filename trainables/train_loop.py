@@ -99,6 +99,9 @@ def train_loop_per_worker(config: dict[str, TrialSpec]) -> None:
     val_loader = _eval_loader(cache_dir, "val", device, shard=True)  # every rank scores its share of val
     autocast = _autocast(spec.precision, device)
     for epoch in range(progress.epoch, spec.epochs):
+        # Each epoch's random draws come from (seed, rank, epoch), not from where the stream stood: an epoch trained
+        # after a resume from a checkpoint draws what it would have drawn without the interruption.
+        torch.manual_seed(epoch_seed(spec.seed, rank, epoch))
         sampler.set_epoch(epoch)
         family.set_epoch(epoch, spec.epochs)
         started = time.perf_counter()
@@ -120,6 +123,12 @@ def train_loop_per_worker(config: dict[str, TrialSpec]) -> None:
                 progress.best_weights = state_dicts(nets)
         _report(metrics, spec, family, nets, opts, progress, rank)
     _finish(spec, cache_dir, family, nets, opts, progress, rank, device)
+
+
+def epoch_seed(seed: int, rank: int, epoch: int) -> int:
+    """The torch seed of one rank's epoch: distinct per rank (prior samples, noise and interpolates differ between
+    workers) and per epoch, and fixed by them alone."""
+    return seed + rank + 1_000_003 * (epoch + 1)
 
 
 def _autocast(precision: str, device: torch.device) -> Callable[[], contextlib.AbstractContextManager]:

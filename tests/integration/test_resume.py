@@ -108,3 +108,51 @@ def test_resume_without_a_study_is_refused(write_config: Callable[..., Path]) ->
     )
     assert result.returncode == 2
     assert "nothing to resume" in result.stderr
+
+
+def _epochs_logged(client: MlflowClient, study_dir: Path, experiment: str) -> dict[str, list[int]]:
+    """trial_id -> steps of its `epoch` history, for the trial runs MLflow has so far."""
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        return {}
+    runs = client.search_runs([found.experiment_id], "tags.role = 'trial'")
+    return {r.data.tags["trial_id"]: _epoch_steps(client, r.info.run_id) for r in runs}
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1500)
+def test_unfinished_trial_continues_from_its_checkpoint(
+    write_config: Callable[..., Path], ray_processes: RayProcesses, study_on_local_ray: Callable, tmp_path: Path
+) -> None:
+    """A driver killed after a trial's first epoch (its checkpoint saved): --resume continues that trial at epoch
+    2, and its test metrics equal those of the same study run without interruption (each epoch's random draws
+    depend on the seed, rank and epoch only: trainables.train_loop.epoch_seed)."""
+    epochs = 3
+    config_path = write_config(num_samples=1, training={"epochs": epochs})
+    config = load_config(config_path)
+    first = _start(config_path)
+    client = MlflowClient(config.mlflow.tracking_uri)
+    deadline = time.monotonic() + 600
+    while not any(steps for steps in _epochs_logged(client, config.study_dir, config.name).values()):
+        assert first.poll() is None and time.monotonic() < deadline, first.stdout.read() if first.poll() else "slow"
+        time.sleep(0.5)
+    os.killpg(first.pid, signal.SIGKILL)  # epoch 1 reported (with its checkpoint); the trial is unfinished
+    first.wait(timeout=60)
+    ray_processes.kill_leftovers(grace_s=3)
+    assert not [r for r in load_rows(config.study_dir) if r["status"] != "baseline"], "the trial had finished"
+
+    second = _start(config_path, "--resume")
+    output, _ = second.communicate(timeout=900)
+    assert second.returncode == 0, output
+    (row,) = [r for r in read_trials_csv(config.study_dir / "trials.csv") if r["status"] != "baseline"]
+    assert row["status"] == "completed"
+    steps = _epoch_steps(client, row["mlflow_run_id"])
+    # Continued, not restarted: no epoch logged twice, the last one last. An epoch whose result reached its
+    # checkpoint but not yet the killed driver's MLflow logger is trained once and never logged (seen: [1, 3]).
+    assert steps == sorted(set(steps)) and steps[0] == 1 and steps[-1] == epochs, steps
+
+    reference = load_config(write_config(num_samples=1, training={"epochs": epochs}, name="uninterrupted"))
+    study_on_local_ray(reference)
+    (expected,) = [r for r in read_trials_csv(reference.study_dir / "trials.csv") if r["status"] != "baseline"]
+    for key in ("val_pixel_auroc", "test_pixel_auroc", "test_slice_auroc", "test_pixel_auprc"):
+        assert abs(row[key] - expected[key]) <= 1e-3, (key, row[key], expected[key])
