@@ -188,6 +188,14 @@ BROKEN: dict[str, tuple[Broken, str]] = {
         ),
         r"resources: one trial needs 5 Train workers x \{CPU: 2, GPU: 1\}; .* holds 4",
     ),
+    "GPU study on a cluster YAML without GPUs": (
+        lambda site, tmp, cfg: (
+            cfg(training={"gpus_per_worker": 1, "cpus_per_worker": 3}),
+            _without_gpus(write_cluster(tmp, site, base="gpu.yaml")),
+        ),
+        r"resources: a Train worker asks \{CPU: 3, GPU: 1\}; the cluster YAML's node types \(head.cpu: 1 x "
+        r"\{CPU: 2\};.*\) can never provide GPU: 1, which none of them has",
+    ),
     "checkpoints on the head of a multi-node cluster": (
         lambda site, tmp, cfg: (
             cfg(training={"gpus_per_worker": 1, "cpus_per_worker": 2}),
@@ -200,6 +208,15 @@ BROKEN: dict[str, tuple[Broken, str]] = {
         r"resources: one trial needs 2 Train workers x \{CPU: 0.5, GPU: 1\}.* --cluster cluster/gpu.yaml",
     ),
 }
+
+
+def _without_gpus(path: Path) -> Path:
+    """The cluster YAML with every node type's GPUs taken out (a CPU-only cluster)."""
+    raw = yaml.safe_load(path.read_text())
+    for node_type in raw["available_node_types"].values():
+        node_type["resources"].pop("GPU", None)
+    path.write_text(yaml.safe_dump(raw))
+    return path
 
 
 def _ray_key(path: Path, key: str, value: Any) -> Path:
@@ -220,6 +237,31 @@ def test_each_broken_piece_is_named(
     problems = out.split("problem(s); nothing was written\n", 1)[1].strip().splitlines()
     assert len(problems) == 1, problems  # only the broken piece, named
     assert re.search(message, problems[0]), problems[0]
+
+
+def test_node_types_learning_resources_at_launch_are_checked_on_the_running_cluster(
+    dry_run: Callable, write_config: Callable, site: dict, tmp_path: Path
+) -> None:
+    """Ray's local provider declares no resources: the running cluster (here: this process's Ray, 2 CPUs, no
+    GPU) is what its machines offer. A GPU trial can never run there, and the dry run says so, naming GPU."""
+    import ray
+
+    cluster = write_cluster(tmp_path, site)
+    ray.init(num_cpus=2, num_gpus=0, log_to_driver=False)
+    try:
+        code, out = dry_run(write_config(training={"gpus_per_worker": 1, "cpus_per_worker": 1}), cluster)
+        assert code == 2, out
+        assert re.search(
+            r"resources: a Train worker asks \{CPU: 1, GPU: 1\}; the running cluster's 1 node\(s\) \(node 0 \(head\): "
+            r"\{CPU: 2\}\) can never provide GPU: 1, which none of them has",
+            out,
+        ), out
+        assert "every check passed" not in out
+        code, out = dry_run(write_config(), cluster)  # the smoke study: 2 workers x 0.5 CPU + 0.2 on the head
+        assert code == 0, out
+        assert "the running cluster holds 3 Train workers (1 trial(s) at once)" in out
+    finally:
+        ray.shutdown()
 
 
 @pytest.mark.slow  # an MLflow server takes 10-80 s to answer on 2 shared cores
