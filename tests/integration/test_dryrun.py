@@ -116,16 +116,27 @@ def test_a_good_study_passes_and_prints_its_plan(
     assert "Optuna:      sqlite:///" in out and str(tmp_path / "results" / "smoke" / "optuna.db") in out
 
 
-def test_the_gpu_study_against_the_gpu_cluster(dry_run: Callable, site: dict, tmp_path: Path) -> None:
-    """study/configs/gpu.yaml on cluster/gpu.yaml (its S3 block pointed at moto): one trial fits a GPU node."""
-    config = tmp_path / "gpu.yaml"
-    raw = yaml.safe_load((ROOT / "study" / "configs" / "gpu.yaml").read_text())
+@pytest.mark.parametrize(
+    ("study", "per_trial", "scaled"),
+    [
+        # 4-GPU type: 2 nodes x 4 workers, then the budget's 2 other nodes x 1 (max_workers 4 in all)
+        ("gpu.yaml", "1 Train workers x {CPU: 3, GPU: 1}", "scaled up, 10 Train workers fit (4 trial(s) at once)"),
+        # only the 4-GPU type holds a 10-CPU worker: 2 nodes x 4
+        ("gpu-ddp.yaml", "2 Train workers x {CPU: 10, GPU: 1}", "scaled up, 8 Train workers fit (4 trial(s) at once)"),
+    ],
+)
+def test_the_gpu_studies_against_the_gpu_cluster(
+    dry_run: Callable, site: dict, tmp_path: Path, study: str, per_trial: str, scaled: str
+) -> None:
+    """study/configs/gpu.yaml and its DDP variant on cluster/gpu.yaml (its S3 block pointed at moto)."""
+    config = tmp_path / study
+    raw = yaml.safe_load((ROOT / "study" / "configs" / study).read_text())
     raw.update(results_dir=str(tmp_path / "results"))
     config.write_text(yaml.safe_dump(raw))
     code, out = dry_run(config, write_cluster(tmp_path, site, base="gpu.yaml"))
     assert code == 0, out
-    assert "1 trial process {CPU: 0.5} on the head + 1 Train workers x {CPU: 3, GPU: 1}" in out
-    assert "scaled up, 4 Train workers fit (4 trial(s) at once)" in out
+    assert f"1 trial process {{CPU: 0.5}} on the head + {per_trial}" in out
+    assert scaled in out
 
 
 Broken = Callable[[dict, Path, Callable], tuple[Path, Path | None]]
@@ -183,10 +194,10 @@ BROKEN: dict[str, tuple[Broken, str]] = {
     ),
     "trial larger than the cluster": (
         lambda site, tmp, cfg: (
-            cfg(training={"workers_per_trial": 5, "gpus_per_worker": 1, "cpus_per_worker": 2}),
+            cfg(training={"workers_per_trial": 11, "gpus_per_worker": 1, "cpus_per_worker": 2}),
             write_cluster(tmp, site, base="gpu.yaml"),
         ),
-        r"resources: one trial needs 5 Train workers x \{CPU: 2, GPU: 1\}; .* holds 4",
+        r"resources: one trial needs 11 Train workers x \{CPU: 2, GPU: 1\}; .* holds 10",
     ),
     "GPU study on a cluster YAML without GPUs": (
         lambda site, tmp, cfg: (

@@ -17,7 +17,9 @@ ROOT = Path(__file__).parents[2]
 GPU_YAML = ROOT / "cluster" / "gpu.yaml"
 
 
-def launches(path: Path, trials: int, availability: dict[str, float] | None = None) -> dict[str, int]:
+def launches(
+    path: Path, trials: int, availability: dict[str, float] | None = None, study: str = "gpu.yaml"
+) -> dict[str, int]:
     """{node type: count} the v2 scheduler launches for ``trials`` Train workers of the GPU study, from nothing."""
     from ray.autoscaler.v2.instance_manager.config import FileConfigReader
     from ray.autoscaler.v2.scheduler import ResourceDemandScheduler, SchedulingRequest
@@ -25,7 +27,7 @@ def launches(path: Path, trials: int, availability: dict[str, float] | None = No
     from ray.core.generated.autoscaler_pb2 import ResourceRequestByCount
 
     config = FileConfigReader(str(path)).get_cached_autoscaling_config()
-    _, worker, _ = trial_ask(load_config(ROOT / "study" / "configs" / "gpu.yaml"))
+    _, worker, _ = trial_ask(load_config(ROOT / "study" / "configs" / study))
     request = SchedulingRequest(
         node_type_configs=config.get_node_type_configs(),
         max_num_nodes=config.get_max_num_nodes(),
@@ -79,7 +81,7 @@ def test_on_demand_when_the_spot_types_are_capped(tmp_path: Path) -> None:
             node_type["max_workers"] = 0
     path = tmp_path / "site.yaml"
     path.write_text(yaml.safe_dump(raw))
-    on_demand = [name for name, t in gpu_types(raw).items() if not spot(t) and t["resources"].get("GPU") == 1]
+    on_demand = [name for name, t in gpu_types(raw).items() if not spot(t)]
     launched = launches(path, 1)
     assert set(launched) <= set(on_demand) and sum(launched.values()) == 1
 
@@ -99,3 +101,14 @@ def test_only_keys_rays_schema_knows(path: Path) -> None:
     jsonschema.validate(prepare_config(copy.deepcopy(yaml.safe_load(path.read_text()))), schema)
     node_schema = schema["properties"]["available_node_types"]["patternProperties"][".*"]["properties"]
     assert "priority" in node_schema
+
+
+def test_ddp_workers_go_to_the_4_gpu_type_only() -> None:
+    """study/configs/gpu-ddp.yaml: a worker asks more CPUs than a 1-GPU node has, so 2 trials' 4 workers take one
+    4-GPU node (both ranks of a trial on one node: NCCL without the network), and the 1-GPU study never uses it."""
+    raw = yaml.safe_load(GPU_YAML.read_text())
+    multi = [name for name, t in gpu_types(raw).items() if t["resources"]["GPU"] >= 4]
+    assert len(multi) == 1
+    assert launches(GPU_YAML, 4, study="gpu-ddp.yaml") == {multi[0]: 1}
+    assert launches(GPU_YAML, 8, study="gpu-ddp.yaml") == {multi[0]: 2}  # the study's 4 trials at once
+    assert multi[0] not in launches(GPU_YAML, 4)
