@@ -179,6 +179,13 @@ def test_each_autoscaler_call_is_allowed(action: str, resource: str, context: di
     assert allowed(policy("head"), action, resource, context)
 
 
+def test_the_head_may_do_nothing_else_on_ec2() -> None:
+    """Exactly the autoscaler's calls: `ray up`'s own look-ups (subnets, security groups, key pairs) run on the
+    user's machine with the user's credentials, not on the head."""
+    granted = {a for s in policy("head")["Statement"] for a in as_list(s["Action"]) if not a.startswith("s3:")}
+    assert granted == {action for action, _, _ in EC2_CALLS}
+
+
 @pytest.mark.parametrize(
     "action", ["ec2:TerminateInstances", "ec2:StopInstances", "ec2:StartInstances", "ec2:CreateTags"]
 )
