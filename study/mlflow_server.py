@@ -69,10 +69,18 @@ def running_pid(folder: Path) -> int | None:
 
 
 def start(study: ClusterStudy, folder: Path) -> int:
+    from study.cluster.ports import holder, taken
+
     port = port_of(study)
-    if answering(port):
-        print(f"MLflow already answers on 127.0.0.1:{port} (pid {running_pid(folder) or 'unknown'}); left alone")
+    if answering(port) and running_pid(folder) is not None:
+        print(f"MLflow already answers on 127.0.0.1:{port} (pid {running_pid(folder)}); left alone")
         return 0
+    if taken(port):  # not the server this head started (no live pid in its pid file): the study would use it
+        message = f"port {port} (MLflow, from metadata.study.mlflow.tracking_uri) is already taken{holder(port)}"
+        print(
+            f"error: {message}, not by the server started from {folder}; stop it or use another port", file=sys.stderr
+        )
+        return 2
     folder.mkdir(parents=True, exist_ok=True)
     store = backend_store(study)
     if store.startswith("sqlite:///"):  # SQLite makes the file, not its folder

@@ -64,4 +64,5 @@ def is_appearance_metric(key: str) -> bool:
 def is_reported_metric(key: str) -> bool:
     """True for every metric name the study logs (detection metrics, per appearance too, epoch figures, losses)."""
     named = key in VAL_METRICS or key in TEST_METRICS or key in EPOCH_METRICS or key in COST_METRICS
-    return named or key.startswith("loss_") or is_appearance_metric(key)
+    # system/*: the Train worker's node, sampled by trainables.system_metrics and reported with each epoch
+    return named or key.startswith(("loss_", "system/")) or is_appearance_metric(key)

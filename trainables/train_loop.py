@@ -43,6 +43,7 @@ from trainables.epoch import EpochLosses, train_epoch, world_size
 from trainables.families import Family, create_family
 from trainables.families.base import unwrap
 from trainables.objective import Objective
+from trainables.system_metrics import NodeSampler
 
 EVAL_BATCH = 256
 GPU_LOADER_WORKERS = 2  # read-ahead processes per Train worker on CUDA (the CPU path reads in-process)
@@ -98,6 +99,7 @@ def train_loop_per_worker(config: dict[str, TrialSpec]) -> None:
     train_loader, sampler = _train_loader(spec, cache_dir, device)
     val_loader = _eval_loader(cache_dir, "val", device, shard=True)  # every rank scores its share of val
     autocast = _autocast(spec.precision, device)
+    sampler = NodeSampler() if rank == 0 else None  # rank 0's report is the one Tune keeps
     for epoch in range(progress.epoch, spec.epochs):
         # Each epoch's random draws come from (seed, rank, epoch), not from where the stream stood: an epoch trained
         # after a resume from a checkpoint draws what it would have drawn without the interruption.
@@ -121,7 +123,11 @@ def train_loop_per_worker(config: dict[str, TrialSpec]) -> None:
             if spec.objective.better(val[spec.objective.metric], progress.best.score):
                 progress.best = BestRecord(epoch=epoch + 1, score=val[spec.objective.metric], metrics=val)
                 progress.best_weights = state_dicts(nets)
+        if sampler is not None:
+            metrics.update(sampler.take())
         _report(metrics, spec, family, nets, opts, progress, rank)
+    if sampler is not None:
+        sampler.close()
     _finish(spec, cache_dir, family, nets, opts, progress, rank, device)
 
 
@@ -319,4 +325,3 @@ def _metric_parts(metrics: Any) -> tuple[list, ...]:
     scores and codes)."""
     m = metrics
     return m.slice_scores, m.slice_labels, m.slice_codes, m.pixel_scores, m.pixel_codes
-

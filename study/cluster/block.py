@@ -20,6 +20,9 @@ from study.config import ConfigError, StudyConfig
 from trainables.data.s3 import DEFAULT_BACKEND_STORE, ClusterStudy, parse_s3_uri
 
 BOOTSTRAP_CONFIG = Path("~/ray_bootstrap_config.yaml")  # Ray's copy of the cluster YAML on a `ray up` head
+# The head's setup copies Ray's copy here, into the repository folder the head syncs to each worker: the workers
+# read the cluster YAML in use (whatever its name on the user's machine) from it. Made on the head only.
+IN_USE = ".cluster-in-use.yaml"
 BLOCK = "metadata.study"
 
 
@@ -185,15 +188,27 @@ def mlflow_ui_hint(tracking_uri: str, cluster_yaml: Path | None = None) -> str:
 
 
 def launcher_yaml(cluster_yaml: Path) -> str:
-    """The name to give ``ray attach`` on the user's machine: for Ray's copy on the head, the repository's
-    cluster/*.yaml with the same cluster_name (the repository is synced to the head), else the path as given."""
+    """The name to give ``ray attach`` on the user's machine: for Ray's copy on the head, the YAML of the
+    repository (synced to the head) that it was made from, else the path as given.
+
+    Ray does not keep the name `ray up` was given, so the copy is matched by what a site edits: cluster_name, the
+    provider's machines and region, and the ``metadata.study`` block (a renamed site copy is told from the
+    cluster/local.yaml it came from).
+    """
     if cluster_yaml.expanduser() != BOOTSTRAP_CONFIG.expanduser():
         return str(cluster_yaml)
     try:
-        name = (yaml.safe_load(cluster_yaml.expanduser().read_text()) or {}).get("cluster_name")
-        for candidate in sorted(Path("cluster").glob("*.yaml")):
-            if name and (yaml.safe_load(candidate.read_text()) or {}).get("cluster_name") == name:
+        wanted = _fingerprint(yaml.safe_load(cluster_yaml.expanduser().read_text()))
+        candidates = sorted(Path("cluster").glob("*.yaml")) + sorted(Path(".").glob("*.yaml"))
+        for candidate in candidates:
+            if candidate.name != IN_USE and _fingerprint(yaml.safe_load(candidate.read_text())) == wanted:
                 return str(candidate)
     except (OSError, yaml.YAMLError, AttributeError):
         pass
     return "<your cluster YAML>"
+
+
+def _fingerprint(raw: dict[str, Any]) -> tuple:
+    provider = raw.get("provider") or {}
+    where = tuple(str(provider.get(key)) for key in ("type", "head_ip", "worker_ips", "region"))
+    return raw.get("cluster_name"), where, yaml.safe_dump(raw.get("metadata"), sort_keys=True)

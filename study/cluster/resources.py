@@ -46,21 +46,49 @@ def this_machine() -> dict[str, float]:
     return {"CPU": float(os.cpu_count() or 1), "GPU": float(gpus)}
 
 
-def running_cluster() -> dict[str, float] | None:
-    """The total resources of the Ray cluster running now (attached for a moment), or None when there is none."""
+def running_nodes() -> list[dict[str, float]] | None:
+    """Each alive node's resources in the Ray cluster running now (attached for a moment; the Ray this process
+    already runs in, if any), the head first; None when there is none."""
     address = os.environ.get("RAY_ADDRESS")
-    if address == "local":  # this process would start its own Ray: nothing is running for it
-        return None
     import ray
 
+    attached = ray.is_initialized()
+    if not attached:
+        if address == "local":  # this process would start its own Ray: nothing is running for it
+            return None
+        try:
+            ray.init(address=address or "auto", log_to_driver=False, logging_level="ERROR")
+        except ConnectionError:
+            return None
     try:
-        ray.init(address=address or "auto", log_to_driver=False, logging_level="ERROR")
-    except ConnectionError:
-        return None
-    try:
-        return dict(ray.cluster_resources())
+        nodes = [dict(node["Resources"]) for node in ray.nodes() if node["Alive"]]
     finally:
-        ray.shutdown()
+        if not attached:
+            ray.shutdown()
+    return sorted(nodes, key=lambda res: HEAD_MARK not in res)
+
+
+HEAD_MARK = "node:__internal_head__"  # the resource Ray gives the head node only
+
+
+def total(nodes: list[dict[str, float]]) -> dict[str, float]:
+    summed: dict[str, float] = {}
+    for node in nodes:
+        for key, value in node.items():
+            summed[key] = summed.get(key, 0) + value
+    return summed
+
+
+def unprovided(bundle: dict[str, float], offers: dict[str, dict[str, float]]) -> str | None:
+    """Why no one place of ``offers`` ({name: resources}) can ever hold ``bundle``, naming the resource; else None."""
+    for key, wanted in bundle.items():
+        most = max((res.get(key, 0) for res in offers.values()), default=0)
+        if wanted > 0 and most + 1e-9 < wanted:
+            if not most:
+                return f"{key}: {wanted:g}, which none of them has"
+            best = next(name for name, res in offers.items() if res.get(key, 0) == most)
+            return f"{key}: {wanted:g}, more than any of them has (at most {most:g}, on {best})"
+    return None
 
 
 def node_types(ray_yaml: dict[str, Any]) -> list[tuple[str, int, dict[str, float]]]:
@@ -87,7 +115,8 @@ def check_resources(config: StudyConfig, ray_yaml: dict[str, Any] | None) -> dic
     driver, worker, n = trial_ask(config)
     where = " on the head" if config.training.trials_on_head and ray_yaml is not None else ""
     facts = {"per trial": f"1 trial process {fmt(driver)}{where} + {n} Train workers x {fmt(worker)}"}
-    now = running_cluster()
+    nodes = running_nodes()
+    now = total(nodes) if nodes else None
     if ray_yaml is None:
         machine = now or this_machine()
         holds = fits(worker, minus(machine, driver))
@@ -101,8 +130,49 @@ def check_resources(config: StudyConfig, ray_yaml: dict[str, Any] | None) -> dic
             f"this machine {fmt(machine)}: {min(holds // n, config.max_concurrent_trials)} trial(s) at once"
         )
         return facts
-    facts["resources"] = _against_yaml(config, ray_yaml, driver, worker, n, now)
+    rows = node_types(ray_yaml)
+    unknown = [name for name, count, res in rows if count and not res]
+    if unknown:
+        facts["resources"] = _against_running(config, unknown, driver, worker, n, nodes)
+    else:
+        facts["resources"] = _against_yaml(config, ray_yaml, driver, worker, n, now)
     return facts
+
+
+def _against_running(
+    config: StudyConfig,
+    unknown: list[str],
+    driver: dict[str, float],
+    worker: dict[str, float],
+    n: int,
+    nodes: list[dict[str, float]] | None,
+) -> str:
+    """Node types that learn their resources at launch (Ray's local provider): the running cluster's nodes are
+    what they offer (that provider keeps every machine of the YAML in the cluster); without one, not checked."""
+    named = ", ".join(unknown)
+    if not nodes:
+        return f"node types {named} learn their resources at launch: not checked; no Ray running here now"
+    offers = {f"node {i}{' (head)' if HEAD_MARK in res else ''}": res for i, res in enumerate(nodes)}
+    short = unprovided(worker, offers)
+    if short:
+        raise ValueError(
+            f"a Train worker asks {fmt(worker)}; the running cluster's {len(nodes)} node(s) "
+            f"({'; '.join(f'{k}: {fmt(v)}' for k, v in offers.items())}) can never provide {short}"
+        )
+    head = nodes[0] if HEAD_MARK in nodes[0] else {}
+    if config.training.trials_on_head and head:
+        nodes = [minus(head, driver), *nodes[1:]]
+    capacity = sum(fits(worker, res) for res in nodes)
+    if capacity < n:
+        raise ValueError(
+            f"one trial needs {n} Train workers x {fmt(worker)}; the running cluster's nodes hold {capacity} "
+            f"(now {fmt(total(nodes))})"
+        )
+    at_once = min(capacity // n, config.max_concurrent_trials)
+    return (
+        f"node types {named} learn their resources at launch; the running cluster holds {capacity} Train "
+        f"workers ({at_once} trial(s) at once)"
+    )
 
 
 def _against_yaml(
@@ -114,10 +184,13 @@ def _against_yaml(
     now: dict[str, float] | None,
 ) -> str:
     rows = node_types(ray_yaml)
-    unknown = [name for name, count, res in rows if count and not res]
     state = f"now {fmt(now)}" if now else "no Ray running here now"
-    if unknown:
-        return f"node types {', '.join(unknown)} learn their resources at launch: not checked; {state}"
+    offered = "; ".join(f"{name}: {count} x {fmt(res)}" for name, count, res in rows)
+    short = unprovided(worker, {name: res for name, count, res in rows if count})
+    if short:
+        raise ValueError(
+            f"a Train worker asks {fmt(worker)}; the cluster YAML's node types ({offered}) can never provide {short}"
+        )
     has_gpu = any(res.get("GPU", 0) > 0 and count for name, count, res in rows)
     if has_gpu and "GPU" not in worker:
         raise ValueError(
@@ -131,7 +204,6 @@ def _against_yaml(
         head_res = minus(head_res, driver)
     capacity = worker_capacity(worker, head_res, others, ray_yaml.get("max_workers", 0))
     if capacity < n:
-        offered = "; ".join(f"{name}: {count} x {fmt(res)}" for name, count, res in rows)
         raise ValueError(
             f"one trial needs {n} Train workers x {fmt(worker)}; scaled up to every node type's "
             f"max_workers the cluster holds {capacity} ({offered})"

@@ -161,7 +161,6 @@ class MlflowTrialLogger(Callback):
         self.run_ids = run_ids  # trial_id -> MLflow run id, shared with the trial recorder
         self.inputs = inputs  # the splits every trial trains and is scored on (study.tracking.datasets)
         self._client: MlflowClient | None = None
-        self._system: dict[str, Any] = {}  # trial_id -> MLflow's system metrics monitor of its run (issue 12.8)
 
     @property
     def client(self) -> MlflowClient:
@@ -170,7 +169,7 @@ class MlflowTrialLogger(Callback):
         return self._client
 
     def __getstate__(self) -> dict[str, Any]:  # Tune pickles callbacks with its experiment state
-        return {**self.__dict__, "_client": None, "_system": {}}
+        return {**self.__dict__, "_client": None}
 
     def on_trial_start(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
         run_id = self.run_ids.get(trial.trial_id) or self._existing_run(trial.trial_id)
@@ -178,7 +177,6 @@ class MlflowTrialLogger(Callback):
             self.client.update_run(run_id, status=RunStatus.to_string(RunStatus.RUNNING))
             self.client.set_tag(run_id, "status", "running")
             self.run_ids[trial.trial_id] = run_id
-            self._watch_system(trial.trial_id, run_id)
             return
         tags = {MLFLOW_PARENT_RUN_ID: self.parent_run_id, TRIAL_ID_TAG: trial.trial_id, "role": "trial"}
         # family and status are tags so the runs view can group and filter by them
@@ -190,16 +188,6 @@ class MlflowTrialLogger(Callback):
         params = [Param(k, _text(v)) for k, v in sorted(trial.config.items())]
         self.client.log_batch(run.info.run_id, params=params)
         self.client.log_inputs(run.info.run_id, datasets=self.inputs)
-        self._watch_system(trial.trial_id, run.info.run_id)
-
-    def _watch_system(self, trial_id: str, run_id: str) -> None:
-        """MLflow's system metrics (system/cpu_*, system/system_memory_*, system/gpu_* where NVML sees a GPU)
-        on the trial's run, sampled every 5 s on this (the driver's) node until the run ends."""
-        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
-
-        monitor = SystemMetricsMonitor(run_id, sampling_interval=5, resume_logging=True, tracking_uri=self.uri)
-        monitor.start()
-        self._system[trial_id] = monitor
 
     def _existing_run(self, trial_id: str) -> str | None:
         experiment_id = self.client.get_run(self.parent_run_id).info.experiment_id
@@ -244,8 +232,6 @@ class MlflowTrialLogger(Callback):
         if run_id is None:
             return
         tags = [RunTag("status", status)] + ([RunTag("failure_reason", reason[:5000])] if reason else [])
-        if (monitor := self._system.pop(trial.trial_id, None)) is not None:
-            monitor.finish()  # stops within a second and flushes its last samples
         self.client.log_batch(run_id, tags=tags)
         self.client.set_terminated(run_id, RunStatus.to_string(run_status))
 

@@ -116,16 +116,27 @@ def test_a_good_study_passes_and_prints_its_plan(
     assert "Optuna:      sqlite:///" in out and str(tmp_path / "results" / "smoke" / "optuna.db") in out
 
 
-def test_the_gpu_study_against_the_gpu_cluster(dry_run: Callable, site: dict, tmp_path: Path) -> None:
-    """study/configs/gpu.yaml on cluster/gpu.yaml (its S3 block pointed at moto): one trial fits a GPU node."""
-    config = tmp_path / "gpu.yaml"
-    raw = yaml.safe_load((ROOT / "study" / "configs" / "gpu.yaml").read_text())
+@pytest.mark.parametrize(
+    ("study", "per_trial", "scaled"),
+    [
+        # 4-GPU type: 2 nodes x 4 workers, then the budget's 2 other nodes x 1 (max_workers 4 in all)
+        ("gpu.yaml", "1 Train workers x {CPU: 3, GPU: 1}", "scaled up, 10 Train workers fit (4 trial(s) at once)"),
+        # only the 4-GPU type holds a 10-CPU worker: 2 nodes x 4
+        ("gpu-ddp.yaml", "2 Train workers x {CPU: 10, GPU: 1}", "scaled up, 8 Train workers fit (4 trial(s) at once)"),
+    ],
+)
+def test_the_gpu_studies_against_the_gpu_cluster(
+    dry_run: Callable, site: dict, tmp_path: Path, study: str, per_trial: str, scaled: str
+) -> None:
+    """study/configs/gpu.yaml and its DDP variant on cluster/gpu.yaml (its S3 block pointed at moto)."""
+    config = tmp_path / study
+    raw = yaml.safe_load((ROOT / "study" / "configs" / study).read_text())
     raw.update(results_dir=str(tmp_path / "results"))
     config.write_text(yaml.safe_dump(raw))
     code, out = dry_run(config, write_cluster(tmp_path, site, base="gpu.yaml"))
     assert code == 0, out
-    assert "1 trial process {CPU: 0.5} on the head + 1 Train workers x {CPU: 3, GPU: 1}" in out
-    assert "scaled up, 4 Train workers fit (4 trial(s) at once)" in out
+    assert f"1 trial process {{CPU: 0.5}} on the head + {per_trial}" in out
+    assert scaled in out
 
 
 Broken = Callable[[dict, Path, Callable], tuple[Path, Path | None]]
@@ -183,10 +194,18 @@ BROKEN: dict[str, tuple[Broken, str]] = {
     ),
     "trial larger than the cluster": (
         lambda site, tmp, cfg: (
-            cfg(training={"workers_per_trial": 5, "gpus_per_worker": 1, "cpus_per_worker": 2}),
+            cfg(training={"workers_per_trial": 11, "gpus_per_worker": 1, "cpus_per_worker": 2}),
             write_cluster(tmp, site, base="gpu.yaml"),
         ),
-        r"resources: one trial needs 5 Train workers x \{CPU: 2, GPU: 1\}; .* holds 4",
+        r"resources: one trial needs 11 Train workers x \{CPU: 2, GPU: 1\}; .* holds 10",
+    ),
+    "GPU study on a cluster YAML without GPUs": (
+        lambda site, tmp, cfg: (
+            cfg(training={"gpus_per_worker": 1, "cpus_per_worker": 3}),
+            _without_gpus(write_cluster(tmp, site, base="gpu.yaml")),
+        ),
+        r"resources: a Train worker asks \{CPU: 3, GPU: 1\}; the cluster YAML's node types \(head.cpu: 1 x "
+        r"\{CPU: 2\};.*\) can never provide GPU: 1, which none of them has",
     ),
     "checkpoints on the head of a multi-node cluster": (
         lambda site, tmp, cfg: (
@@ -200,6 +219,15 @@ BROKEN: dict[str, tuple[Broken, str]] = {
         r"resources: one trial needs 2 Train workers x \{CPU: 0.5, GPU: 1\}.* --cluster cluster/gpu.yaml",
     ),
 }
+
+
+def _without_gpus(path: Path) -> Path:
+    """The cluster YAML with every node type's GPUs taken out (a CPU-only cluster)."""
+    raw = yaml.safe_load(path.read_text())
+    for node_type in raw["available_node_types"].values():
+        node_type["resources"].pop("GPU", None)
+    path.write_text(yaml.safe_dump(raw))
+    return path
 
 
 def _ray_key(path: Path, key: str, value: Any) -> Path:
@@ -220,6 +248,31 @@ def test_each_broken_piece_is_named(
     problems = out.split("problem(s); nothing was written\n", 1)[1].strip().splitlines()
     assert len(problems) == 1, problems  # only the broken piece, named
     assert re.search(message, problems[0]), problems[0]
+
+
+def test_node_types_learning_resources_at_launch_are_checked_on_the_running_cluster(
+    dry_run: Callable, write_config: Callable, site: dict, tmp_path: Path
+) -> None:
+    """Ray's local provider declares no resources: the running cluster (here: this process's Ray, 2 CPUs, no
+    GPU) is what its machines offer. A GPU trial can never run there, and the dry run says so, naming GPU."""
+    import ray
+
+    cluster = write_cluster(tmp_path, site)
+    ray.init(num_cpus=2, num_gpus=0, log_to_driver=False)
+    try:
+        code, out = dry_run(write_config(training={"gpus_per_worker": 1, "cpus_per_worker": 1}), cluster)
+        assert code == 2, out
+        assert re.search(
+            r"resources: a Train worker asks \{CPU: 1, GPU: 1\}; the running cluster's 1 node\(s\) \(node 0 \(head\): "
+            r"\{CPU: 2\}\) can never provide GPU: 1, which none of them has",
+            out,
+        ), out
+        assert "every check passed" not in out
+        code, out = dry_run(write_config(), cluster)  # the smoke study: 2 workers x 0.5 CPU + 0.2 on the head
+        assert code == 0, out
+        assert "the running cluster holds 3 Train workers (1 trial(s) at once)" in out
+    finally:
+        ray.shutdown()
 
 
 @pytest.mark.slow  # an MLflow server takes 10-80 s to answer on 2 shared cores

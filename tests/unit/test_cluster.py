@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import json
+import re
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -13,6 +15,7 @@ import yaml
 from ray.autoscaler._private.util import prepare_config, validate_config
 
 from study.cluster.block import (
+    IN_USE,
     ClusterConfigError,
     cluster_settings,
     default_cluster_yaml,
@@ -94,7 +97,38 @@ def test_repeatable_boot(path: Path) -> None:
         for apt in command.split("apt-get")[1:]:
             assert apt.lstrip().startswith("-o DPkg::Lock::Timeout="), command
     assert {".venv/", "venv/", "env/"} <= set(raw["rsync_exclude"]) and raw["rsync_filter"] == [".gitignore"]
-    assert any(f"python -m study.stage --cluster cluster/{path.name}" in c for c in raw["worker_setup_commands"])
+    assert any(f"python -m study.stage --cluster {IN_USE}" in c for c in raw["worker_setup_commands"])
+
+
+@pytest.mark.parametrize("path", CLUSTER_YAMLS, ids=lambda p: p.name)
+def test_no_command_names_a_cluster_yaml(path: Path) -> None:
+    """A site's renamed copy runs the same commands: none of them may name cluster/<something>.yaml."""
+    raw = yaml.safe_load(path.read_text())
+    commands = [c for key, value in raw.items() if key.endswith("_commands") for c in value or []]
+    assert not [c for c in commands if re.search(r"cluster/[\w.-]+\.yaml", c)]
+
+
+def test_a_renamed_copy_is_the_yaml_in_use(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A site's cluster/site.yaml (local.yaml with its edits): the head's setup commands, run as Ray runs them,
+    leave the site's block where the workers' staging reads it, and the closing hint names site.yaml."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    repo = tmp_path / "lesion-study"
+    (repo / "cluster").mkdir(parents=True)
+    shipped = yaml.safe_load((CLUSTER_DIR / "local.yaml").read_text())
+    (repo / "cluster" / "local.yaml").write_text(yaml.safe_dump(shipped))
+    site = copy.deepcopy(shipped)
+    site["provider"].update(head_ip="10.0.0.5", worker_ips=["10.0.0.6"])
+    site["metadata"]["study"]["data"]["healthy"] = "s3://site-bucket/hcp/"
+    (repo / "cluster" / "site.yaml").write_text(yaml.safe_dump(site))
+    bootstrap = tmp_path / "ray_bootstrap_config.yaml"  # Ray writes its prepared copy as JSON
+    bootstrap.write_text(json.dumps(ray_validate(site)))
+    for command in site["head_setup_commands"]:
+        subprocess.run(["bash", "-c", command], check=True, env={"HOME": str(tmp_path), "PATH": "/usr/bin:/bin"})
+    staged_from = [c.split("--cluster ")[1].split()[0] for c in site["worker_setup_commands"] if "--cluster" in c]
+    assert staged_from == [IN_USE]
+    assert read_study_block(repo / IN_USE).healthy_uri == "s3://site-bucket/hcp/"  # the site's, not local.yaml's
+    monkeypatch.chdir(repo)
+    assert "ray attach cluster/site.yaml --port-forward 5000" in mlflow_ui_hint("http://127.0.0.1:5000", bootstrap)
 
 
 def test_gpu_yaml_pins_its_image_and_has_a_fallback() -> None:
@@ -106,9 +140,11 @@ def test_gpu_yaml_pins_its_image_and_has_a_fallback() -> None:
     spot = [n for n, t in workers.items() if t["node_config"].get("InstanceMarketOptions", {}).get("MarketType")]
     on_demand = [n for n in workers if n not in spot]
     assert len({workers[n]["node_config"]["InstanceType"] for n in spot}) >= 2 and on_demand
-    # Ray 2.60 breaks ties between equally fitting types by name, the last first: spot before on-demand
-    assert max(workers) in spot and min(workers) in on_demand
-    assert all(t["resources"] == {"CPU": 4, "GPU": 1} for t in workers.values())
+    # autoscaler v2 breaks ties between equally fitting types by priority (tests/unit/test_autoscaler.py)
+    assert min(workers[n]["priority"] for n in spot) > max(workers[n]["priority"] for n in on_demand)
+    one_gpu = [t for t in workers.values() if t["resources"]["GPU"] == 1]
+    assert len(one_gpu) == len(spot) + len(on_demand) - 1  # and one 4-GPU type for the DDP variant
+    assert all(t["resources"] == {"CPU": 4, "GPU": 1} for t in one_gpu)
 
 
 def test_constraints_pin_every_dependency_as_tested() -> None:

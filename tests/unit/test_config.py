@@ -84,3 +84,19 @@ def test_cli_reports_config_error_and_exits_2(tmp_path: Path, capsys: pytest.Cap
 def test_missing_config_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="study config not found"):
         load_config(tmp_path / "absent.yaml")
+
+
+def test_gpu_ddp_is_the_gpu_study_with_2_nccl_workers() -> None:
+    """study/configs/gpu-ddp.yaml differs from gpu.yaml only in its name and training block: 2 whole-GPU workers."""
+    import yaml
+
+    configs = Path(__file__).parents[2] / "study" / "configs"
+    one, ddp = (yaml.safe_load((configs / name).read_text()) for name in ("gpu.yaml", "gpu-ddp.yaml"))
+    for raw in (one, ddp):
+        raw.pop("name"), raw.pop("training")
+    assert one == ddp
+    single, multi = load_config(configs / "gpu.yaml").training, load_config(configs / "gpu-ddp.yaml").training
+    assert single.workers_per_trial == 1 and multi.workers_per_trial == 2
+    assert multi.gpus_per_worker == 1  # whole GPUs: NCCL (study/trial.py picks it whenever GPUs are asked)
+    said = (configs / "gpu.yaml").read_text().split("  workers_per_trial: 1")[0].rsplit("training:", 1)[1]
+    assert "default" in said and "gpu-ddp.yaml" in said  # the comment above it says why 1, and where DDP is

@@ -167,3 +167,19 @@ def test_iam_as_ray_documents_it() -> None:
     profiles = {n: t["node_config"]["IamInstanceProfile"]["Name"] for n, t in raw["available_node_types"].items()}
     head_type = raw["head_node_type"]
     assert profiles.pop(head_type) == "lesion-study-head" and set(profiles.values()) == {"lesion-study-worker"}
+
+
+def test_readmes_count_the_gpu_studys_families_and_trials() -> None:
+    """What the READMEs say study/configs/gpu.yaml runs is what it runs: its number of families and trials."""
+    config = load_config(ROOT / "study" / "configs" / "gpu.yaml")
+    families, trials = len(config.families), config.num_samples
+    for path in READMES:
+        text = " ".join(path.read_text().split())
+        counted = 0
+        for sentence in re.findall(r"`study/configs/gpu.yaml`[^.]*", text):
+            said_families = re.findall(r"\b(\w+) (?:paper )?families", sentence)
+            said_trials = re.findall(r"\b(\w+) trials", sentence)
+            if said_families or said_trials:
+                counted += 1
+                assert said_families == [str(families)] and said_trials == [str(trials)], (path.name, sentence)
+        assert counted, path.name  # each README says it
