@@ -31,10 +31,10 @@ from pathlib import Path
 
 import numpy as np
 
+from trainables.data.build import SubjectFetch, preprocess_subjects
 from trainables.data.errors import DataError
 from trainables.data.layouts import SubjectRecord, discover_subjects
 from trainables.data.locks import node_lock
-from trainables.data.build import SubjectFetch, preprocess_subjects
 from trainables.data.preprocess import PreprocessConfig, SubjectSlices
 from trainables.metric_names import APPEARANCE_NAME  # names become part of metric names (test_pixel_auroc_<name>)
 
