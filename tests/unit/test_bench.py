@@ -248,6 +248,7 @@ def test_gpu_section_is_skipped_without_cuda(tmp_path: Path) -> None:
 
 
 def test_scale_extrapolation_is_the_per_subject_figures_times_the_cohorts() -> None:
+    from study.bench.report import target_for
     from study.bench.scale import CPUS_PER_NODE, extrapolate
 
     figures = {"scale_preprocess_speedup": 1.6}
