@@ -85,3 +85,21 @@ def test_shared_cache_prefix_defaults_beside_the_data(tmp_path: Path) -> None:
     assert chosen.shared_cache_uri == "s3://other/caches"
     with pytest.raises(ClusterConfigError, match="cache_prefix"):
         read_study_block(cluster_yaml(tmp_path, cache_prefix="/local/folder"))
+
+
+def test_grids_keep_the_centre_and_take_the_cohorts_shape() -> None:
+    import numpy as np
+
+    from trainables.data.grids import resample_to_grid
+
+    affine = np.diag([2.0, 2.0, 2.0, 1.0])
+    affine[:3, 3] = [-90, -126, -72]
+    volume = np.random.default_rng(0).random((91, 109, 91), dtype=np.float32)
+    out, new_affine = resample_to_grid(volume, affine, "brats", labels=False)
+    assert out.shape == (240, 240, 155) and out.dtype == np.float32
+    assert np.allclose(np.diag(new_affine)[:3], 1.0)
+    centre = lambda a, shape: a[:3, :3] @ ((np.array(shape) - 1) / 2) + a[:3, 3]  # noqa: E731
+    assert np.allclose(centre(new_affine, out.shape), centre(affine, volume.shape))
+    assert resample_to_grid(volume, affine, "mni2mm", labels=False)[0] is volume
+    with pytest.raises(ValueError, match="grid must be one of"):
+        resample_to_grid(volume, affine, "hcp7t", labels=False)
