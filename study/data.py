@@ -12,6 +12,7 @@ from study.config import StudyConfig
 from trainables.data.cache import SplitConfig, prepare_slice_cache
 from trainables.data.lesions import check_mix
 from trainables.data.preprocess import PreprocessConfig
+from trainables.data.s3 import ClusterStudy
 from trainables.data.synthetic import ensure_cohort
 
 
@@ -40,14 +41,24 @@ def synthetic_folder(config: StudyConfig) -> Path:
     return Path(config.data.root) / name
 
 
-def prepare_data(config: StudyConfig) -> tuple[Path, dict[str, Any]]:
-    """Build or reuse the slice cache; return its absolute folder and the preprocessing settings."""
-    healthy, lesion = data_folders(config)
+def prepare_data(config: StudyConfig, cluster: ClusterStudy | None = None) -> tuple[Path, dict[str, Any]]:
+    """Build or reuse the slice cache; return its absolute folder and the preprocessing settings.
+
+    With ``cluster``: the cache shared through S3 (trainables.data.shared_cache), in ``<cache_dir>/slice-cache``
+    on this node; built from the bucket by Ray tasks and published once, else downloaded.
+    """
     pre = PreprocessConfig(
         image_size=config.data.image_size,
         modality=config.data.modality,
         min_brain_fraction=config.data.min_brain_fraction,
     )
+    if cluster is not None:
+        from trainables.data.shared_cache import shared_slice_cache  # boto3 only on a cluster
+
+        say = lambda message: print(message, flush=True)  # noqa: E731
+        shared = shared_slice_cache(cluster, pre, SplitConfig(seed=config.data.split_seed), cluster.cache_dir, say)
+        return shared.entry, asdict(pre)
+    healthy, lesion = data_folders(config)
     cache = prepare_slice_cache(
         healthy,
         lesion,

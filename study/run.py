@@ -24,7 +24,6 @@ from study.cluster.block import (
     default_cluster_yaml,
     mlflow_ui_hint,
     read_study_block,
-    stage_cluster_data,
 )
 from study.cluster.storage import RayStorage, ray_storage
 from study.config import ConfigError, StudyConfig, load_config
@@ -112,8 +111,7 @@ def main(argv: list[str] | None = None) -> int:
 
             cluster = read_study_block(cluster_yaml)
             config = cluster_settings(config, cluster)  # MLflow, Ray and Optuna storage from the YAML
-            check_reachable(tracking_uri(config))  # seconds, before minutes of staging
-            config = stage_cluster_data(config, cluster)  # data.* read the copy staged on this node
+            check_reachable(tracking_uri(config))  # seconds, before minutes of preprocessing
         outcome = run_study(config, resume=args.resume, verbose=args.verbose, cluster=cluster)
     except (ConfigError, TrackingError, DataError, StageError) as err:
         print(f"error: {err}", file=sys.stderr)
@@ -142,22 +140,22 @@ def run_study(
     print(f"study '{config.name}': {config.num_samples} trials of {', '.join(config.families)}", flush=True)
     if config.ray_storage:
         print(f"Ray storage (Tune state, Train checkpoints): {storage.uri(storage.root)}", flush=True)
-    cache_dir, preprocess = prepare_data(config)  # bad data fails here, before any MLflow run or trial
-    space_source = "\n\n".join(inspect.getsource(inspect.getmodule(family_space(f))) for f in config.families)
-    client, parent_run_id = open_parent_run(config, space_source, previous)
-    (study_dir / STATE_FILE).write_text(json.dumps({"parent_run_id": parent_run_id}))
-    started_ray = False
+    started_ray = connect_ray(config, verbose)  # before the data: the slice cache is built by Ray tasks
     try:
-        started_ray = connect_ray(config, verbose)
-        inputs = split_inputs(study_cohort(config, cluster), cache_dir)  # the data every run records
-        baseline_row(study_dir, cache_dir, client, parent_run_id, inputs)
-        setup = trial_setup(config, cache_dir, preprocess, cluster, storage)
-        rows = _tune(config, setup, parent_run_id, resume, verbose, inputs)
-        outcome = _finish(config, rows, study_dir, client, parent_run_id, cluster)
-    except BaseException as err:
-        status = RunStatus.KILLED if isinstance(err, KeyboardInterrupt) else RunStatus.FAILED
-        client.set_terminated(parent_run_id, RunStatus.to_string(status))
-        raise
+        cache_dir, preprocess = prepare_data(config, cluster)  # bad data fails here, before any MLflow run or trial
+        space_source = "\n\n".join(inspect.getsource(inspect.getmodule(family_space(f))) for f in config.families)
+        client, parent_run_id = open_parent_run(config, space_source, previous)
+        (study_dir / STATE_FILE).write_text(json.dumps({"parent_run_id": parent_run_id}))
+        try:
+            inputs = split_inputs(study_cohort(config, cluster), cache_dir)  # the data every run records
+            baseline_row(study_dir, cache_dir, client, parent_run_id, inputs)
+            setup = trial_setup(config, cache_dir, preprocess, cluster, storage)
+            rows = _tune(config, setup, parent_run_id, resume, verbose, inputs)
+            outcome = _finish(config, rows, study_dir, client, parent_run_id, cluster)
+        except BaseException as err:
+            status = RunStatus.KILLED if isinstance(err, KeyboardInterrupt) else RunStatus.FAILED
+            client.set_terminated(parent_run_id, RunStatus.to_string(status))
+            raise
     finally:
         if started_ray:  # a Ray this study started goes with it; an attached cluster stays up
             import ray
@@ -248,9 +246,7 @@ def _tune(
     run_ids: dict[str, str] = {}
     recorder = TrialRecorder(config.study_dir.resolve(), run_ids)
     callbacks = [
-        MlflowTrialLogger(
-            tracking_uri(config), parent_run_id, config.training.epochs, run_ids, inputs, setup.storage
-        ),
+        MlflowTrialLogger(tracking_uri(config), parent_run_id, config.training.epochs, run_ids, inputs, setup.storage),
         recorder,
         ProgressPrinter(config.num_samples, config.training.epochs, already_done=len(recorder.trial_rows)),
     ]

@@ -55,6 +55,9 @@ TARGETS = {
     # issue 14: the default study's best trial (chosen on val) on the default cohort's test split
     "best_test_pixel_auroc": Target("best_test_pixel_auroc", ">=", 0.95),
     "best_test_pixel_auprc": Target("best_test_pixel_auprc", ">=", 0.5),
+    # issue 25: preprocessing spread over CPUs, and a node fetching the shared cache rather than the raw cohort
+    "scale_preprocess_speedup": Target("scale_preprocess_speedup", ">=", 1.6),
+    "scale_node_bytes_ratio": Target("scale_node_bytes_ratio", "<=", 0.2),
 }
 # Figures shown in the table without a target (context for a reader).
 INFO_KEYS = (
@@ -79,6 +82,11 @@ INFO_KEYS = (
     "search_budget_share_any_epoch",
     "gpu_skipped",
     "gpu_bf16_speedup_median",
+    "scale_hcp_preprocess_s",
+    "scale_brats_preprocess_s",
+    "scale_full_raw_gb",
+    "scale_full_cache_gb_64",
+    "scale_full_build_min_4_nodes",
 )
 # Detection figures (study/bench/detect.py) shown after those, in this order of prefixes: per metric and
 # appearance, the best trial, the threshold baseline and the margin between them.

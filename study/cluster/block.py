@@ -59,6 +59,7 @@ def read_study_block(path: str | Path) -> ClusterStudy:
         optuna_storage=reader.database("optuna_storage"),
         mlflow_backend_store=reader.database("mlflow.backend_store_uri") or DEFAULT_BACKEND_STORE,
         mlflow_artifacts=reader.s3_uri("mlflow.artifacts_destination", required=False),
+        cache_uri=reader.s3_uri("cache_prefix", required=False),
     )
 
 

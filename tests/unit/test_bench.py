@@ -245,3 +245,19 @@ def test_gpu_section_is_skipped_without_cuda(tmp_path: Path) -> None:
     data = json.loads(out.read_text())
     assert data["gpu_skipped"] == "no CUDA device" and data["sections"] == "gpu"
     assert not [key for key in data if key.startswith("gpu_") and key != "gpu_skipped"]
+
+
+def test_scale_extrapolation_is_the_per_subject_figures_times_the_cohorts() -> None:
+    from study.bench.report import target_for
+    from study.bench.scale import CPUS_PER_NODE, extrapolate
+
+    figures = {"scale_preprocess_speedup": 1.6}
+    for name, seconds, raw, cache in (("hcp", 2.0, 20e6, 1e6), ("brats", 1.0, 30e6, 0.5e6)):
+        figures |= {f"scale_{name}_preprocess_s": seconds, f"scale_{name}_raw_bytes": raw}
+        figures[f"scale_{name}_cache_bytes_64"] = cache
+    out = extrapolate(figures)
+    assert out["scale_full_raw_gb"] == pytest.approx((1113 * 20e6 + 1251 * 30e6) / 1e9)
+    assert out["scale_full_cache_gb_64"] == pytest.approx((1113 * 1e6 + 1251 * 0.5e6) / 1e9)
+    cpu_min = (1113 * 2.0 + 1251 * 1.0) / 60
+    assert out["scale_full_build_min_4_nodes"] == pytest.approx(cpu_min / (4 * CPUS_PER_NODE * 0.8))
+    assert target_for("scale_node_bytes_ratio").met(0.1) and not target_for("scale_preprocess_speedup").met(1.2)

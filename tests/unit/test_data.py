@@ -26,7 +26,7 @@ from data_kit import (
     save,
 )
 
-from trainables.data import cache as cache_module
+from trainables.data import build as build_module
 from trainables.data.cache import SplitConfig, assign_splits, load_split, prepare_slice_cache
 from trainables.data.errors import DataError
 from trainables.data.layouts import SubjectRecord, discover_subjects
@@ -313,7 +313,7 @@ def test_cache_reused_and_keyed(cohort: tuple[Path, Path], tmp_path: Path, monke
     def refuse(*args: object, **kwargs: object) -> None:
         raise AssertionError("a reused cache must not preprocess")
 
-    monkeypatch.setattr(cache_module, "subject_slices", refuse)
+    monkeypatch.setattr(build_module, "subject_slices", refuse)  # Ray is not initialised here
     messages: list[str] = []
     again = prepare_slice_cache(healthy_root, lesion_root, tmp_path, PreprocessConfig(), SplitConfig(), messages.append)
     assert again == entry and (entry / "meta.json").stat().st_mtime_ns == mtime

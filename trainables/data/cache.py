@@ -31,10 +31,11 @@ from pathlib import Path
 
 import numpy as np
 
+from trainables.data.build import SubjectFetch, preprocess_subjects
 from trainables.data.errors import DataError
 from trainables.data.layouts import SubjectRecord, discover_subjects
 from trainables.data.locks import node_lock
-from trainables.data.preprocess import PreprocessConfig, SubjectSlices, subject_slices
+from trainables.data.preprocess import PreprocessConfig, SubjectSlices
 from trainables.metric_names import APPEARANCE_NAME  # names become part of metric names (test_pixel_auroc_<name>)
 
 SPLITS = ("train", "val", "test")
@@ -99,14 +100,33 @@ def prepare_slice_cache(
     The entry is ``cache_root/<key>``, the key hashing ``pre``, ``split`` and every input file's path, size
     and mtime. Concurrent callers (trials on one node) serialise on ``cache_root/<key>.lock``; the entry is
     built in a temporary sibling and renamed into place, so an entry without ``meta.json`` is never read
-    (it is rebuilt).
+    (it is rebuilt). The subjects are preprocessed as Ray tasks over the cluster's CPUs when Ray is
+    initialised, else in this process one after another (trainables.data.build); the bytes are the same.
     """
     say = progress or (lambda message: None)
     healthy, lesion = _discover(Path(healthy_root), Path(lesion_root), pre.modality)
     appearance = read_appearances(Path(lesion_root), [r.subject_id for r in lesion])
     assignment = assign_splits([r.subject_id for r in healthy], [r.subject_id for r in lesion], split, appearance)
     key = cache_key(healthy, lesion, pre, split, appearance)
-    cache_root = Path(cache_root)
+    return build_entry(Path(cache_root), key, healthy, lesion, assignment, pre, split, appearance, say)
+
+
+def build_entry(
+    cache_root: Path,
+    key: str,
+    healthy: list[SubjectRecord],
+    lesion: list[SubjectRecord],
+    assignment: dict[str, str],
+    pre: PreprocessConfig,
+    split: SplitConfig,
+    appearance: dict[str, str],
+    say: Progress,
+    fetch: SubjectFetch | None = None,
+) -> Path:
+    """``cache_root/<key>``, built here unless complete (meta.json) already; see prepare_slice_cache.
+
+    ``fetch`` makes each subject's files local in the task that preprocesses it (trainables.data.build).
+    """
     cache_root.mkdir(parents=True, exist_ok=True)
     entry = cache_root / key
     if (entry / "meta.json").is_file():
@@ -119,7 +139,7 @@ def prepare_slice_cache(
         _clear_leftovers(cache_root, key, say)
         tmp = Path(tempfile.mkdtemp(prefix=f".{key}.tmp-", dir=cache_root))
         try:
-            _build(tmp, healthy, lesion, assignment, pre, split, appearance, say)
+            _build(tmp, healthy, lesion, assignment, pre, split, appearance, say, fetch)
             os.rename(tmp, entry)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -239,29 +259,32 @@ def _build(
     split: SplitConfig,
     appearance: dict[str, str],
     say: Progress,
+    fetch: SubjectFetch | None = None,
 ) -> None:
     """Preprocess every subject into ``tmp/subjects``, then gather them into per-split arrays."""
     records = sorted(healthy + lesion, key=lambda r: r.subject_id)
     lesion_ids = {r.subject_id for r in lesion}
     staging = tmp / "subjects"
     staging.mkdir()
-    subjects: dict[str, dict] = {}
-    for done, record in enumerate(records, start=1):
+    # filled in the order subjects finish, read in record order: meta.json's bytes do not depend on the timing
+    found: dict[int, dict] = {}
+    for position, slices in preprocess_subjects(records, pre, fetch, say):
         # one subject at a time on disk keeps memory bounded by a single volume, whatever the cohort size
-        slices = subject_slices(record, pre)
-        _stage(staging / f"{done:06d}", slices)
-        subjects[record.subject_id] = {
-            "staged": done,
+        record = records[position]
+        _stage(staging / f"{position + 1:06d}", slices)
+        found[position] = {
+            "staged": position + 1,
             "role": "lesion" if record.subject_id in lesion_ids else "healthy",
             "split": assignment[record.subject_id],
-            "image": str(record.image),
+            "image": fetch.source(record.image) if fetch is not None else str(record.image),
             "n_slices": int(len(slices.slice_index)),
             "lesion_slices": int(slices.lesion.any(axis=(1, 2)).sum()),
             "appearance": appearance.get(record.subject_id),
             "crop": slices.crop.to_dict(),
             "affine": np.round(slices.affine, 6).tolist(),
         }
-        say(f"preprocessed {done}/{len(records)} subjects")
+        say(f"preprocessed {len(found)}/{len(records)} subjects")
+    subjects = {records[position].subject_id: found[position] for position in range(len(records))}
     splits = {name: sorted(s for s, a in assignment.items() if a == name) for name in SPLITS}
     for name in SPLITS:
         _gather(tmp / name, staging, splits[name], subjects, pre.image_size)

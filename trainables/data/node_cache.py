@@ -1,9 +1,9 @@
 """Data on the node a Train worker runs on: the driver's slice cache when this node has it, else staged here.
 
 On one machine (or a shared file system) every worker finds the cache the driver built. On a cluster
-a worker on another node stages the datasets from S3 into that node's cache folder and preprocesses
-them there, once per node: staging and the slice cache both hold per-node file locks, so the other
-trials and workers on the node wait and then reuse the result.
+a worker on another node downloads the entry the driver published on S3 (trainables.data.shared_cache)
+into that node's cache folder, once per node: a per-node file lock makes the other trials and workers
+on the node wait and then reuse it. No node but the builder's tasks reads the raw cohort.
 """
 
 from __future__ import annotations
@@ -12,8 +12,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from trainables.data.cache import SplitConfig, prepare_slice_cache
-from trainables.data.preprocess import PreprocessConfig
 from trainables.data.s3 import ClusterStudy
 
 
@@ -32,11 +30,7 @@ class NodeData:
             return self.cache_dir
         if self.cluster is None:
             raise FileNotFoundError(f"{self.cache_dir}: slice cache not on this node and no cluster storage to stage")
-        from trainables.data.staging import stage_dataset  # boto3 only where staging happens
+        from trainables.data.shared_cache import fetch_shared  # boto3 only where the cache is fetched
 
-        pre = PreprocessConfig(**self.preprocess)
-        staged = stage_dataset(self.cluster, self.cluster.cache_dir, modality=pre.modality)
-        cache = prepare_slice_cache(
-            staged.healthy_dir, staged.lesion_dir, Path(self.cache_root), pre, SplitConfig(seed=self.split_seed)
-        )
-        return str(cache)
+        # the entry's folder name is its content key, under which the driver published it
+        return str(fetch_shared(self.cluster, Path(self.cache_dir).name, Path(self.cache_root)).entry)

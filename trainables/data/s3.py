@@ -34,6 +34,16 @@ class ClusterStudy:
     optuna_storage: str | None = None  # Optuna RDB URL (sqlite, postgresql); None: the config's (SQLite on the head)
     mlflow_backend_store: str = DEFAULT_BACKEND_STORE  # what the head's MLflow server keeps runs in
     mlflow_artifacts: str | None = None  # where that server puts artifacts (s3://...); None: beside its store
+    cache_uri: str | None = None  # s3://... the shared slice caches live under; None: slice-cache/ beside the data
+
+    @property
+    def shared_cache_uri(self) -> str:
+        """Where finished slice caches are published: ``cache_uri``, else ``slice-cache/`` beside data.healthy."""
+        if self.cache_uri is not None:
+            return self.cache_uri
+        bucket, prefix = parse_s3_uri(self.healthy_uri)
+        parent = prefix.rstrip("/").rpartition("/")[0]
+        return f"s3://{bucket}/{parent + '/' if parent else ''}slice-cache/"
 
     @property
     def label(self) -> str:

@@ -329,7 +329,6 @@ def upload_cohort(
 
     Files already in the bucket with the same size and MD5 ETag are left alone. Returns files uploaded.
     """
-    from botocore.exceptions import BotoCoreError, ClientError
 
     say = progress or (lambda message: None)
     folder = Path(folder).expanduser()
@@ -341,6 +340,14 @@ def upload_cohort(
     client = s3_client(study, concurrency=concurrency)
     plan = [item for local, uri in sources.values() for item in _upload_plan(client, study, local, uri)]
     say(f"uploading {len(plan)} files to {study.label}")
+    upload_files(client, plan, concurrency, say)
+    return len(plan)
+
+
+def upload_files(client: Any, plan: list[tuple[Path, str, str]], concurrency: int, say: Progress) -> None:
+    """Upload every (file, bucket, key) of ``plan`` in one part each (ETag = MD5); StageError naming a failure."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
     meter = _Meter("uploaded", len(plan), sum(p.stat().st_size for p, _, _ in plan), say)
     lock = threading.Lock()
 
@@ -357,4 +364,3 @@ def upload_cohort(
                 future.result()
             except (BotoCoreError, ClientError, OSError) as err:
                 raise explain_error(err, where) from err
-    return len(plan)

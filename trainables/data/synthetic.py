@@ -51,6 +51,7 @@ from filelock import FileLock
 from scipy import ndimage as ndi
 from scipy.spatial.transform import Rotation
 
+from trainables.data.grids import check_grid, resample_to_grid
 from trainables.data.lesions import (
     FLAIR_TISSUE,
     T2_TISSUE,
@@ -182,8 +183,10 @@ def _save_nifti(path: Path, data: np.ndarray, affine: np.ndarray) -> None:
         gz.write(img.to_bytes())
 
 
-def _write_subject(tpl: _Template, root: Path, seed: int, kind: int, index: int, appearance: str | None) -> dict:
-    """Generate and write subject ``index`` of ``kind``; return its cohort.json record (paths relative)."""
+def _write_subject(
+    tpl: _Template, root: Path, seed: int, kind: int, index: int, appearance: str | None, grid: str = "mni2mm"
+) -> dict:
+    """Generate and write subject ``index`` of ``kind`` on ``grid``; return its cohort.json record (paths relative)."""
     images, info = _make_subject(tpl, np.random.default_rng([seed, kind, index]), appearance)
     if kind == HEALTHY_KIND:
         name = str(100000 + index)
@@ -192,7 +195,7 @@ def _write_subject(tpl: _Template, root: Path, seed: int, kind: int, index: int,
         name = f"BraTS19_SYN_{index + 1:03d}"
         files = {key: Path("brats") / name / f"{name}_{key}.nii.gz" for key in images}
     for key, rel in files.items():
-        _save_nifti(root / rel, images[key], tpl.affine)
+        _save_nifti(root / rel, *resample_to_grid(images[key], tpl.affine, grid, labels=key == "seg"))
     return {"name": name, "files": {k: str(v) for k, v in files.items()}, **info}
 
 
@@ -238,8 +241,12 @@ def generate_cohort(
     *,
     mix: dict[str, float] | None = None,
     progress: Callable[[str], None] | None = None,
+    grid: str = "mni2mm",
 ) -> CohortPaths:
     """Generate a synthetic cohort in ``out_dir`` (replacing any cohort there) and return its two folders.
+
+    ``grid`` (trainables.data.grids): "mni2mm" (the template's, the default), "hcp" (260 x 311 x 260 at
+    0.7 mm) or "brats" (240 x 240 x 155 at 1 mm), for measuring the preprocessing at real cohorts' sizes.
 
     ``out_dir/hcp/<100000+i>/T1w/T2w_acpc_dc_restore_brain.nii.gz`` for healthy subjects and
     ``out_dir/brats/BraTS19_SYN_<i+1>/<case>_{t2,flair,seg}.nii.gz`` for tumour cases, in the template's
@@ -249,18 +256,25 @@ def generate_cohort(
     receives one line per subject.
     """
     out_dir = _check_args(out_dir, n_healthy, n_lesion, seed)
-    mix = check_mix(mix)
+    mix, grid = check_mix(mix), check_grid(grid)
     tpl = _load_template()
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
     try:
         os.chmod(tmp, 0o755)  # mkdtemp makes it private; the cohort is meant to be shared
-        records = _write_all(tpl, tmp, seed, n_healthy, appearance_plan(mix, n_lesion), progress)
+        records = _write_all(tpl, tmp, seed, n_healthy, appearance_plan(mix, n_lesion), progress, grid)
         for sub in ("hcp", "brats"):
             (tmp / sub).mkdir(exist_ok=True)  # present even when empty, so readers find both layouts
         lines = ["subject,appearance"] + [f"{r['name']},{r['appearance']}" for r in records["lesion"]]
         (tmp / "brats" / APPEARANCE_FILE).write_text("\n".join(lines) + "\n")
         meta = {"generator": __name__, "version": GENERATOR_VERSION, "n_healthy": n_healthy, "n_lesion": n_lesion}
-        meta |= {"seed": seed, "mix": mix, "healthy_dir": "hcp", "lesion_dir": "brats", **records}
+        meta |= {
+            "seed": seed,
+            "mix": mix,
+            **({"grid": grid} if grid != "mni2mm" else {}),
+            "healthy_dir": "hcp",
+            "lesion_dir": "brats",
+            **records,
+        }
         (tmp / "cohort.json").write_text(json.dumps(meta, indent=1) + "\n")
         _replace_dir(tmp, out_dir)
     except BaseException:
@@ -270,7 +284,13 @@ def generate_cohort(
 
 
 def _write_all(
-    tpl: _Template, tmp: Path, seed: int, n_healthy: int, plan: list[str], progress: Callable[[str], None] | None
+    tpl: _Template,
+    tmp: Path,
+    seed: int,
+    n_healthy: int,
+    plan: list[str],
+    progress: Callable[[str], None] | None,
+    grid: str = "mni2mm",
 ) -> dict[str, list[dict]]:
     """Write every subject; return the cohort.json records of healthy subjects and lesion cases."""
     records: dict[str, list[dict]] = {"healthy": [], "lesion": []}
@@ -279,7 +299,7 @@ def _write_all(
     counts = {"healthy": n_healthy, "lesion": len(plan)}
     for key, kind, index, appearance in jobs:
         start = time.perf_counter()
-        record = _write_subject(tpl, tmp, seed, kind, index, appearance)
+        record = _write_subject(tpl, tmp, seed, kind, index, appearance, grid)
         records[key].append(record)
         if progress is not None:
             extra = f" {appearance} {record['volume_cm3']} cm3" if appearance else ""
@@ -346,14 +366,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lesion", type=int, default=12, help="number of tumour cases (default 12)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     parser.add_argument("--mix", default="", help="lesion appearances, e.g. bright=1,dark=1 (default: all equal)")
+    parser.add_argument("--grid", default="mni2mm", help="voxel grid: mni2mm (default), hcp or brats")
     parser.add_argument("--force", action="store_true", help="regenerate even if a matching cohort exists")
     args = parser.parse_args(argv)
-    make = generate_cohort if args.force else ensure_cohort
+    make = generate_cohort if args.force or args.grid != "mni2mm" else ensure_cohort
     start = time.perf_counter()
     try:
         mix = _parse_mix(args.mix) if args.mix else None
         say = lambda line: print(line, flush=True)  # noqa: E731
-        paths = make(args.out, args.healthy, args.lesion, args.seed, mix=mix, progress=say)
+        grid = {"grid": args.grid} if args.grid != "mni2mm" else {}  # ensure_cohort knows the template's grid only
+        paths = make(args.out, args.healthy, args.lesion, args.seed, mix=mix, progress=say, **grid)
     except (ValueError, PermissionError) as err:
         parser.error(str(err))
     print(f"done in {time.perf_counter() - start:.1f} s")
