@@ -14,7 +14,19 @@ of 300 epochs).
 After each epoch val is scored and the best epoch kept by the paper's own measure: the first paper's
 pixel AUROC on lesion subjects (its tables use BraTS, lesion subjects only), the second paper's slice
 AUROC. Test is scored once, with those weights; Dice thresholds come from val. The papers chose their
-models on test; this never does.
+models on test; this never does. ``--no-early-stop`` trains every one of ``--max-epochs`` epochs (the papers'
+fixed budgets; the first paper's official code: 300) and scores the final model on test too (``test_final``).
+The first paper's full budget, one command (expected time: results/reproduce/table.md, "The papers' budget"):
+
+    python -m trainables.reproduce --out results/reproduce/full300 --only vae,aae,caae_0.5,caae_1.0 \
+        --max-epochs 300 --no-early-stop --seeds 0,1,2
+
+Conventions (docs/decisions.md): ``--background`` (the image value outside the brain for the first paper's
+runs; default -3.5 as its official preprocessing) and ``--recon-norm`` (the AAE family's reconstruction term:
+its ``recon_norm`` default, the official code's unsquared norm, or ``squared``, the paper's text). Each run's
+JSON records its budget, background and hparams, every loss term's mean per epoch (``losses``), the pixel
+metrics per lesion appearance (``<metric>_<appearance>``), and a subject-level bootstrap interval of the
+tables' AUROCs (``bootstrap``, trainables/reproduce_bootstrap.py).
 
 Every finished run is written at once to ``OUT/runs/<run>-seed<k>.json`` (so a cut run loses only the
 run in progress, and seeds may run as parallel processes); ``--table-only`` (or the end of a training
@@ -81,7 +93,7 @@ OFFICIAL_BACKGROUND = -3.5
 
 @dataclass(frozen=True)
 class Conventions:
-    background: float = OFFICIAL_BACKGROUND  # image value outside the brain mask, in z-scored units
+    background: float = OFFICIAL_BACKGROUND  # image value outside the brain mask (z-scored units), first paper's runs
     recon_norm: str | None = None  # the AAE family's recon_norm for aae/caae runs; None: the family default
 
     def hparams(self, run: Run) -> dict[str, Any]:
@@ -90,8 +102,15 @@ class Conventions:
             return dict(run.hparams)
         return {**run.hparams, "recon_norm": self.recon_norm}
 
+    def background_of(self, run: Run) -> float:
+        """The first paper's nets (and the plain AE on them) see its background; the others keep the cache's 0:
+        the dae finds the brain as ``x != 0`` (its authors' preprocessing leaves 0 there), the second paper's
+        preprocessing is not known to us, and the threshold baseline reads intensities inside the brain only."""
+        return self.background if run.family in FIRST_PAPER_FAMILIES else 0.0
+
 
 AAE_FAMILIES = ("aae", "caae")  # the families with recon_norm (trainables/families/aae.py)
+FIRST_PAPER_FAMILIES = ("vae", "aae", "caae", "ae")
 
 
 def with_background(image: torch.Tensor, brain: torch.Tensor, value: float) -> torch.Tensor:
@@ -228,7 +247,7 @@ def run_one(run: Run, cache: Path, budget: Budget, seed: int, say: Say, conv: Co
     the last epoch is not the chosen one, the final model too: ``test_final``)."""
     started = time.perf_counter()
     torch.manual_seed(seed)
-    hparams, bg = conv.hparams(run), conv.background
+    hparams, bg = conv.hparams(run), conv.background_of(run)
     family = create_family(run.family, hparams)
     nets = family.build(read_meta(cache)["preprocess"]["image_size"])
     record, final = fit(run, family, nets, cache, budget, seed, say, bg)
@@ -275,8 +294,9 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
                         help="train every --max-epochs epoch (no plateau stop); the final and the val-chosen "
                              "model are both scored on test")  # fmt: skip
     parser.add_argument("--background", type=float, default=OFFICIAL_BACKGROUND,
-                        help="image value outside the brain (default -3.5, the first paper's official "
-                             "normalize_data.py; the study's slices and the runs before this option: 0)")  # fmt: skip
+                        help="image value outside the brain for the first paper's runs (vae, aae, caae, ae; "
+                             "default -3.5, its official normalize_data.py; the study's slices, the other runs "
+                             "and the runs before this option: 0)")  # fmt: skip
     parser.add_argument("--recon-norm", choices=("l2", "squared"),
                         help="the AAE family's reconstruction term for aae/caae runs: l2 (official code, the family "
                              "default) or squared (the paper's text); use its own --out")  # fmt: skip
