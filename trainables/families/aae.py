@@ -59,9 +59,7 @@ class AAEHparams:
     critic_steps: int = 20  # critic steps per batch; 20 in the official code (WGAN-GP: 5)
     warmup_critic_steps: int = 200  # critic steps per batch during warm-up; 200 (10 x 20) in the official code
     warmup_share: float = 20 / 300  # share of the run's epochs warmed up, at least 1; official: 20 of 300 (0: none)
-    # reconstruction term: "l2" = ||x - x'||_2 per image (the official code's), "squared" = ||x - x'||^2 (the
-    # paper's text); the squared norm weighs the reconstruction more against the critic's and lambda's terms
-    recon_norm: str = "l2"
+    recon_norm: str = "l2"  # "l2": ||x - x'||_2 per image (the official code's); "squared": ||x - x'||^2 (paper text)
 
 
 RECON_NORMS = {"l2": l2_recon, "squared": l2_squared_recon}
