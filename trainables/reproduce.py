@@ -14,7 +14,19 @@ of 300 epochs).
 After each epoch val is scored and the best epoch kept by the paper's own measure: the first paper's
 pixel AUROC on lesion subjects (its tables use BraTS, lesion subjects only), the second paper's slice
 AUROC. Test is scored once, with those weights; Dice thresholds come from val. The papers chose their
-models on test; this never does.
+models on test; this never does. ``--no-early-stop`` trains every one of ``--max-epochs`` epochs (the papers'
+fixed budgets; the first paper's official code: 300) and scores the final model on test too (``test_final``).
+The first paper's full budget, one command (expected time: results/reproduce/table.md, "The papers' budget"):
+
+    python -m trainables.reproduce --out results/reproduce/full300 --only vae,aae,caae_0.5,caae_1.0 \
+        --max-epochs 300 --no-early-stop --seeds 0,1,2
+
+Conventions (docs/decisions.md): ``--background`` (the image value outside the brain for the first paper's
+runs; default -3.5 as its official preprocessing) and ``--recon-norm`` (the AAE family's reconstruction term:
+its ``recon_norm`` default, the official code's unsquared norm, or ``squared``, the paper's text). Each run's
+JSON records its budget, background and hparams, every loss term's mean per epoch (``losses``), the pixel
+metrics per lesion appearance (``<metric>_<appearance>``), and a subject-level bootstrap interval of the
+tables' AUROCs (``bootstrap``, trainables/reproduce_bootstrap.py).
 
 Every finished run is written at once to ``OUT/runs/<run>-seed<k>.json`` (so a cut run loses only the
 run in progress, and seeds may run as parallel processes); ``--table-only`` (or the end of a training
@@ -51,6 +63,7 @@ from trainables.epoch import NonFiniteLossError, train_epoch
 from trainables.families import Family, Scores, create_family
 from trainables.metrics import DetectionMetrics, unpack_batch
 from trainables.objective import Objective
+from trainables.reproduce_bootstrap import SubjectValues
 from trainables.reproduce_runs import LESION, POOLED, RUNS, Run
 from trainables.reproduce_table import write_tables
 
@@ -65,6 +78,58 @@ class Budget:
     patience: int = 6  # stop after this many epochs without a val improvement
     deadline: float | None = None  # wall clock (time.time()) after which no further epoch starts
     batch_size: int = 64  # both papers
+    early_stop: bool = True  # False: train every one of max_epochs epochs (the papers' fixed budgets)
+
+    def record(self) -> dict[str, Any]:
+        """What a run's JSON keeps of its budget."""
+        keys = ("max_epochs", "min_epochs", "patience", "batch_size", "early_stop")
+        return {key: getattr(self, key) for key in keys}
+
+
+# The first paper's official preprocessing (normalize_data.py) sets the background outside the brain to -3.5
+# after standardising; the study's slices keep it at 0 (trainables/data/preprocess.py). docs/decisions.md.
+OFFICIAL_BACKGROUND = -3.5
+
+
+@dataclass(frozen=True)
+class Conventions:
+    background: float = OFFICIAL_BACKGROUND  # image value outside the brain mask (z-scored units), first paper's runs
+    recon_norm: str | None = None  # the AAE family's recon_norm for aae/caae runs; None: the family default
+
+    def hparams(self, run: Run) -> dict[str, Any]:
+        """The run's hyperparameters with these conventions applied."""
+        if self.recon_norm is None or run.family not in AAE_FAMILIES:
+            return dict(run.hparams)
+        return {**run.hparams, "recon_norm": self.recon_norm}
+
+    def background_of(self, run: Run) -> float:
+        """The first paper's nets (and the plain AE on them) see its background; the others keep the cache's 0:
+        the dae finds the brain as ``x != 0`` (its authors' preprocessing leaves 0 there), the second paper's
+        preprocessing is not known to us, and the threshold baseline reads intensities inside the brain only."""
+        return self.background if run.family in FIRST_PAPER_FAMILIES else 0.0
+
+
+AAE_FAMILIES = ("aae", "caae")  # the families with recon_norm (trainables/families/aae.py)
+FIRST_PAPER_FAMILIES = ("vae", "aae", "caae", "ae")
+
+
+def with_background(image: torch.Tensor, brain: torch.Tensor, value: float) -> torch.Tensor:
+    """``image`` with every pixel outside ``brain`` set to ``value`` (the cache stores 0 there)."""
+    return image if value == 0 else torch.where(brain > 0.5, image, torch.full_like(image, value))
+
+
+class _BackgroundLoader:
+    """A loader whose batches' images carry ``value`` outside the brain (``with_background``)."""
+
+    def __init__(self, loader: DataLoader, value: float) -> None:
+        self.loader, self.value = loader, value
+
+    def __iter__(self):
+        for batch in self.loader:
+            yield {**batch, "image": with_background(batch["image"], batch["brain"], self.value)}
+
+    def __len__(self) -> int:
+        return len(self.loader)
 
 
 def default_cache(data_root: Path, say: Say) -> Path:
@@ -75,10 +140,11 @@ def default_cache(data_root: Path, say: Say) -> Path:
     )
 
 
-def _train_loader(cache: Path, batch_size: int, seed: int) -> DataLoader:
+def _train_loader(cache: Path, batch_size: int, seed: int, background: float) -> _BackgroundLoader:
     """Healthy train slices, reshuffled each epoch; full batches only, as the study's loop uses."""
     g = torch.Generator().manual_seed(seed)
-    return DataLoader(SliceDataset(cache, "train"), batch_size=batch_size, shuffle=True, drop_last=True, generator=g)
+    loader = DataLoader(SliceDataset(cache, "train"), batch_size=batch_size, shuffle=True, drop_last=True, generator=g)
+    return _BackgroundLoader(loader, background)
 
 
 def _subset(scores: Scores, keep: torch.Tensor) -> Scores:
@@ -87,78 +153,121 @@ def _subset(scores: Scores, keep: torch.Tensor) -> Scores:
 
 
 def score_split(
-    families: dict[str, Family], nets: nn.ModuleDict, cache: Path, split: str, thresholds: dict | None = None
+    families: dict[str, Family],
+    nets: nn.ModuleDict,
+    cache: Path,
+    split: str,
+    thresholds: dict | None = None,
+    background: float = 0.0,
+    subject_values: SubjectValues | None = None,
 ) -> dict[str, dict[str, dict[str, float]]]:
-    """Metrics of each named scoring family on ``split``, on lesion subjects only and pooled, from one pass.
+    """Metrics of each named scoring family on ``split``, on lesion subjects only and pooled, from one pass; every
+    pixel metric per lesion appearance too (``<metric>_<appearance>``: on lesion subjects, that appearance's
+    subjects only; pooled, the healthy subjects with them).
 
     ``thresholds[name][set]`` (from val) gives each set's Dice threshold. The lesion-subject set is computed
     here rather than in trainables.metrics: it is a reproduction choice (the first paper's tables).
+    ``subject_values`` collects the first family's values for the subject-level bootstrap.
     """
     dataset = SliceDataset(cache, split)
     lesion_subject = torch.from_numpy(np.asarray(dataset.lesion_subject, dtype=bool))
-    acc = {name: {LESION: DetectionMetrics(), POOLED: DetectionMetrics()} for name in families}
+    kinds = dataset.appearances
+    acc = {name: {LESION: DetectionMetrics(kinds), POOLED: DetectionMetrics(kinds)} for name in families}
     for batch in DataLoader(dataset, batch_size=256):
         image, brain, lesion = unpack_batch(batch)
+        image, kind = with_background(image, brain, background), batch["appearance"]
         keep = lesion_subject[batch["subject"]]
         for name, family in families.items():
             scores = family.score(nets, image)
-            acc[name][POOLED].update(scores, brain, lesion)
-            acc[name][LESION].update(_subset(scores, keep), brain[keep], lesion[keep])
+            acc[name][POOLED].update(scores, brain, lesion, kind)
+            acc[name][LESION].update(_subset(scores, keep), brain[keep], lesion[keep], kind[keep])
+            if subject_values is not None and name == next(iter(families)):
+                subject_values.update(scores.pixel_map, scores.slice_score, brain, lesion, batch["subject"], keep)
     thresholds = thresholds or {}
     return {
         name: {s: m.compute(thresholds.get(name, {}).get(s)) for s, m in sets.items()} for name, sets in acc.items()
     }
 
 
-def fit(run: Run, family: Family, nets: nn.ModuleDict, cache: Path, budget: Budget, seed: int, say: Say) -> dict:
-    """Train under ``budget``, leave the best val epoch's weights in ``nets``; the training record."""
+def _stop_reason(budget: Budget, epoch: int, best_epoch: int) -> str | None:
+    """Why training stops after ``epoch`` (None: it goes on). A run that trained every epoch of its cap is
+    ``max_epochs`` even where the plateau rule would also have fired then."""
+    if epoch >= budget.max_epochs:
+        return "max_epochs"
+    if budget.early_stop and epoch >= budget.min_epochs and epoch - best_epoch >= budget.patience:
+        return "plateau"
+    if budget.deadline is not None and time.time() > budget.deadline:
+        return "deadline"
+    return None
+
+
+def fit(
+    run: Run, family: Family, nets: nn.ModuleDict, cache: Path, budget: Budget, seed: int, say: Say, background: float
+) -> tuple[dict, dict | None]:
+    """Train under ``budget``, leave the best val epoch's weights in ``nets``; the training record, and the final
+    epoch's weights where they differ from the chosen ones (else None). The record keeps per epoch the val
+    measure (``history``) and every loss term's mean (``losses``: the total and its parts, e.g. recon, latent,
+    kl, critic, as the family's train_step returns them)."""
     scorers = {"main": family}
     if not family.trainable:
         return {"best_epoch": 0, "epochs": 0, "steps": 0, "stopped": "no weights",
-                "val": score_split(scorers, nets, cache, "val")["main"], "history": []}  # fmt: skip
-    opts, train = family.optimizers(nets), _train_loader(cache, budget.batch_size, seed)
+                "val": score_split(scorers, nets, cache, "val", background=background)["main"],
+                "history": [], "losses": []}, None  # fmt: skip
+    opts, train = family.optimizers(nets), _train_loader(cache, budget.batch_size, seed, background)
     part, metric = run.objective
     chooser = Objective(metric, "max")  # the papers' measures are AUROCs: larger is better
     best: dict[str, Any] = {"epoch": 0, "score": math.nan, "val": None, "weights": None}
-    history, steps, stopped, epoch = [], 0, "max_epochs", 0
-    for epoch in range(1, budget.max_epochs + 1):
+    history, losses_per_epoch, steps, stopped, epoch, val = [], [], 0, None, 0, {}
+    while stopped is None:
+        epoch += 1
         family.set_epoch(epoch - 1, budget.max_epochs)
         losses = train_epoch(family, nets, opts, train, CPU, epoch - 1)
         steps += losses.steps
-        val = score_split(scorers, nets, cache, "val")["main"]
+        losses_per_epoch.append({key: round(value, 5) for key, value in losses.means.items()})
+        val = score_split(scorers, nets, cache, "val", background=background)["main"]
         score = val[part][metric]
         history.append(round(score, 4) if math.isfinite(score) else None)
         say(f"  {run.key} seed {seed} epoch {epoch}: loss {losses.means['loss']:.4f}, val {part} {metric} {score:.4f}")
         if best["weights"] is None or chooser.better(score, best["score"]):
             best = {"epoch": epoch, "score": score, "val": val, "weights": copy.deepcopy(nets.state_dict())}
-        if epoch >= budget.min_epochs and epoch - best["epoch"] >= budget.patience:
-            stopped = "plateau"
-            break
-        if budget.deadline is not None and time.time() > budget.deadline and epoch < budget.max_epochs:
-            stopped = "deadline"
-            break
+        stopped = _stop_reason(budget, epoch, best["epoch"])
+    final = None if best["epoch"] == epoch else {"weights": copy.deepcopy(nets.state_dict()), "val": val}
     nets.load_state_dict(best["weights"])
     return {"best_epoch": best["epoch"], "epochs": epoch, "steps": steps, "stopped": stopped, "val": best["val"],
-            "history": history}  # fmt: skip
+            "history": history, "losses": losses_per_epoch}, final  # fmt: skip
 
 
-def run_one(run: Run, cache: Path, budget: Budget, seed: int, say: Say) -> dict[str, Any]:
-    """Train ``run`` with ``seed``, choose its epoch on val, score test once with val's Dice thresholds."""
+def _thresholds(val_sets: dict[str, dict]) -> dict[str, dict[str, float | None]]:
+    """Each scorer's and metric set's Dice threshold, from its val metrics."""
+    return {name: {s: m.get("best_threshold") for s, m in sets.items()} for name, sets in val_sets.items()}
+
+
+def run_one(run: Run, cache: Path, budget: Budget, seed: int, say: Say, conv: Conventions) -> dict[str, Any]:
+    """Train ``run`` with ``seed``, choose its epoch on val, score test once with val's Dice thresholds (and, where
+    the last epoch is not the chosen one, the final model too: ``test_final``)."""
     started = time.perf_counter()
     torch.manual_seed(seed)
-    family = create_family(run.family, run.hparams)
+    hparams, bg = conv.hparams(run), conv.background_of(run)
+    family = create_family(run.family, hparams)
     nets = family.build(read_meta(cache)["preprocess"]["image_size"])
-    record = fit(run, family, nets, cache, budget, seed, say)
+    record, final = fit(run, family, nets, cache, budget, seed, say, bg)
     scorers = {"main": family}
     if run.family == "lran":  # Table 5: the same weights scored with the residual instead of z - z'
-        scorers["residual"] = create_family("lran", {**run.hparams, "slice_score": "residual"})
-        record["val_residual"] = score_split({"r": scorers["residual"]}, nets, cache, "val")["r"]
-    val_sets = {"main": record["val"], "residual": record.get("val_residual", {})}
-    thresholds = {n: {s: m.get("best_threshold") for s, m in val_sets[n].items()} for n in scorers}
-    test = score_split(scorers, nets, cache, "test", thresholds)
-    record.update(test=test["main"], family=run.family, hparams=run.hparams, seed=seed)
+        scorers["residual"] = create_family("lran", {**hparams, "slice_score": "residual"})
+        record["val_residual"] = score_split({"r": scorers["residual"]}, nets, cache, "val", background=bg)["r"]
+    thresholds = _thresholds({"main": record["val"], "residual": record.get("val_residual", {})})
+    subject_values = SubjectValues()
+    test = score_split(scorers, nets, cache, "test", thresholds, bg, subject_values)
+    record.update(
+        test=test["main"], family=run.family, hparams=hparams, seed=seed, bootstrap=subject_values.intervals()
+    )
+    record.update(budget=budget.record(), background=bg)
     if "residual" in test:
         record["test_residual"] = test["residual"]
+    if final is not None:  # the final model, with its own val's thresholds
+        nets.load_state_dict(final["weights"])
+        final_thresholds = _thresholds({"main": final["val"]})
+        record["test_final"] = score_split({"main": family}, nets, cache, "test", final_thresholds, bg)["main"]
     record["seconds"] = round(time.perf_counter() - started, 1)
     return record
 
@@ -181,6 +290,16 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--max-epochs", type=int, default=Budget.max_epochs)
     parser.add_argument("--min-epochs", type=int, default=Budget.min_epochs)
     parser.add_argument("--patience", type=int, default=Budget.patience)
+    parser.add_argument("--no-early-stop", action="store_true",
+                        help="train every --max-epochs epoch (no plateau stop); the final and the val-chosen "
+                             "model are both scored on test")  # fmt: skip
+    parser.add_argument("--background", type=float, default=OFFICIAL_BACKGROUND,
+                        help="image value outside the brain for the first paper's runs (vae, aae, caae, ae; "
+                             "default -3.5, its official normalize_data.py; the study's slices, the other runs "
+                             "and the runs before this option: 0)")  # fmt: skip
+    parser.add_argument("--recon-norm", choices=("l2", "squared"),
+                        help="the AAE family's reconstruction term for aae/caae runs: l2 (official code, the family "
+                             "default) or squared (the paper's text); use its own --out")  # fmt: skip
     parser.add_argument("--deadline", help="HH:MM UTC: no epoch starts after it (the run is marked 'deadline')")
     parser.add_argument("--batch-size", type=int, default=Budget.batch_size, help="batch size (both papers: 64)")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
@@ -202,16 +321,18 @@ def main(argv: list[str] | None = None) -> int:
     cache = args.cache or default_cache(args.data_root, say)
     runs_dir = args.out / "runs"
     runs_dir.mkdir(parents=True, exist_ok=True)
-    budget = Budget(args.max_epochs, args.min_epochs, args.patience, _deadline(args.deadline), args.batch_size)
+    budget = Budget(args.max_epochs, args.min_epochs, args.patience, _deadline(args.deadline), args.batch_size,
+                    early_stop=not args.no_early_stop)  # fmt: skip
+    conv = Conventions(args.background, args.recon_norm)
     runs = [r for r in RUNS if not args.only or r.key in args.only.split(",")]
-    for seed in ([] if args.table_only else [int(s) for s in args.seeds.split(",")]):
+    for seed in [] if args.table_only else [int(s) for s in args.seeds.split(",")]:
         for run in runs:
             if budget.deadline is not None and time.time() > budget.deadline:
                 say(f"{run.key} seed {seed}: not started (deadline {args.deadline} passed)")
                 continue
             say(f"{run.key} seed {seed}: {run.family} {run.hparams or '(paper defaults)'}")
             try:
-                record = run_one(run, cache, budget, seed, say)
+                record = run_one(run, cache, budget, seed, say, conv)
             except NonFiniteLossError as err:  # a diverged run is a result too
                 record = {"family": run.family, "hparams": run.hparams, "seed": seed, "error": str(err)}
                 say(f"  {run.key} seed {seed} diverged: {err}")

@@ -24,7 +24,16 @@ from trainables.reproduce_runs import LESION, POOLED, RUNS
 
 # Published numbers (DESIGN.md). First paper: pixel AUROC and overlap % on BraTS 2015 T2 (Tables 1, 2).
 PAPER1_AUROC = {"vae": 0.897, "aae": 0.885, "caae_0.5": 0.906, "caae_1.0": 0.923}
-PAPER1_OVERLAP = {"vae": 26, "aae": 28, "caae_0.5": 25, "caae_1.0": 17}
+# Table 2 in full: healthy mu, healthy sigma, lesion mu, lesion sigma (the paper's normalised units), overlap %
+TABLE2_METRICS = ("healthy_mu", "healthy_sigma", "lesion_mu", "lesion_sigma")
+PAPER1_TABLE2 = {
+    "vae": (0.424, 0.521, 2.405, 1.152, 26),
+    "aae": (0.343, 0.565, 2.894, 1.431, 28),
+    "caae_0.5": (0.422, 0.625, 2.834, 1.401, 25),
+    "caae_1.0": (0.379, 0.526, 2.750, 1.145, 17),
+}
+FULL_EPOCHS = 300  # the first paper's official budget (EPOCHS = 300 in its main.py)
+NOT_RECORDED = "not recorded"
 # Second paper: slice AUROC on BraTS 2019 with the z - z' score (Table 4), and per score (Table 5).
 TABLE4 = (
     ("lran_irec_adv", "irec + adv", 0.027),
@@ -64,44 +73,109 @@ def cell(values: list[float], digits: int = 3) -> str:
     return f"{mean}{sd} (n={len(values)})"
 
 
+def _finished(results: dict, key: str) -> list[dict]:
+    return [r for r in results.get(key, {}).values() if "error" not in r]
+
+
+def stop_label(record: dict) -> str:
+    """Why a run stopped; one that trained every epoch of its cap is ``max_epochs`` (runs before the fix were
+    labelled ``plateau`` when the plateau rule fired at the cap; their cap, where unrecorded, was 50)."""
+    cap = record.get("budget", {}).get("max_epochs", 50)
+    if record["stopped"] == "plateau" and record["epochs"] >= cap:
+        return "max_epochs"
+    return record["stopped"]
+
+
 def _budget(results: dict, key: str) -> str:
-    seeds = [r for r in results.get(key, {}).values() if "error" not in r]
+    seeds = _finished(results, key)
     if not seeds:
         return "not run"
-    parts = [f"{r['best_epoch']}/{r['epochs']} ep, {r['steps']} st, {r['stopped']}" for r in seeds]
-    return "; ".join(parts)
+    return "; ".join(f"{r['best_epoch']}/{r['epochs']} ep, {r['steps']} st, {stop_label(r)}" for r in seeds)
+
+
+def _final_values(results: dict, key: str, subset: str, metric: str) -> list[float] | None:
+    """The final model's test metric per seed: ``test_final``, or ``test`` where the chosen epoch was the last;
+    None when a seed recorded neither (runs before ``test_final`` existed)."""
+    values = []
+    for r in _finished(results, key):
+        part = r.get("test_final") or (r["test"] if r["best_epoch"] == r["epochs"] else None)
+        if part is None:
+            return None
+        values.append(part[subset][metric])
+    return values
+
+
+def _interval(results: dict, key: str, name: str) -> str:
+    """The subject-level bootstrap interval, averaged over seeds (its ends' means), or NOT_RECORDED."""
+    boots = [r.get("bootstrap", {}).get(name) for r in _finished(results, key)]
+    if not boots or any(b is None for b in boots):
+        return NOT_RECORDED
+    lo, hi = (statistics.fmean(b[end] for b in boots) for end in ("lo", "hi"))
+    return f"[{lo:.3f}, {hi:.3f}] ({boots[0]['subjects']} subjects)"
+
+
+def _recorded_cell(results: dict, key: str, subset: str, metric: str, digits: int = 3) -> str:
+    """``cell`` of a metric that older runs lack: NOT_RECORDED unless every finished seed has it."""
+    seeds = _finished(results, key)
+    if not seeds or any(metric not in r["test"][subset] for r in seeds):
+        return NOT_RECORDED
+    return cell(_values(results, key, "test", subset, metric), digits)
 
 
 def _paper1(results: dict) -> list[str]:
     rows = ["## First paper, Table 1: pixel AUROC (test)", ""]
-    rows += ["Lesion subjects only, as the paper's tables (BraTS 2015 T2); pooled with the held-out healthy "
-             "subjects beside. Budget per seed: best epoch / epochs run, steps, why it stopped.", ""]  # fmt: skip
-    rows += ["| model | paper | ours, lesion subjects | ours, pooled | budget per seed |", "|---|---|---|---|---|"]
+    rows += ["Val-chosen model, lesion subjects only, as the paper's tables (BraTS 2015 T2): mean ± sd over "
+             "training seeds; beside it the subject-level bootstrap 95% interval (test lesion subjects resampled "
+             "with replacement, 1000 draws; ends averaged over seeds), the bright-lesion subjects only (the "
+             "BraTS-T2-like appearance the paper's claim is about), pooled with the held-out healthy subjects, "
+             "and the final epoch's model. Budget per seed: chosen epoch / epochs run, steps (auto-encoder "
+             f"steps), why it stopped. \"{NOT_RECORDED}\": the run predates that record (new runs keep it).",
+             ""]  # fmt: skip
+    rows += ["| model | paper | ours, lesion subjects | subject bootstrap 95% | bright only | pooled | final model | "
+             "budget per seed |", "|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for key, paper in PAPER1_AUROC.items():
         lesion, pooled = (_values(results, key, "test", s, "pixel_auroc") for s in (LESION, POOLED))
-        rows.append(f"| {key} | {paper:.3f} | {cell(lesion)} | {cell(pooled)} | {_budget(results, key)} |")
-    rows += ["", "## First paper, Table 2: residual |x - x'| on healthy and lesion pixels (test, lesion subjects)", ""]
-    rows += ["| model | healthy mu | healthy sigma | lesion mu | lesion sigma | overlap % | overlap %, pooled | "
-             "paper overlap % |", "|---|---|---|---|---|---|---|---|"]  # fmt: skip
-    for key, paper in PAPER1_OVERLAP.items():
-        cells = [cell(_values(results, key, "test", LESION, m)) for m in ("healthy_mu", "healthy_sigma", "lesion_mu",
-                                                                          "lesion_sigma")]  # fmt: skip
-        overlap = [cell(_values(results, key, "test", s, "overlap_pct"), 1) for s in (LESION, POOLED)]
-        rows.append(f"| {key} | {' | '.join(cells)} | {' | '.join(overlap)} | {paper} |")
-    rows += ["", "The paper's Table 2 mu and sigma were not available to this session (DESIGN.md lists only the "
-             "overlap, and the paper's text could not be read here), so only the overlap is compared; ours are in "
-             "the z-scored intensity units of our slices, not comparable in value to the paper's.", ""]  # fmt: skip
-    return rows
+        final = _final_values(results, key, LESION, "pixel_auroc")
+        cells = [cell(lesion), _interval(results, key, "pixel_auroc_lesion"),
+                 _recorded_cell(results, key, LESION, "pixel_auroc_bright"), cell(pooled),
+                 NOT_RECORDED if final is None else cell(final), _budget(results, key)]  # fmt: skip
+        rows.append(f"| {key} | {paper:.3f} | {' | '.join(cells)} |")
+    return rows + ["", *_table2(results)]
+
+
+def _ratio(results: dict, key: str) -> list[float]:
+    """lesion mu / healthy mu per seed (test, lesion subjects)."""
+    pairs = zip(*(_values(results, key, "test", LESION, m) for m in ("lesion_mu", "healthy_mu")), strict=True)
+    return [lesion / healthy for lesion, healthy in pairs if healthy > 0]
+
+
+def _table2(results: dict) -> list[str]:
+    rows = ["## First paper, Table 2: residual |x - x'| on healthy and lesion pixels (test, lesion subjects)", ""]
+    rows += ["Each cell: the paper / ours (mean ± sd over seeds). The paper's mu and sigma are in its normalised "
+             "units, ours in the z-scored units of our slices: compare the ratio lesion mu / healthy mu and the "
+             "overlap, not the raw values.", ""]  # fmt: skip
+    rows += ["| model | healthy mu | healthy sigma | lesion mu | lesion sigma | lesion mu / healthy mu | overlap % | "
+             "overlap %, pooled (ours) | bright only: overlap % (ours) |", "|---" * 9 + "|"]  # fmt: skip
+    for key, paper in PAPER1_TABLE2.items():
+        ours = [cell(_values(results, key, "test", LESION, m)) for m in TABLE2_METRICS]
+        cells = [f"{p:.3f} / {o}" for p, o in zip(paper[:4], ours, strict=True)]
+        cells.append(f"{paper[2] / paper[0]:.2f} / {cell(_ratio(results, key), 2)}")
+        cells.append(f"{paper[4]} / {cell(_values(results, key, 'test', LESION, 'overlap_pct'), 1)}")
+        cells.append(cell(_values(results, key, "test", POOLED, "overlap_pct"), 1))
+        cells.append(_recorded_cell(results, key, LESION, "overlap_pct_bright", 1))
+        rows.append(f"| {key} | {' | '.join(cells)} |")
+    return rows + [""]
 
 
 def _paper2(results: dict) -> list[str]:
     rows = ["## Second paper, Table 4: ablation, slice AUROC with the latent score ||z - z'|| (test)", ""]
-    rows += ["| losses | run | paper | ours, pooled | ours, lesion subjects | budget per seed |"]
-    rows += ["|---|---|---|---|---|---|"]
+    rows += ["| losses | run | paper | ours, pooled | subject bootstrap 95%, pooled | ours, lesion subjects | "
+             "budget per seed |", "|---|---|---|---|---|---|---|"]  # fmt: skip
     for key, label, paper in TABLE4:
         flag = " (below chance, see note)" if paper < 0.5 else ""
         pooled, lesion = (_values(results, key, "test", s, "slice_auroc") for s in (POOLED, LESION))
-        rows.append(f"| {label} | {key} | {paper:.3f}{flag} | {cell(pooled)} | {cell(lesion)} | "
+        boot = _interval(results, key, "slice_auroc_pooled")
+        rows.append(f"| {label} | {key} | {paper:.3f}{flag} | {cell(pooled)} | {boot} | {cell(lesion)} | "
                     f"{_budget(results, key)} |")  # fmt: skip
     rows += ["", f"Note: {BELOW_CHANCE}", ""]
     rows += ["## Second paper, Table 5: slice AUROC by score (full model, test)", ""]
@@ -129,6 +203,45 @@ def _all_runs(results: dict) -> list[str]:
     return rows + [""]
 
 
+DAE_NOTE = (
+    "The dae reference at 32x32: its authors' post-processing is a 5 x 5 median filter and a 5 x 5 erosion of the "
+    "brain mask at 128 x 128; the family scales both windows with the slice side (trainables/families/dae.py, "
+    "`scaled_window`: round(5 x 32 / 128) = 1), so at 32 x 32 both are 1 x 1, i.e. **off**: its map is the raw "
+    "residual inside the brain. The authors' connected-component step is not implemented at all. Its numbers are "
+    "those of the bare residual of a coarse-noise denoiser, not of the published pipeline."
+)
+
+
+def _seconds_per_epoch(results: dict, key: str) -> list[float]:
+    """CPU seconds per epoch of each trained seed (the run's wall time, val passes and test scoring included)."""
+    return [r["seconds"] / r["epochs"] for r in _finished(results, key) if r.get("epochs") and r.get("seconds")]
+
+
+def _full_budget(results: dict) -> list[str]:
+    rows = ["## The papers' budget", ""]
+    rows += ["The first paper's official code trains 300 epochs with 20 critic steps per auto-encoder step (200 "
+             "in its first 20 epochs). One command runs it for the four first-paper models and 3 seeds:", "",
+             "    python -m trainables.reproduce --out results/reproduce/full300 --only vae,aae,caae_0.5,caae_1.0 "
+             f"--max-epochs {FULL_EPOCHS} --no-early-stop --seeds 0,1,2", "",
+             "Expected time: per run and seed, 300 x (seconds per epoch). On this cohort an epoch is 14 auto-encoder "
+             "steps (912 train slices, batch 64, full batches), so an AAE-family run at 300 epochs takes "
+             "4,200 auto-encoder steps, 4,200 generator steps and 14 x (280 x 20 + 20 x 200) = 134,400 critic steps, "
+             "plus 300 val passes (572 slices); the VAE and AE take 4,200 steps. A GPU's time is therefore "
+             "4,200 t_ae + 134,400 t_critic + 4,200 t_gen + 300 t_val, none of which has been measured (no GPU was "
+             "lent). The CPU time per epoch these runs measured (1 torch thread, a loaded 2-core machine, two or "
+             "three runs side by side; wall time / epochs, val and test passes included, so runs stopped early, "
+             "whose test pass is shared by fewer epochs, read high), and 300 times it:", "",
+             "| run | seconds per epoch (min-max over seeds) | 300 epochs, hours per seed (CPU) |",
+             "|---|---|---|"]  # fmt: skip
+    for key in PAPER1_AUROC:
+        per_epoch = _seconds_per_epoch(results, key)
+        if per_epoch:
+            lo, hi = min(per_epoch), max(per_epoch)
+            hours = f"{FULL_EPOCHS * lo / 3600:.1f}-{FULL_EPOCHS * hi / 3600:.1f}"
+            rows.append(f"| {key} | {lo:.1f}-{hi:.1f} | {hours} |")
+    return rows + ["", DAE_NOTE, ""]
+
+
 def _commit() -> str:
     try:
         return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
@@ -153,14 +266,29 @@ def _header(cache: Path, args: argparse.Namespace, argv: list[str], results: dic
         f"Command: `python -m trainables.reproduce {' '.join(argv)}` (tables written {written}"
         f" at commit {_commit()}). Machine: {machine}. Wall time of the runs, summed (on a loaded shared machine, "
         f"not a speed figure): {seconds / 60:.0f} min.",
+        "",
+        f"Conventions of these runs: {_conventions(results)}. The ± is over training seeds only, on one fixed "
+        "test split (6 lesion subjects); the subject bootstrap interval shows the split's share.",
     ])  # fmt: skip
+
+
+def _conventions(results: dict) -> str:
+    """The backgrounds and reconstruction norms the runs recorded (runs before those records: background 0, the
+    AAE family's default unsquared norm)."""
+    backgrounds = sorted({r.get("background", 0.0) for seeds in results.values() for r in seeds.values()})
+    norms = sorted({r.get("hparams", {}).get("recon_norm", "l2") for key in ("aae", "caae_0.5", "caae_1.0")
+                    for r in results.get(key, {}).values()})  # fmt: skip
+    return (f"background outside the brain {', '.join(f'{b:g}' for b in backgrounds)} (first-paper runs; "
+            f"others 0); AAE-family reconstruction term {', '.join(norms)} (l2 = the official code's unsquared "
+            "per-image norm; squared = the paper's text); docs/decisions.md")  # fmt: skip
 
 
 def write_tables(out: Path, cache: Path, args: argparse.Namespace, argv: list[str]) -> str:
     """Write OUT/results.json and OUT/table.md from OUT/runs/; return the table."""
     results = gather(out)
     (out / "results.json").write_text(json.dumps(results, indent=1, default=float) + "\n")
-    parts = [_header(cache, args, argv, results), "", *_paper1(results), *_paper2(results), *_all_runs(results)]
+    parts = [_header(cache, args, argv, results), "", *_paper1(results), *_paper2(results), *_all_runs(results),
+             *_full_budget(results)]  # fmt: skip
     if args.reading is not None:
         parts += [args.reading.read_text()]
     table = "\n".join(parts) + "\n"

@@ -2,7 +2,8 @@
 WGAN-GP critic on the latent code, prior N(0, I), residual anomaly map.
 
 One ``train_step`` follows the official code's schedule, three phases on one batch, each with its own Adam:
-1. auto-encoder step (``"ae"``, encoder and decoder): ``||x - x'||_2`` per image, batch mean
+1. auto-encoder step (``"ae"``, encoder and decoder): ``||x - x'||_2`` per image, batch mean (``recon_norm``
+   "squared": ``||x - x'||^2``, as the paper's text writes it; docs/decisions.md)
    (``autoencoder_loss``; the constrained AAE, trainables/families/caae.py, adds its consistency term there);
 2. critic steps (``"critic"``): codes ``Enc(x)`` of the updated encoder are fake, prior samples real;
    loss ``-(mean C(real) - mean C(fake)) + gp_weight * GP`` with the penalty on random interpolates.
@@ -40,7 +41,7 @@ from torch import nn
 
 from trainables.families.autoencoder import build_autoencoder, reconstruct, score_reconstruction
 from trainables.families.base import Family, Scores, local_grads, parameters, scoring
-from trainables.families.losses import gradient_penalty, l2_recon, wasserstein_estimate
+from trainables.families.losses import gradient_penalty, l2_recon, l2_squared_recon, wasserstein_estimate
 from trainables.families.nets import Critic
 from trainables.families.registry import register_family
 
@@ -58,6 +59,10 @@ class AAEHparams:
     critic_steps: int = 20  # critic steps per batch; 20 in the official code (WGAN-GP: 5)
     warmup_critic_steps: int = 200  # critic steps per batch during warm-up; 200 (10 x 20) in the official code
     warmup_share: float = 20 / 300  # share of the run's epochs warmed up, at least 1; official: 20 of 300 (0: none)
+    recon_norm: str = "l2"  # "l2": ||x - x'||_2 per image (the official code's); "squared": ||x - x'||^2 (paper text)
+
+
+RECON_NORMS = {"l2": l2_recon, "squared": l2_squared_recon}
 
 
 def critic_step(
@@ -86,6 +91,9 @@ class AAE(Family):
         super().__init__(hparams)
         if hparams.critic_steps < 1 or hparams.warmup_critic_steps < 0 or not 0 <= hparams.warmup_share <= 1:
             raise ValueError(f"{type(self).__name__}: critic_steps must be >= 1, warm-up settings >= 0; got {hparams}")
+        if hparams.recon_norm not in RECON_NORMS:
+            raise ValueError(f"{type(self).__name__}: recon_norm must be one of {sorted(RECON_NORMS)}, "
+                             f"got {hparams.recon_norm!r}")  # fmt: skip
 
     def build(self, image_size: int) -> nn.ModuleDict:
         """Encoder and decoder of the official code, and the latent critic (MLP 200-400-1)."""
@@ -114,9 +122,7 @@ class AAE(Family):
         """Epochs of warm-up in this run: ``warmup_share`` of its budget, rounded, at least one."""
         return max(1, round(self.hp.warmup_share * self.epochs))
 
-    def autoencoder_step(
-        self, nets: nn.ModuleDict, opt: torch.optim.Optimizer, x: torch.Tensor
-    ) -> dict[str, float]:
+    def autoencoder_step(self, nets: nn.ModuleDict, opt: torch.optim.Optimizer, x: torch.Tensor) -> dict[str, float]:
         """Phase 1: one step of encoder and decoder on ``autoencoder_loss``."""
         loss, terms = self.autoencoder_loss(nets, x)
         opt.zero_grad(set_to_none=True)
@@ -125,10 +131,15 @@ class AAE(Family):
         return self.terms({"loss": loss, **terms})
 
     def autoencoder_loss(self, nets: nn.ModuleDict, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Phase 1's objective and its terms: ``recon``, the batch mean of ``||x - x'||_2`` (the official code's)."""
+        """Phase 1's objective and its terms: ``recon``, the batch mean of ``||x - x'||_2`` (the official code's;
+        ``recon_norm="squared"``: of ``||x - x'||^2``, the paper's text)."""
         _, xr = reconstruct(nets, x)
-        recon = l2_recon(x, xr)
+        recon = self.recon_loss(x, xr)
         return recon, {"recon": recon}
+
+    def recon_loss(self, x: torch.Tensor, xr: torch.Tensor) -> torch.Tensor:
+        """The reconstruction term chosen by ``recon_norm``."""
+        return RECON_NORMS[self.hp.recon_norm](x, xr)
 
     def critic_phase(self, nets: nn.ModuleDict, opt: torch.optim.Optimizer, x: torch.Tensor) -> dict[str, float]:
         """Phase 2: critic steps on this batch's codes and one prior draw; means of its terms."""
@@ -142,9 +153,7 @@ class AAE(Family):
                 sums[key] = sums.get(key, 0.0) + value
         return self.terms({k: v / n for k, v in sums.items()})
 
-    def generator_step(
-        self, nets: nn.ModuleDict, opt: torch.optim.Optimizer, x: torch.Tensor
-    ) -> dict[str, float]:
+    def generator_step(self, nets: nn.ModuleDict, opt: torch.optim.Optimizer, x: torch.Tensor) -> dict[str, float]:
         """Phase 3: encoder-only step making codes score like prior samples."""
         z = nets["encoder"](x)
         with local_grads(nets["critic"]):  # the critic's gradients from this step are discarded: no all-reduce

@@ -21,7 +21,7 @@ from torch import nn
 from trainables.families.aae import AAE, AAEHparams
 from trainables.families.autoencoder import reconstruct
 from trainables.families.base import eval_mode
-from trainables.families.losses import l2_recon, latent_l2
+from trainables.families.losses import latent_l2
 from trainables.families.registry import register_family
 
 
@@ -48,10 +48,11 @@ class CAAE(AAE):
             raise ValueError(f"caae: latent_weight must be >= 0, got {hparams.latent_weight}")
 
     def autoencoder_loss(self, nets: nn.ModuleDict, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Phase 1's objective ``recon + latent_weight * latent``; terms ``recon`` (batch mean of ``||x - x'||_2``)
+        """Phase 1's objective ``recon + latent_weight * latent``; terms ``recon`` (batch mean of ``||x - x'||_2``,
+        or its square with ``recon_norm="squared"``)
         and, at a positive weight, ``latent`` (batch mean of ``||z - Enc(x')||^2``)."""
         z, xr = reconstruct(nets, x)
-        recon = l2_recon(x, xr)
+        recon = self.recon_loss(x, xr)
         if self.hp.latent_weight == 0:
             return recon, {"recon": recon}
         latent = latent_consistency(nets["encoder"], z, xr)
