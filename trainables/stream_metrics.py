@@ -172,16 +172,18 @@ class StreamingMetrics:
 
     def compute(self) -> dict[str, float]:
         """Every metric of ``DetectionMetrics.compute(threshold)`` (per appearance too) from the histograms."""
-        from trainables.metrics import _ranking
-
         out: dict[str, float] = {}
-        out["slice_auroc"], out["slice_auprc"] = _ranking(*self._slices())
+        out["slice_auroc"], out["slice_auprc"] = slice_ranking(*self._slices())
         per_group = self.state.cpu().numpy().reshape(self.n_groups, -1)
         self._refuse_nan(per_group)
-        edges = bin_edges(self.bits)
-        out.update(_pixel_metrics(per_group.sum(0), edges, self.n_bins, self.threshold))
+        hists = per_group[:, : N_HIST * self.n_bins].reshape(self.n_groups, N_HIST, self.n_bins)
+        held = np.flatnonzero(hists[:, :SUM_NEG].any(axis=(0, 1)))  # compute on the bins that hold values
+        first, last = (int(held[0]), int(held[-1]) + 1) if held.size else (0, 1)
+        hists, extra = hists[..., first:last], per_group[:, N_HIST * self.n_bins :]
+        edges = bin_edges(self.bits)[first : last + 1]
+        out.update(_pixel_metrics(hists.sum(0), extra.sum(0), edges, self.threshold))
         for k, name in enumerate(self.appearances, start=1):
-            sub = _pixel_metrics(per_group[1] + per_group[1 + k], edges, self.n_bins, self.threshold)
+            sub = _pixel_metrics(hists[1] + hists[1 + k], extra[1] + extra[1 + k], edges, self.threshold)
             out.update({f"{metric}_{name}": sub[metric] for metric in APPEARANCE_METRICS})
         return out
 
@@ -195,9 +197,8 @@ class StreamingMetrics:
             raise ValueError(f"pixel_map held {int(above.sum() + below.sum())} NaN value(s): metrics are undefined")
 
 
-def _pixel_metrics(flat: np.ndarray, edges: np.ndarray, n_bins: int, threshold: float | None) -> dict[str, float]:
-    """The pixel metrics of one subset from its summed histograms."""
-    hist = flat[: N_HIST * n_bins].reshape(N_HIST, n_bins)
+def _pixel_metrics(hist: np.ndarray, extra: np.ndarray, edges: np.ndarray, threshold: float | None) -> dict:
+    """The pixel metrics of one subset from its summed histograms (N_HIST rows) and Dice counts."""
     neg, pos = hist[IN_NEG], hist[IN_POS]
     out: dict[str, float] = {}
     out["pixel_auroc"] = auroc(neg, pos)
@@ -209,10 +210,23 @@ def _pixel_metrics(flat: np.ndarray, edges: np.ndarray, n_bins: int, threshold: 
     out["healthy_mu"], out["healthy_sigma"] = _moments(neg, hist[SUM_NEG], hist[SQ_NEG], edges[:-1])
     out["lesion_mu"], out["lesion_sigma"] = _moments(pos, hist[SUM_POS], hist[SQ_POS], edges[:-1])
     out["overlap_pct"] = _overlap(hist, edges)
-    false_hits, hits = flat[N_HIST * n_bins :]
+    false_hits, hits = extra
     denom = false_hits + hits + pos.sum()
     out["dice"] = NAN if threshold is None or not denom else float(2.0 * hits / denom)
     return out
+
+
+def slice_ranking(labels: np.ndarray, scores: np.ndarray) -> tuple[float, float]:
+    """Exact (AUROC, AP) of few values, as scikit-learn's: each distinct value a bin holding one value;
+    NaN for both with a single class."""
+    if labels.size == 0 or labels.all() or not labels.any():
+        return NAN, NAN
+    values, where = np.unique(scores.astype(np.float64), return_inverse=True)
+    neg = np.bincount(where[~labels], minlength=values.size).astype(np.float64)
+    pos = np.bincount(where[labels], minlength=values.size).astype(np.float64)
+    none = np.zeros(values.size)
+    ap, _, _ = pr_summary(neg, pos, none, none, np.append(values, values[-1]))
+    return auroc(neg, pos), ap
 
 
 def auroc(neg: np.ndarray, pos: np.ndarray) -> float:

@@ -55,6 +55,9 @@ TARGETS = {
     # issue 14: the default study's best trial (chosen on val) on the default cohort's test split
     "best_test_pixel_auroc": Target("best_test_pixel_auroc", ">=", 0.95),
     "best_test_pixel_auprc": Target("best_test_pixel_auprc", ">=", 0.5),
+    # issue 25: streamed val metrics (study/bench/metrics.py)
+    "val_metrics_s_per_mpixel": Target("val_metrics_s_per_mpixel", "<=", 0.1),
+    "val_metrics_max_abs_diff": Target("val_metrics_max_abs_diff", "<=", 1e-3),
 }
 # Figures shown in the table without a target (context for a reader).
 INFO_KEYS = (
@@ -79,6 +82,9 @@ INFO_KEYS = (
     "search_budget_share_any_epoch",
     "gpu_skipped",
     "gpu_bf16_speedup_median",
+    "val_metrics_exact_s_per_mpixel",
+    "val_metrics_max_diff_metric",
+    "val_metrics_state_mb",
 )
 # Detection figures (study/bench/detect.py) shown after those, in this order of prefixes: per metric and
 # appearance, the best trial, the threshold baseline and the margin between them.
