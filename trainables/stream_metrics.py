@@ -10,14 +10,18 @@ values' magnitude wide or less. Per group of pixels (per appearance code: inside
 lesion) the accumulator keeps the count per bin, and inside the brain also the float64 sum and sum of
 squares of the values per bin, so every subset of the module docstring is a sum of groups.
 
-From them: AUROC is the Mann-Whitney statistic with two values in one bin counted as a half tie; AP and the
-best Dice are read off the precision-recall points at bin edges (the best threshold: the estimated smallest
-value of its bin, exact where the bin holds one value); moments are exact float64 sums; ``dice`` at a known
-threshold is counted exactly per batch; the overlap's percentiles and the lesion share inside them model each
-bin's values as uniform over ``mean +- sqrt(3) std`` of that bin (a point where the bin holds one value).
-Error: a value's rank is off by at most its bin's population, so AUROC/AP errors are bounded by the share of
-(lesion, healthy) pairs sharing a bin, and are second order (they cancel) for smooth score densities; measured
-against scikit-learn within 1e-3 (tests/unit/test_stream_metrics.py, ``python -m study.bench --only metrics``).
+From them: AUROC is the Mann-Whitney statistic with two values in one bin counted as a half tie; AP and
+the best Dice are read off the precision-recall points at bin edges, AP integrating precision over each
+bin's recall step (lesion and healthy values taken as evenly mixed inside a bin); the best threshold is the
+estimated smallest value of its bin; moments are exact float64 sums (of offsets from each bin's lower edge,
+so a bin's spread is known to its width's precision); ``dice`` at a known threshold is counted exactly per
+batch; the overlap's percentiles and the lesion share inside them model each bin's values as uniform over
+``mean +- sqrt(3) std`` of that bin. A bin holding one value (ties, constant maps) is a point: exact.
+Error: AUROC/AP are off by at most the share of (lesion, healthy) pairs sharing a bin, and far less for
+smooth densities (the errors cancel); ``overlap_pct`` by at most the lesion values in the two bins at the
+percentiles, and about the square root of that; the best threshold is an argmax, which may pick another
+threshold of the same Dice. Measured against scikit-learn: within 1e-3 (``overlap_pct`` as a share)
+(tests/unit/test_stream_metrics.py, ``python -m study.bench --only metrics``).
 
 Memory: ``(groups * 8 + 1) * 2**BITS`` float64 per rank whatever the number of pixels, groups = appearances
 + 2 (healthy subjects, unknown) or 1 without appearances: 16 MB per group at ``BITS = 18``. Slice-level
@@ -200,16 +204,18 @@ class StreamingMetrics:
 def _pixel_metrics(hist: np.ndarray, extra: np.ndarray, edges: np.ndarray, threshold: float | None) -> dict:
     """The pixel metrics of one subset from its summed histograms (N_HIST rows) and Dice counts."""
     neg, pos = hist[IN_NEG], hist[IN_POS]
+    neg_span = _bin_spans(neg, hist[SUM_NEG], hist[SQ_NEG], edges[:-1], edges[1:])
+    pos_span = _bin_spans(pos, hist[SUM_POS], hist[SQ_POS], edges[:-1], edges[1:])
     out: dict[str, float] = {}
-    out["pixel_auroc"] = auroc(neg, pos)
-    out["pixel_auroc_all"] = auroc(neg + hist[OUT_NEG], pos + hist[OUT_POS])
+    out["pixel_auroc"] = auroc(neg, pos, _within_auroc(neg, pos, neg_span, pos_span))
+    out["pixel_auroc_all"] = auroc(neg + hist[OUT_NEG], pos + hist[OUT_POS])  # no value sums outside the brain
     one_class = not (neg.sum() and pos.sum())
-    ap, best, at = pr_summary(neg, pos, hist[SUM_NEG] + hist[SUM_POS], hist[SQ_NEG] + hist[SQ_POS], edges)
+    ap, best, at = pr_summary(neg, pos, neg_span, pos_span)
     out["pixel_auprc"] = NAN if one_class else ap
     out["best_dice"], out["best_threshold"] = best, at
     out["healthy_mu"], out["healthy_sigma"] = _moments(neg, hist[SUM_NEG], hist[SQ_NEG], edges[:-1])
     out["lesion_mu"], out["lesion_sigma"] = _moments(pos, hist[SUM_POS], hist[SQ_POS], edges[:-1])
-    out["overlap_pct"] = _overlap(hist, edges)
+    out["overlap_pct"] = _overlap(neg, pos, neg_span, pos_span)
     false_hits, hits = extra
     denom = false_hits + hits + pos.sum()
     out["dice"] = NAN if threshold is None or not denom else float(2.0 * hits / denom)
@@ -224,18 +230,18 @@ def slice_ranking(labels: np.ndarray, scores: np.ndarray) -> tuple[float, float]
     values, where = np.unique(scores.astype(np.float64), return_inverse=True)
     neg = np.bincount(where[~labels], minlength=values.size).astype(np.float64)
     pos = np.bincount(where[labels], minlength=values.size).astype(np.float64)
-    none = np.zeros(values.size)
-    ap, _, _ = pr_summary(neg, pos, none, none, np.append(values, values[-1]))
+    ap, _, _ = pr_summary(neg, pos, (values, values), (values, values))  # each bin one value
     return auroc(neg, pos), ap
 
 
-def auroc(neg: np.ndarray, pos: np.ndarray) -> float:
-    """Mann-Whitney AUROC from per-bin counts (increasing values), a shared bin counting as a half tie."""
+def auroc(neg: np.ndarray, pos: np.ndarray, within: np.ndarray | float = 0.5) -> float:
+    """Mann-Whitney AUROC from per-bin counts (increasing values); ``within``: per bin, the share of its
+    (lesion, healthy) pairs won by the lesion value (0.5: a shared bin counts as a tie)."""
     n_neg, n_pos = neg.sum(), pos.sum()
     if not n_neg or not n_pos:
         return NAN
     below = np.cumsum(neg) - neg
-    return float(np.sum(pos * (below + 0.5 * neg)) / (n_neg * n_pos))
+    return float(np.sum(pos * (below + within * neg)) / (n_neg * n_pos))
 
 
 def _bin_spans(count, offsets, squares, lower, upper) -> tuple[np.ndarray, np.ndarray]:  # noqa: ANN001 (arrays)
@@ -250,31 +256,60 @@ def _bin_spans(count, offsets, squares, lower, upper) -> tuple[np.ndarray, np.nd
     return low, np.clip(mean + half, low, upper)
 
 
-def pr_summary(neg, pos, total, squares, edges) -> tuple[float, float, float]:  # noqa: ANN001 (arrays)
-    """(average precision, best Dice, its threshold) from the precision-recall points at bin edges; NaN if no
-    positive.
+def pr_summary(neg, pos, neg_span, pos_span) -> tuple[float, float, float]:  # noqa: ANN001 (arrays)
+    """(average precision, best Dice, its threshold) from per-bin counts and value spans (``_bin_spans``);
+    NaN if no positive.
 
-    AP as scikit-learn defines it (recall steps times precision, thresholds decreasing): a bin holding one
-    value is one threshold (a tie); inside a bin of spread values the lesion and healthy values are taken as
-    evenly mixed, so its share of AP is the integral of precision over its recall step (closed form below),
-    not the precision at its end, which would bias AP down by about half a bin's precision change per bin.
-    Dice is a ratio of linear functions of that mixing, so its best lies at a bin edge.
+    AP as scikit-learn defines it (thresholds decreasing, each positive adds its precision / P): inside a bin,
+    each positive's precision counts the healthy values at or above it under the bins' value models
+    (``_inside``), so a bin holding one value is one threshold (a tie, as scikit-learn's) and a bin of spread
+    values is not read as if all its lesion values came last. Best Dice at bin edges (the estimated smallest
+    value of the bin is its threshold).
     """
     n_pos = pos.sum()
     if not n_pos:
         return NAN, NAN, NAN
     used = np.flatnonzero((neg + pos) > 0)[::-1]  # thresholds from the highest bin down
-    a, c = pos[used], neg[used] + pos[used]
-    tp, seen = np.cumsum(a), np.cumsum(c)
-    tp0, seen0 = tp - a, seen - c  # before the bin
-    low, high = _bin_spans(c, total[used], squares[used], edges[used], edges[used + 1])
-    with np.errstate(invalid="ignore", divide="ignore"):  # integral over t in [0, 1] of (tp0 + a t) / (seen0 + c t)
-        mixed = a / c + (tp0 - a * seen0 / c) * np.log1p(c / seen0) / c
-    precision = np.where((high > low) & (seen0 > 0), mixed, tp / seen)
-    ap = float(np.sum(a * precision) / n_pos)
+    a, b = pos[used], neg[used]
+    tp, seen = np.cumsum(a), np.cumsum(a + b)
+    x, share = _inside(pos_span[0][used], pos_span[1][used])
+    at_or_above = np.nan_to_num(_share_of(neg_span[0][used], neg_span[1][used], x, at_or_above=True))
+    tp_k = (tp - a)[:, None] + a[:, None] * share
+    precision = np.mean(tp_k / (tp_k + (seen - tp - b)[:, None] + b[:, None] * at_or_above), axis=1)
+    ap = float(np.sum(np.where(a > 0, a * precision, 0.0)) / n_pos)
     dice = 2.0 * tp / (seen + n_pos)
     best = int(np.flatnonzero(dice == dice.max())[-1])  # ties: the lowest threshold, as scikit-learn's argmax
-    return ap, float(dice[best]), float(low[best])
+    return ap, float(dice[best]), float(np.fmin(neg_span[0], pos_span[0])[used[best]])
+
+
+K_INSIDE = 16  # positions per bin at which a bin's lesion values are compared with its healthy values
+
+
+def _inside(low: np.ndarray, high: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(positions, share of the bin's lesion values at or above them), K_INSIDE per bin, from the top down;
+    a bin holding one value: that value, all of its values (tied)."""
+    u = (np.arange(K_INSIDE) + 0.5) / K_INSIDE
+    point = (high <= low)[:, None]
+    return high[:, None] - u * (high - low)[:, None], np.where(point, 1.0, u)
+
+
+def _share_of(low, high, x, at_or_above: bool) -> np.ndarray:  # noqa: ANN001 (arrays)
+    """Share of each bin's values at or above ``x`` (``at_or_above``), else below it with ties counted half."""
+    low, high = low[:, None], high[:, None]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        spread = np.clip((high - x) / (high - low), 0.0, 1.0)
+    point = np.where(low >= x, 1.0, 0.0) if at_or_above else np.where(low > x, 1.0, 0.0) + 0.5 * (low == x)
+    above = np.where(high <= low, point, spread)
+    return above if at_or_above else 1.0 - above
+
+
+def _within_auroc(neg, pos, neg_span, pos_span) -> np.ndarray:  # noqa: ANN001 (arrays)
+    """Per bin, the share of (lesion, healthy) pairs of the bin where the lesion value is higher (ties half)."""
+    held = (neg > 0) & (pos > 0)
+    out = np.full(neg.shape, 0.5)
+    x, _ = _inside(pos_span[0][held], pos_span[1][held])
+    out[held] = np.mean(_share_of(neg_span[0][held], neg_span[1][held], x, at_or_above=False), axis=1)
+    return out
 
 
 def _moments(count, offsets, squares, lower) -> tuple[float, float]:  # noqa: ANN001 (arrays)
@@ -299,14 +334,12 @@ def _quantile(count: np.ndarray, low: np.ndarray, high: np.ndarray, q: float) ->
     return float(low[b] + min(max((h - before + 0.5) / count[b], 0.0), 1.0) * (high[b] - low[b]))
 
 
-def _overlap(hist: np.ndarray, edges: np.ndarray) -> float:
+def _overlap(neg, pos, neg_span, pos_span) -> float:  # noqa: ANN001 (arrays)
     """Share (%) of lesion values inside the healthy [q2.5, q97.5], each bin's values spread over its span."""
-    neg, pos = hist[IN_NEG], hist[IN_POS]
     if not neg.sum() or not pos.sum():
         return NAN
-    low, high = _bin_spans(neg, hist[SUM_NEG], hist[SQ_NEG], edges[:-1], edges[1:])
-    lo, hi = _quantile(neg, low, high, 0.025), _quantile(neg, low, high, 0.975)
-    p_low, p_high = _bin_spans(pos, hist[SUM_POS], hist[SQ_POS], edges[:-1], edges[1:])
+    lo, hi = _quantile(neg, *neg_span, 0.025), _quantile(neg, *neg_span, 0.975)
+    p_low, p_high = pos_span
     width = p_high - p_low
     with np.errstate(invalid="ignore", divide="ignore"):
         share = np.clip((np.minimum(p_high, hi) - np.maximum(p_low, lo)) / width, 0.0, 1.0)

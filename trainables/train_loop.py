@@ -204,8 +204,8 @@ def _draw_figures(
 
     threshold = best.metrics.get("val_best_threshold")
     device = ray.train.torch.get_device()
-    record = collect(family, chosen, _eval_loader(cache_dir, "test", device), device)
-    test = record.metrics.compute(threshold)
+    record = collect(family, chosen, _eval_loader(cache_dir, "test", device), device, threshold=threshold)
+    test = record.streamed.compute()  # as val's: the exact accumulator's sorts only draw the curves
     try:
         render(record, test, out_dir, "test", threshold)
     except Exception as err:  # matplotlib, fonts, disk: many types, none worth losing a trained trial for

@@ -58,12 +58,13 @@ def _timed(metrics: Any, batches: list[tuple], compute: Any) -> tuple[dict[str, 
     return out, time.perf_counter() - started
 
 
-def run(plan: BenchPlan) -> dict[str, Any]:
-    """Section figures: streamed and exact seconds per million pixels, the largest difference between them."""
+def run(plan: BenchPlan, n_slices: int | None = None) -> dict[str, Any]:
+    """Section figures: streamed and exact seconds per million pixels, the largest difference between them
+    (``n_slices``: the plan's size unless given, for the unit test)."""
     from trainables.metrics import DetectionMetrics
     from trainables.stream_metrics import StreamingMetrics, differences
 
-    n_slices = 1024 if plan.quick else 5120
+    n_slices = n_slices or (1024 if plan.quick else 5120)
     batches = list(synthetic_maps(n_slices))
     mpixels = n_slices * SIDE * SIDE / 1e6
     streaming = StreamingMetrics(APPEARANCES, threshold=THRESHOLD)
