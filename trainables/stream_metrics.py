@@ -263,8 +263,8 @@ def pr_summary(neg, pos, neg_span, pos_span) -> tuple[float, float, float]:  # n
     AP as scikit-learn defines it (thresholds decreasing, each positive adds its precision / P): inside a bin,
     each positive's precision counts the healthy values at or above it under the bins' value models
     (``_inside``), so a bin holding one value is one threshold (a tie, as scikit-learn's) and a bin of spread
-    values is not read as if all its lesion values came last. Best Dice at bin edges (the estimated smallest
-    value of the bin is its threshold).
+    values is not read as if all its lesion values came last. Best Dice over the bin edges (threshold: the
+    estimated smallest value of the bin) and those positions inside bins (threshold: the position).
     """
     n_pos = pos.sum()
     if not n_pos:
@@ -275,10 +275,15 @@ def pr_summary(neg, pos, neg_span, pos_span) -> tuple[float, float, float]:  # n
     x, share = _inside(pos_span[0][used], pos_span[1][used])
     at_or_above = np.nan_to_num(_share_of(neg_span[0][used], neg_span[1][used], x, at_or_above=True))
     tp_k = (tp - a)[:, None] + a[:, None] * share
-    precision = np.mean(tp_k / (tp_k + (seen - tp - b)[:, None] + b[:, None] * at_or_above), axis=1)
+    fp_k = (seen - tp - b)[:, None] + b[:, None] * at_or_above
+    precision = np.mean(tp_k / (tp_k + fp_k), axis=1)
     ap = float(np.sum(np.where(a > 0, a * precision, 0.0)) / n_pos)
     dice = 2.0 * tp / (seen + n_pos)
     best = int(np.flatnonzero(dice == dice.max())[-1])  # ties: the lowest threshold, as scikit-learn's argmax
+    inner = np.where(a[:, None] > 0, 2.0 * tp_k / (tp_k + fp_k + n_pos), -1.0)  # at lesion values inside bins
+    i, k = np.unravel_index(int(np.argmax(inner)), inner.shape)
+    if inner[i, k] > dice[best] * (1 + 1e-12):  # lesion values above the healthy ones of their bin
+        return ap, float(inner[i, k]), float(x[i, k])
     return ap, float(dice[best]), float(np.fmin(neg_span[0], pos_span[0])[used[best]])
 
 

@@ -256,5 +256,5 @@ def test_metrics_section_on_a_few_slices() -> None:
     figures = metrics.run(BenchPlan.quick_plan(), n_slices=64)
     assert figures["val_metrics_mpixels"] == pytest.approx(64 * 64 * 64 / 1e6)
     assert 0 < figures["val_metrics_s_per_mpixel"] and 0 < figures["val_metrics_exact_s_per_mpixel"]
-    assert figures["val_metrics_max_abs_diff"] <= 1e-3, figures["val_metrics_max_diff_metric"]  # measured: 1.8e-4
+    assert figures["val_metrics_max_abs_diff"] <= 1e-3, figures["val_metrics_max_diff_metric"]  # measured: 5.1e-4
     assert bench.target_for("val_metrics_s_per_mpixel") is not None and "metrics" in bench.SECTIONS

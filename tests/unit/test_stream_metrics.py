@@ -18,7 +18,7 @@ from trainables.metrics import DetectionMetrics, dice_at
 from trainables.stream_metrics import BITS, StreamingMetrics, differences, order_keys
 
 NAMES = ["bright", "dark", "ring"]
-TOL = 1e-3  # the tolerance; measured worst cases are written beside each kind below
+TOL = 1e-3  # the tolerance; with ~2k lesion pixels here, one lesion pixel of overlap_pct is 5e-4
 THRESHOLD = 0.3
 
 
@@ -78,7 +78,7 @@ def test_equals_scikit_learn_within_tolerance(kind: str, seed: int) -> None:
         labels, values = _in_brain(batches)
         assert dice_at(labels, values, streamed["best_threshold"]) == pytest.approx(exact["best_dice"], abs=TOL)
     worst = max(gaps, key=gaps.get)
-    assert gaps[worst] <= TOL, (kind, worst, exact[worst], streamed[worst])  # measured worst: 6e-4 (smooth)
+    assert gaps[worst] <= TOL, (kind, worst, exact[worst], streamed[worst])  # measured worst: 8.2e-4 (overlap, huge)
     assert {k for k, v in exact.items() if math.isnan(v)} == {k for k, v in streamed.items() if math.isnan(v)}
 
 
