@@ -276,7 +276,8 @@ def pr_summary(neg, pos, neg_span, pos_span) -> tuple[float, float, float]:  # n
     at_or_above = np.nan_to_num(_share_of(neg_span[0][used], neg_span[1][used], x, at_or_above=True))
     tp_k = (tp - a)[:, None] + a[:, None] * share
     fp_k = (seen - tp - b)[:, None] + b[:, None] * at_or_above
-    precision = np.mean(tp_k / (tp_k + fp_k), axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):  # 0 / 0 in bins above the first lesion value: unused
+        precision = np.mean(tp_k / (tp_k + fp_k), axis=1)
     ap = float(np.sum(np.where(a > 0, a * precision, 0.0)) / n_pos)
     dice = 2.0 * tp / (seen + n_pos)
     best = int(np.flatnonzero(dice == dice.max())[-1])  # ties: the lowest threshold, as scikit-learn's argmax
