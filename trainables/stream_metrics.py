@@ -10,22 +10,26 @@ values' magnitude wide or less. Per group of pixels (per appearance code: inside
 lesion) the accumulator keeps the count per bin, and inside the brain also the float64 sum and sum of
 squares of the values per bin, so every subset of the module docstring is a sum of groups.
 
-From them: AUROC is the Mann-Whitney statistic with two values in one bin counted as a half tie; AP and
-the best Dice are read off the precision-recall points at bin edges, AP integrating precision over each
-bin's recall step (lesion and healthy values taken as evenly mixed inside a bin); the best threshold is the
-estimated smallest value of its bin; moments are exact float64 sums (of offsets from each bin's lower edge,
-so a bin's spread is known to its width's precision); ``dice`` at a known threshold is counted exactly per
-batch; the overlap's percentiles and the lesion share inside them model each bin's values as uniform over
-``mean +- sqrt(3) std`` of that bin. A bin holding one value (ties, constant maps) is a point: exact.
+From them, each bin's healthy and lesion values are modelled as uniform over ``mean +- sqrt(3) std`` of
+that class in that bin (a point where the bin holds one value: ties and constant maps are then exact, as
+scikit-learn counts them). AUROC is the Mann-Whitney statistic, pairs inside one bin compared through those
+models (a half tie outside the brain, where no value sums are kept: ``pixel_auroc_all``); AP sums each
+lesion value's precision, counting the healthy values of its bin at or above it through the models; the best
+Dice is taken over bin edges and lesion positions inside bins (its threshold: the estimated smallest value
+of its bin, or that position); moments are exact float64 sums (of offsets from each bin's lower edge, so a
+bin's spread is known to its width's precision); ``dice`` at a threshold known up front is counted exactly
+per batch; the overlap's percentiles and the lesion share inside them read the same models.
 Error: AUROC/AP are off by at most the share of (lesion, healthy) pairs sharing a bin, and far less for
-smooth densities (the errors cancel); ``overlap_pct`` by at most the lesion values in the two bins at the
-percentiles, and about the square root of that; the best threshold is an argmax, which may pick another
+smooth densities; ``overlap_pct`` by at most the lesion values in the two bins at the percentiles (in
+practice about their square root); ``best_dice`` is a maximum over a noisy curve, which bins smooth a little
+on small subsets (hundreds of lesion pixels); ``best_threshold`` is an argmax, which may pick another
 threshold of the same Dice. Measured against scikit-learn: within 1e-3 (``overlap_pct`` as a share)
-(tests/unit/test_stream_metrics.py, ``python -m study.bench --only metrics``).
+(tests/unit/test_stream_metrics.py; ``python -m study.bench --only metrics``: 1.3e-4 on 21 M pixels).
 
-Memory: ``(groups * 8 + 1) * 2**BITS`` float64 per rank whatever the number of pixels, groups = appearances
-+ 2 (healthy subjects, unknown) or 1 without appearances: 16 MB per group at ``BITS = 18``. Slice-level
-metrics stay exact: slices are few, their scores are kept and gathered.
+Memory: ``groups * (8 * 2**BITS + 2)`` float64 per rank, on the scores' device, whatever the number of
+pixels; groups = appearances + 2 (healthy subjects, unknown appearance), or 1 without appearances: 16 MB per
+group at ``BITS = 18`` (96 MB with 4 appearances). Slice-level metrics stay exact: slices are few, their
+scores are kept and gathered to rank 0.
 """
 
 from __future__ import annotations
