@@ -38,8 +38,8 @@ about 25 more bytes per pixel, and takes about 6 s per million pixels on the 2-c
 need no range fitting when they are keyed on the float32 bit pattern made order-preserving (its top 18
 bits: sign, exponent and 9 mantissa bits, a relative width of at most 2**-9 over the whole float range):
 ``StreamingMetrics`` keeps per-bin counts and float64 sums, 16 MB per appearance group whatever the number
-of pixels; its AUROC/AP errors come only from lesion and healthy values sharing a bin (half a tie each),
-and the bin sums make single-valued bins (ties) exact (error bound: its module docstring).
+of pixels; its AUROC/AP errors come only from lesion and healthy values sharing a bin, and the per-bin sums
+make single-valued bins (ties) exact (models and error bound: its module docstring).
 """
 
 from __future__ import annotations
