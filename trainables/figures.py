@@ -6,8 +6,9 @@
 - ``<split>_histograms.png``: map values of healthy-brain and lesion pixels with Gaussian fits (its Figure 5)
   and the healthy 95% interval that ``overlap_pct`` counts.
 
-One streaming pass scores the split. Memory: the ROC curves and histograms read the ``DetectionMetrics``
-accumulator, so they are exact and cost what the metrics cost (5 bytes per pixel, see trainables.metrics);
+One streaming pass scores the split into both accumulators: the numbers come from ``StreamingMetrics`` (as
+val's, trainables.stream_metrics), the curves from ``DetectionMetrics``. Memory: the ROC curves and histograms
+read the exact accumulator, so they are exact and cost its 5 bytes per pixel (see trainables.metrics);
 the example grid keeps only ``n_examples`` slices. Drawing uses matplotlib's Agg canvas on ``Figure``
 objects, never pyplot: no global backend or figure registry is touched inside Ray workers.
 """
@@ -29,6 +30,7 @@ from torch import nn
 
 from trainables.families.base import Family, Scores
 from trainables.metrics import DetectionMetrics, appearances_of, healthy_interval, unpack_batch
+from trainables.stream_metrics import StreamingMetrics
 
 N_EXAMPLES = 4  # rows of the example grid
 DPI = 110
@@ -85,21 +87,28 @@ class ExampleSlices:
 
 @dataclass
 class SplitRecord:
-    """What one pass over a split keeps: the metric accumulator and the example slices."""
+    """What one pass over a split keeps: the exact accumulator (its curves and values draw the figures), the
+    streamed one (its ``compute`` gives the numbers, the way val's are computed) and the example slices."""
 
     metrics: DetectionMetrics = field(default_factory=DetectionMetrics)
     examples: ExampleSlices = field(default_factory=ExampleSlices)
+    streamed: StreamingMetrics = field(default_factory=StreamingMetrics)
 
 
 def collect(
-    family: Family, nets: nn.ModuleDict, loader: Iterable, device: torch.device, n_examples: int = N_EXAMPLES
-) -> SplitRecord:
-    """Score every batch of ``loader`` once, feeding the metric accumulator and the example picker."""
-    record = SplitRecord(examples=ExampleSlices(n_examples), metrics=DetectionMetrics(appearances_of(loader)))
+    family: Family, nets: nn.ModuleDict, loader: Iterable, device: torch.device, n_examples: int = N_EXAMPLES,
+    threshold: float | None = None,
+) -> SplitRecord:  # fmt: skip
+    """Score every batch of ``loader`` once, feeding both metric accumulators (``threshold``: the streamed
+    ``dice``'s) and the example picker."""
+    appearances = appearances_of(loader)
+    record = SplitRecord(DetectionMetrics(appearances), ExampleSlices(n_examples),
+                         StreamingMetrics(appearances, threshold=threshold, device=device))  # fmt: skip
     for batch in loader:
         image, brain, lesion = unpack_batch(batch)
         scores = family.score(nets, image.to(device, non_blocking=True))
         record.metrics.update_batch(scores, batch)
+        record.streamed.update_batch(scores, batch)
         subject = batch.get("subject") if isinstance(batch, Mapping) else None
         record.examples.update(image, scores, brain, lesion, subject)
     return record

@@ -23,12 +23,23 @@ metric of ``APPEARANCE_METRICS`` is also computed on the slices of healthy subje
 subjects of one appearance, i.e. as if the split held only that kind of lesion, and reported as
 ``<metric>_<appearance>``. Slices of lesion subjects without a recorded appearance join no subset.
 
-Memory: exact metrics need every value, so ``DetectionMetrics`` keeps, on the CPU until ``compute``, one
-float32 score plus one uint8 mask code (brain, lesion) per pixel, i.e. 5 bytes per pixel (e.g. 10,000 slices
-of 128x128: ~0.8 GB), and 5 bytes per slice. ``compute`` joins the batches once and sorts the scores (inside
-scikit-learn), which needs transiently about 25 more bytes per pixel. Fixed-bin histograms would bound
-memory but not give exact AUROC/AP: family maps have no known range (residuals are unbounded, the threshold
-baseline's map is signed), so the exact form is kept.
+Two accumulators, one name each, the same metric names and definitions:
+- ``DetectionMetrics`` (here), exact: keeps every pixel's value and computes with scikit-learn. For what
+  needs the values themselves: the figures (``roc_curves``, ``pixel_values``: ``trainables.figures``, so
+  the trial's one pass over test, which draws them), ``evaluate`` (the CLIs, the baseline, the tests).
+- ``StreamingMetrics`` (``trainables.stream_metrics``), constant memory, one all-reduce over ranks: the
+  training loop's val every epoch. Within 1e-3 of this exact path (``overlap_pct`` within 0.1 percentage
+  point) on the test fixtures and the bench (``python -m study.bench --only metrics``).
+
+Memory: ``DetectionMetrics`` keeps, on the CPU until ``compute``, one float32 score plus one uint8 mask code
+(brain, lesion) per pixel, i.e. 5 bytes per pixel (e.g. 10,000 slices of 128x128: ~0.8 GB), and 5 bytes per
+slice; ``compute`` joins the batches once and sorts the scores (inside scikit-learn), which needs transiently
+about 25 more bytes per pixel, and takes about 6 s per million pixels on the 2-core machine. Fixed bins
+need no range fitting when they are keyed on the float32 bit pattern made order-preserving (its top 18
+bits: sign, exponent and 9 mantissa bits, a relative width of at most 2**-9 over the whole float range):
+``StreamingMetrics`` keeps per-bin counts and float64 sums, 16 MB per appearance group whatever the number
+of pixels; its AUROC/AP errors come only from lesion and healthy values sharing a bin, and the per-bin sums
+make single-valued bins (ties) exact (models and error bound: its module docstring).
 """
 
 from __future__ import annotations

@@ -1,8 +1,9 @@
 """The per-worker training loop run by Ray Train (DDP) for every detector family.
 
 Each epoch: train on this worker's shard of the healthy train slices (``trainables.epoch``, which averages
-the loss terms over workers), score val (each rank its shard, gathered to rank 0), keep the best epoch by
-the val objective, write a checkpoint (rank 0) and report. After the last epoch, rank 0 scores the test
+the loss terms over workers), score val (each rank its shard into fixed histograms, summed over the ranks by
+one all-reduce: ``trainables.stream_metrics``), keep the best epoch by the val objective, write a checkpoint
+(rank 0) and report. After the last epoch, rank 0 scores the test
 split once with the chosen weights and reports the final record. Test data never influences a choice.
 
 Performance structure (issue 15 / 12.8): batches are read whole from the cache's memory maps (images
@@ -22,7 +23,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import ray.train
 import ray.train.torch
 import torch
@@ -88,7 +88,7 @@ def train_loop_per_worker(config: dict[str, TrialSpec]) -> None:
     torch.manual_seed(spec.seed + rank)
     device = ray.train.torch.get_device()
     if device.type == "cuda":
-        torch.cuda.set_device(device)  # NCCL collectives of Python objects (the val gather) use the current device
+        torch.cuda.set_device(device)  # NCCL collectives (val's all-reduce and slice gather) use the current device
     family = create_family(spec.family, spec.hparams)
     family.device_terms = True  # loss terms stay on the device; train_epoch reads them once per epoch
     nets = family.build(spec.image_size).to(device)
@@ -219,8 +219,8 @@ def _draw_figures(
 
     threshold = best.metrics.get("val_best_threshold")
     device = ray.train.torch.get_device()
-    record = collect(family, chosen, _eval_loader(cache_dir, "test", device), device)
-    test = record.metrics.compute(threshold)
+    record = collect(family, chosen, _eval_loader(cache_dir, "test", device), device, threshold=threshold)
+    test = record.streamed.compute()  # as val's: the exact accumulator's sorts only draw the curves
     try:
         render(record, test, out_dir, "test", threshold)
     except Exception as err:  # matplotlib, fonts, disk: many types, none worth losing a trained trial for
@@ -297,31 +297,15 @@ def _rank() -> int:
 
 
 def _validate(family: Family, nets: nn.ModuleDict, loader: Iterable, device: torch.device) -> dict[str, float] | None:
-    """Score this rank's shard of val with the plain nets; rank 0 gathers every rank's scores and masks and
-    computes the metrics (exact AUROCs need every pixel: pooled values, so the result does not depend on
-    the sharding), the other ranks return None. No rank idles while another scores."""
-    from trainables.metrics import DetectionMetrics, appearances_of  # lazy: keeps scikit-learn off worker start
+    """Score this rank's shard of val with the plain nets into constant-memory histograms on the device
+    (``trainables.stream_metrics``); the ranks sum them with one all-reduce (and gather the few slice scores),
+    rank 0 computes the metrics, the other ranks return None. Pooled values: the result does not depend on
+    the sharding. No rank idles while another scores; no pixel leaves its rank."""
+    from trainables.metrics import appearances_of  # lazy: keeps scikit-learn off worker start
+    from trainables.stream_metrics import StreamingMetrics
 
-    appearances = appearances_of(loader)
-    metrics, plain = DetectionMetrics(appearances), _plain(nets)
+    metrics, plain = StreamingMetrics(appearances_of(loader), device=device), _plain(nets)
     for batch in loader:
         scores = family.score(plain, batch["image"].to(device, non_blocking=True))
         metrics.update_batch(scores, batch)
-    if world_size() > 1:
-        mine = [np.concatenate(part) if part else None for part in _metric_parts(metrics)]
-        parts: list | None = [None] * world_size() if _rank() == 0 else None
-        dist.gather_object(mine, parts, dst=0)
-        if parts is None:
-            return None
-        metrics = DetectionMetrics(appearances)
-        for part in parts:
-            for chunks, values in zip(_metric_parts(metrics), part, strict=True):
-                chunks.extend([] if values is None else [values])
-    return metrics.compute()
-
-
-def _metric_parts(metrics: Any) -> tuple[list, ...]:
-    """The per-batch chunks a DetectionMetrics accumulates (slice scores, labels and appearance codes, pixel
-    scores and codes)."""
-    m = metrics
-    return m.slice_scores, m.slice_labels, m.slice_codes, m.pixel_scores, m.pixel_codes
+    return metrics.compute() if metrics.all_reduce() else None

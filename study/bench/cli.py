@@ -11,6 +11,8 @@ Sections (each in its own module, study/bench/<section>.py):
           2-worker DDP trial on 2 GPUs; skipped (gpu_skipped says why) without a CUDA device
   scale   per subject on HCP's and BraTS' grids: preprocessing s, raw and cache bytes; Ray build speed-up on 2
           CPUs over 1; bytes a second node downloads (shared cache) / the raw cohort; extrapolation to 2,364
+  metrics s per million val pixels of every val metric, streamed (one all-reduce) / exact (scikit-learn);
+          the largest difference between the two
 On a machine with CUDA the same command measures the GPU path. Ratios are medians of repeats taken in one
 run, so a busy machine slows both sides alike; the load average is recorded with the figures.
 """
@@ -28,7 +30,7 @@ from typing import Any
 from study.bench.common import REPO, BenchPlan, device_name, say, slice_cache
 from study.bench.report import format_table, git_commit, load_average, ratio, table_rows, target_for, write_bench_json
 
-SECTIONS = ("train", "data", "study", "stage", "search", "detect", "gpu", "scale")
+SECTIONS = ("train", "data", "study", "stage", "search", "detect", "gpu", "scale", "metrics")
 CACHE_SECTIONS = ("train", "data", "search")  # sections measured on the slice cache
 DEFAULT_OUT = REPO / "results" / "bench.json"
 

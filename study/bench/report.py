@@ -58,6 +58,9 @@ TARGETS = {
     # issue 25: preprocessing spread over CPUs, and a node fetching the shared cache rather than the raw cohort
     "scale_preprocess_speedup": Target("scale_preprocess_speedup", ">=", 1.6),
     "scale_node_bytes_ratio": Target("scale_node_bytes_ratio", "<=", 0.2),
+    # issue 25: streamed val metrics (study/bench/metrics.py)
+    "val_metrics_s_per_mpixel": Target("val_metrics_s_per_mpixel", "<=", 0.1),
+    "val_metrics_max_abs_diff": Target("val_metrics_max_abs_diff", "<=", 1e-3),
 }
 # Figures shown in the table without a target (context for a reader).
 INFO_KEYS = (
@@ -87,6 +90,9 @@ INFO_KEYS = (
     "scale_full_raw_gb",
     "scale_full_cache_gb_64",
     "scale_full_build_min_4_nodes",
+    "val_metrics_exact_s_per_mpixel",
+    "val_metrics_max_diff_metric",
+    "val_metrics_state_mb",
 )
 # Detection figures (study/bench/detect.py) shown after those, in this order of prefixes: per metric and
 # appearance, the best trial, the threshold baseline and the margin between them.

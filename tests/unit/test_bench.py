@@ -1,4 +1,5 @@
-"""study.bench: the arithmetic, the JSON and the table on given numbers; no measurement runs here."""
+"""study.bench: the arithmetic, the JSON and the table on given numbers; of the measurements, only the gpu
+section's skip and the metrics section on a few slices run here."""
 
 from __future__ import annotations
 
@@ -261,3 +262,15 @@ def test_scale_extrapolation_is_the_per_subject_figures_times_the_cohorts() -> N
     cpu_min = (1113 * 2.0 + 1251 * 1.0) / 60
     assert out["scale_full_build_min_4_nodes"] == pytest.approx(cpu_min / (4 * CPUS_PER_NODE * 0.8))
     assert target_for("scale_node_bytes_ratio").met(0.1) and not target_for("scale_preprocess_speedup").met(1.2)
+
+
+def test_metrics_section_on_a_few_slices() -> None:
+    """The metrics section's figures, on 64 slices (the bench measures 5,120): streamed close to exact."""
+    from study.bench import metrics
+    from study.bench.common import BenchPlan
+
+    figures = metrics.run(BenchPlan.quick_plan(), n_slices=64)
+    assert figures["val_metrics_mpixels"] == pytest.approx(64 * 64 * 64 / 1e6)
+    assert 0 < figures["val_metrics_s_per_mpixel"] and 0 < figures["val_metrics_exact_s_per_mpixel"]
+    assert figures["val_metrics_max_abs_diff"] <= 1e-3, figures["val_metrics_max_diff_metric"]  # measured: 5.1e-4
+    assert bench.target_for("val_metrics_s_per_mpixel") is not None and "metrics" in bench.SECTIONS

@@ -10,6 +10,7 @@ import torch
 from trainables.families import Scores, create_family
 from trainables.figures import ExampleSlices, collect, render
 from trainables.metrics import evaluate
+from trainables.stream_metrics import differences
 
 PNG = b"\x89PNG\r\n\x1a\n"
 CPU = torch.device("cpu")
@@ -62,6 +63,10 @@ def test_one_pass_gives_the_metrics_of_evaluate(detector, tmp_path: Path) -> Non
     for key, value in reference.items():
         assert metrics[key] == pytest.approx(value, nan_ok=True), key
     assert len(paths) == 3
+    streamed = collect(family, nets, _loader(), CPU, threshold=0.8).streamed.compute()  # the trial's test numbers
+    gaps = differences(reference, streamed)
+    del gaps["best_threshold"]  # an argmax (tests/unit/test_stream_metrics.py)
+    assert max(gaps.values()) <= 1e-3, max(gaps, key=gaps.get)  # measured: 5.2e-4 (pixel_auprc, 60 lesion px)
 
 
 def test_split_without_lesions_or_slices(detector, tmp_path: Path) -> None:

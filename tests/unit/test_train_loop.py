@@ -1,5 +1,6 @@
 """The training loop's collective parts with 2 real gloo ranks (spawned processes, no Ray): validation
-sharded across ranks and gathered on rank 0 equals one process scoring the whole split; the epoch's loss
+sharded across ranks and all-reduced equals one process scoring the whole split (and the exact path within
+1e-3); the epoch's loss
 terms, summed on the device and all-reduced once, equal the mean over both ranks' steps; a non-finite
 step is named at the end of its epoch; the same epoch function runs without a process group."""
 
@@ -20,6 +21,7 @@ from trainables.data.synthetic import generate_cohort
 from trainables.epoch import EpochLosses, NonFiniteLossError, train_epoch
 from trainables.families import create_family
 from trainables.metrics import evaluate
+from trainables.stream_metrics import differences
 from trainables.train_loop import _loss_metrics, _validate, _wrap_ddp
 
 CPU = torch.device("cpu")
@@ -63,12 +65,17 @@ def test_sharded_validation_and_epoch_sums_over_two_gloo_ranks(cache: Path, tmp_
     torch.manual_seed(0)
     family = create_family("vae", {})
     val = SliceDataset(cache, "val")
-    whole = evaluate(family, family.build(32), slice_loader(val, ShardBatches(len(val), 16)), CPU)
+    nets = family.build(32)
+    alone = _validate(family, nets, slice_loader(val, ShardBatches(len(val), 16)), CPU)  # no process group
+    exact = evaluate(family, nets, slice_loader(val, ShardBatches(len(val), 16)), CPU)
     assert results[1]["val"] is None  # only rank 0 computes
     gathered = results[0]["val"]
-    assert gathered.keys() == whole.keys()
-    for key, value in whole.items():  # pooled metrics: the sharding does not change them
-        assert (math.isnan(value) and math.isnan(gathered[key])) or gathered[key] == pytest.approx(value, rel=1e-5), key
+    assert gathered.keys() == alone.keys() == exact.keys()
+    for key, value in alone.items():  # pooled histograms: the sharding does not change them
+        assert (math.isnan(value) and math.isnan(gathered[key])) or gathered[key] == pytest.approx(value, rel=1e-9), key
+    gaps = differences(exact, gathered)  # the streamed metrics against the exact (scikit-learn) path
+    del gaps["best_threshold"]  # an argmax (see tests/unit/test_stream_metrics.py); best_dice is compared
+    assert max(gaps.values()) <= 1e-3, max(gaps, key=gaps.get)
     train = len(SliceDataset(cache, "train"))
     for rank in (0, 1):
         losses = results[rank]["losses"]
