@@ -1,4 +1,4 @@
-"""Metric names shared by training, Tune, MLflow, results/ and tests (see DESIGN.md, "Metric names")."""
+"""Metric names shared by training, Tune, MLflow, results/ and tests (see docs/design.md, "Metric names")."""
 
 import re
 

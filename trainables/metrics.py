@@ -1,6 +1,6 @@
 """Detection metrics shared by the training loop, the study, the CLIs and the tests, streamed over batches.
 
-Definitions (names as in DESIGN.md, without the ``val_``/``test_`` prefix):
+Definitions (names as in docs/design.md, without the ``val_``/``test_`` prefix):
 - a slice is positive if it has any lesion pixel (a lesion subject's lesion-free slices are negatives);
   its score is ``Scores.slice_score``;
 - ``pixel_*`` use ``Scores.pixel_map`` on pixels inside the brain mask, a pixel being positive if it

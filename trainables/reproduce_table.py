@@ -22,7 +22,7 @@ import torch
 from trainables.data.cache import read_meta
 from trainables.reproduce_runs import LESION, POOLED, RUNS
 
-# Published numbers (DESIGN.md). First paper: pixel AUROC and overlap % on BraTS 2015 T2 (Tables 1, 2).
+# Published numbers (docs/design.md). First paper: pixel AUROC and overlap % on BraTS 2015 T2 (Tables 1, 2).
 PAPER1_AUROC = {"vae": 0.897, "aae": 0.885, "caae_0.5": 0.906, "caae_1.0": 0.923}
 # Table 2 in full: healthy mu, healthy sigma, lesion mu, lesion sigma (the paper's normalised units), overlap %
 TABLE2_METRICS = ("healthy_mu", "healthy_sigma", "lesion_mu", "lesion_sigma")
