@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 import yaml
 
+from study.cluster.block import read_study_block
 from trainables.data.s3 import parse_s3_uri
 
 ROOT = Path(__file__).parents[2]
@@ -52,6 +53,10 @@ def prefix(uri: str) -> tuple[str, str]:
 
 READ = [BLOCK["data"]["healthy"], BLOCK["data"]["lesion"]]
 WRITE = {"head": [BLOCK["ray_storage"], BLOCK["mlflow"]["artifacts_destination"]], "worker": [BLOCK["ray_storage"]]}
+# The shared slice cache (trainables.data.shared_cache): the driver on the head lists, reads and publishes it
+# (uploads, then the COMPLETE marker; it never deletes), every node's first Train worker lists and reads it.
+SHARED_CACHE = read_study_block(ROOT / "cluster" / "gpu.yaml").shared_cache_uri
+PUBLISH = {"s3:GetObject", "s3:PutObject", "s3:AbortMultipartUpload"}
 BUCKETS = {prefix(uri)[0] for uri in READ + WRITE["head"]}
 
 # The head's autoscaler through Ray's AWS node provider: (IAM action, resource, request context)
@@ -138,6 +143,8 @@ def test_each_s3_call_is_allowed_where_the_node_makes_it(node: str, operation: s
     action, kind = S3_OPERATIONS[operation]
     uris = READ if action == "s3:GetObject" else []
     uris = uris + (WRITE[node] if kind == "object" else READ + WRITE[node])
+    if action in (PUBLISH if node == "head" else {"s3:GetObject", "s3:ListBucket"}):
+        uris = uris + [SHARED_CACHE]
     for uri in uris:
         context = {"s3:prefix": prefix(uri)[1]} if operation == "ListObjectsV2" else {}  # HeadBucket: no prefix
         assert allowed(policy(node), action, s3_arn(uri, kind), context), (node, operation, uri)
@@ -160,6 +167,8 @@ def test_nothing_beyond_the_named_prefixes(node: str) -> None:
         assert not allowed(document, "s3:PutObject", s3_arn(uri, "object"), {})
         assert not allowed(document, "s3:DeleteObject", s3_arn(uri, "object"), {})
     assert not allowed(document, "s3:GetObject", f"arn:aws:s3:::{bucket}/elsewhere/x", {})
+    assert not allowed(document, "s3:DeleteObject", s3_arn(SHARED_CACHE, "object"), {})  # a published cache stays
+    assert allowed(document, "s3:PutObject", s3_arn(SHARED_CACHE, "object"), {}) == (node == "head")
     assert not allowed(document, "s3:DeleteBucket", f"arn:aws:s3:::{bucket}", {})
     assert not allowed(document, "s3:CreateBucket", f"arn:aws:s3:::{bucket}", {})
     actions = {a for s in document["Statement"] for a in as_list(s["Action"])}
