@@ -5,6 +5,7 @@ written from `completed_points(load_config(path))` and `trainables.reproduce_run
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -99,3 +100,13 @@ def test_a_preset_may_only_name_fields_of_its_family():
     with pytest.raises(TypeError, match=r"preset 'typo' names \['latnet_dim'\]"):
         register_family("bad-presets-test")(Bad)
     assert "bad-presets-test" not in family_names()
+
+
+def test_the_readme_study_example_loads_and_resolves(tmp_path):
+    """README's "What a study can say" block is a study YAML that loads: its preset syntax stays true."""
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    (block,) = [b for b in re.findall(r"```yaml\n(.*?)```", readme, flags=re.S) if "points_to_evaluate" in b]
+    path = tmp_path / "readme.yaml"
+    path.write_text(block)
+    caae, dae, lran = completed_points(load_config(path))
+    assert (caae["latent_weight"], dae["channels"], dae["noise_std"], lran["use_rank"]) == (1.0, 16, 1.4, False)
