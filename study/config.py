@@ -86,7 +86,9 @@ class StudyConfig:
     sampler: str = "tpe"  # Optuna sampler: tpe, random or nsga2
     scheduler: str = "none"  # trial scheduler: none (FIFO) or asha (single objective only)
     num_samples: int = 6  # number of trials
-    points_to_evaluate: list[dict[str, Any]] = field(default_factory=list)  # configs tried first (e.g. papers')
+    # configs tried first: a family's named preset ("caae/paper-lambda-1.0", its published setting), a preset with
+    # overrides ({preset: dae/kascenas-2022, channels: 16}) or explicit values ({family: caae, latent_weight: 1.0})
+    points_to_evaluate: list[dict[str, Any]] = field(default_factory=list)
     max_concurrent_trials: int = 1  # trials running at once
     seed: int = 0  # sampler and training seed
     results_dir: str = "results"  # where trials.csv, best.json and Ray's storage go
@@ -119,10 +121,38 @@ def load_config(path: str | Path | None = None) -> StudyConfig:
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping of keys at the top level, got {type(raw).__name__}")
     raw.pop("source", None)
+    if "points_to_evaluate" in raw:
+        raw["points_to_evaluate"] = expand_presets(raw["points_to_evaluate"], str(path))
     config = _build(StudyConfig, raw, str(path), "")
     config.source = str(path)
     validate(config)
     return config
+
+
+def expand_presets(points: Any, file: str) -> Any:
+    """``points_to_evaluate`` with each named preset written out: ``caae/paper-lambda-1.0`` or
+    ``{preset: caae/paper-lambda-1.0, <key>: <value>, ...}`` becomes ``{family: caae, <the preset's values>}``
+    with the given keys over them (e.g. a CPU-sized net). Other entries are left for the type check."""
+    from trainables.families import preset_names, preset_setting  # lazy: keeps `import study.config` light
+
+    expanded = []
+    for i, point in enumerate(points if isinstance(points, list) else [points]):
+        if isinstance(point, str):
+            point = {"preset": point}
+        if not isinstance(point, dict) or "preset" not in point:
+            expanded.append(point)
+            continue
+        where = f"{file}: key 'points_to_evaluate[{i}]"
+        overrides = {key: value for key, value in point.items() if key != "preset"}
+        try:
+            family, values = preset_setting(point["preset"])
+        except ValueError:
+            known = ", ".join(preset_names())
+            raise ConfigError(f"{where}.preset': unknown preset {point['preset']!r}; known: {known}") from None
+        if overrides.get("family", family) != family:
+            raise ConfigError(f"{where}.family': {overrides['family']!r} differs from preset {point['preset']!r}")
+        expanded.append({"family": family, **values, **overrides})
+    return expanded
 
 
 def validate(config: StudyConfig) -> None:

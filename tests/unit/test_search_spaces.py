@@ -3,6 +3,8 @@ distribution per parameter name across families (a multi-family Optuna study sha
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import optuna
 import pytest
 from optuna.distributions import BaseDistribution, CategoricalDistribution
@@ -95,9 +97,11 @@ def _enqueued(point: dict) -> dict:
 
 
 def _reproduce_points() -> list[dict]:
+    """The points Optuna is given for study/configs/reproduce.yaml: its presets completed with the defaults."""
     from study.config import load_config
+    from study.search import completed_points
 
-    return [dict(p) for p in load_config("study/configs/reproduce.yaml").points_to_evaluate]
+    return completed_points(load_config("study/configs/reproduce.yaml"))
 
 
 @pytest.mark.parametrize("point", _reproduce_points(), ids=lambda p: p["family"])
@@ -108,9 +112,14 @@ def test_papers_settings_are_points_of_the_spaces(point):
 
 
 def test_reproduce_yaml_matches_the_reproduce_script():
-    """The study's points are the reproduce script's runs: the family defaults with each run's overrides."""
+    """The study's points are the reproduce script's runs: the same presets in the same order, so the family
+    defaults with each run's overrides."""
+    import yaml
+
     from trainables.reproduce_runs import RUNS
 
+    named = yaml.safe_load(Path("study/configs/reproduce.yaml").read_text())["points_to_evaluate"]
+    assert named == [r.preset for r in RUNS if r.family != "threshold"]
     points = _reproduce_points()
     assert len(points) == len([r for r in RUNS if r.family != "threshold"])
     for run, point in zip([r for r in RUNS if r.family != "threshold"], points, strict=True):

@@ -1,15 +1,25 @@
-"""Detector families, registered by name. Importing this package registers every family module below."""
+"""Detector families, registered by name. Importing this package imports every module in it, so a family module
+(one that applies ``@register_family``) registers itself by being here: found as search_spaces/ finds its
+spaces, with nothing to list by hand (tests/unit/test_presets.py checks each family has a space and a preset)."""
 
-# Importing a family module registers it; add new family modules here.
-from trainables.families import aae, ae, caae, dae, lran, threshold, vae  # noqa: F401
+import importlib
+import pkgutil
+
 from trainables.families.base import Family, Scores, unwrap
 from trainables.families.registry import (
     create_family,
     family_hparams,
     family_names,
+    family_presets,
+    preset_names,
+    preset_setting,
     register_family,
     searchable_family_names,
 )
+
+for _module in pkgutil.iter_modules(__path__):
+    if not _module.name.startswith("_"):
+        importlib.import_module(f"{__name__}.{_module.name}")
 
 __all__ = [
     "Family",
@@ -17,6 +27,9 @@ __all__ = [
     "create_family",
     "family_hparams",
     "family_names",
+    "family_presets",
+    "preset_names",
+    "preset_setting",
     "register_family",
     "searchable_family_names",
     "unwrap",

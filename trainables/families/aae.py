@@ -86,6 +86,9 @@ class AAE(Family):
     """ResNet auto-encoder whose codes a WGAN-GP critic pushes towards N(0, I); map ``|x - Dec(Enc(x))|``."""
 
     Hparams = AAEHparams
+    # The first paper's AAE, Table 1: the defaults, its official code's values (latent 128, lr 2e-5, 20 critic
+    # steps, gradient penalty 10, the 20/300 warm-up; AAEHparams says where each comes from).
+    presets = {"paper": {}}
 
     def __init__(self, hparams) -> None:
         super().__init__(hparams)

@@ -33,6 +33,9 @@ class AE(Family):
     """Deterministic ResNet auto-encoder; anomaly map ``|x - Dec(Enc(x))|``."""
 
     Hparams = AEHparams
+    # Our baseline on the first paper's nets (not a row of its tables): the defaults, its official code's values
+    # (latent 128, width 16, lr 2e-5; AEHparams says where each comes from).
+    presets = {"paper-nets": {}}
 
     def build(self, image_size: int) -> nn.ModuleDict:
         """Encoder and decoder of the first paper's official code."""

@@ -21,7 +21,7 @@ import contextlib
 import functools
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import ClassVar, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import torch
 from torch import nn
@@ -48,11 +48,16 @@ class Family(abc.ABC):
       (the training loop reports them as ``loss_<term>``).
     - ``trainable = False`` marks a family without learned weights (e.g. an intensity threshold):
       ``build`` may return an empty ModuleDict, ``optimizers`` ``{}``, and ``train_step`` ``{"loss": 0.0}``.
+    - ``presets`` names the family's published settings: preset name -> ``Hparams`` overrides of the defaults,
+      each value with its source. Study YAMLs name them (``caae/paper-lambda-1.0``) in ``points_to_evaluate``
+      and the reproduction's runs are built from them (trainables/reproduce_runs.py). Declared on the class
+      itself: a subclass does not inherit its parent's published settings.
     """
 
     name: ClassVar[str]
     Hparams: ClassVar[type]
     trainable: ClassVar[bool] = True
+    presets: ClassVar[dict[str, dict[str, Any]]] = {}
     device_terms: bool = False  # set by the training loop: train_step's terms stay on the device (no host sync)
 
     def __init__(self, hparams) -> None:

@@ -41,6 +41,9 @@ class CAAE(AAE):
     """AAE with the latent consistency constraint; scores as the AAE (residual map, latent score)."""
 
     Hparams = CAAEHparams
+    # The first paper's two reported lambdas (Chen & Konukoglu, MIDL 2018, Table 1): 1.0 (pixel AUROC 0.923, its
+    # best) and 0.5 (0.906; the official code's hard-coded value). Every other value: the AAE's (AAEHparams).
+    presets = {"paper-lambda-1.0": {"latent_weight": 1.0}, "paper-lambda-0.5": {"latent_weight": 0.5}}
 
     def __init__(self, hparams: CAAEHparams) -> None:
         super().__init__(hparams)

@@ -157,6 +157,9 @@ class DAE(Family):
     """U-Net trained to remove coarse noise from healthy slices; anomaly map the (post-processed) residual."""
 
     Hparams = DAEHparams
+    # Kascenas et al. (MIDL 2022), the authors' run: the defaults (U-Net 64 channels, depth 4; coarse noise 16 at
+    # 128 px, std 1.4 in z-score units; lr 1e-4, cosine; DAEHparams says where each comes from).
+    presets = {"kascenas-2022": {}}
 
     def __init__(self, hparams: DAEHparams) -> None:
         super().__init__(hparams)

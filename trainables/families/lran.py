@@ -88,6 +88,15 @@ class LRAN(Family):
     """GANomaly-style generator (G_e, G_d, G_e') with a low-rank latent term, and a DCGAN discriminator."""
 
     Hparams = LRANHparams
+    # The second paper (Wang et al. 2020): "paper" is its full model, the defaults (w_i 1, w_a 5, w_z 1, w_r 0.05,
+    # lr 0.002, GANomaly's latent 100; LRANHparams says where each comes from); the others are its Table 4
+    # ablation rows, one term switched off each.
+    presets = {
+        "paper": {},
+        "no-rank": {"use_rank": False},  # irec + adv + zrec: GANomaly with the paper's weights
+        "no-zrec": {"use_zrec": False},  # irec + adv + rank
+        "irec-adv": {"use_rank": False, "use_zrec": False},  # image reconstruction and adversarial terms only
+    }
 
     def __init__(self, hparams: LRANHparams) -> None:
         super().__init__(hparams)

@@ -14,6 +14,7 @@ from trainables.numbers import is_real
 _FAMILIES: dict[str, type[Family]] = {}
 
 T = TypeVar("T", bound=type[Family])
+PRESET_SEPARATOR = "/"  # a preset is named "<family>/<preset>", e.g. "caae/paper-lambda-1.0"
 
 
 def register_family(name: str) -> Callable[[T], T]:
@@ -24,6 +25,7 @@ def register_family(name: str) -> Callable[[T], T]:
             raise TypeError(f"@register_family({name!r}) expects a Family subclass, got {cls!r}")
         if not dataclasses.is_dataclass(getattr(cls, "Hparams", None)):
             raise TypeError(f"family {name!r}: {cls.__name__}.Hparams must be a dataclass")
+        _check_presets(name, cls)
         known = _FAMILIES.get(name)
         if known is not None and known.__qualname__ != cls.__qualname__:
             raise ValueError(f"family {name!r} is already registered by {known.__module__}.{known.__qualname__}")
@@ -32,6 +34,17 @@ def register_family(name: str) -> Callable[[T], T]:
         return cls
 
     return decorator
+
+
+def _check_presets(name: str, cls: type[Family]) -> None:
+    """A preset's keys are fields of the family's Hparams (a typo fails at import, not in a trial)."""
+    fields = {f.name for f in dataclasses.fields(cls.Hparams)}
+    for preset, values in vars(cls).get("presets", {}).items():
+        unknown = sorted(set(values) - fields)
+        if unknown or PRESET_SEPARATOR in preset:
+            problem = unknown or "a name with '/'"
+            expected = f"a name without '/' and overrides of: {', '.join(sorted(fields))}"
+            raise TypeError(f"family {name!r}: preset {preset!r} names {problem}; a preset is {expected}")
 
 
 def family_names() -> list[str]:
@@ -93,3 +106,24 @@ def _coerce(family: str, key: str, value: Any, typ: Any) -> Any:
     if not ok:
         raise ValueError(f"family {family!r}: hyperparameter {key!r} expects {typ.__name__}, got {value!r}")
     return value
+
+
+def family_presets(name: str) -> dict[str, dict[str, Any]]:
+    """The published settings family ``name`` declares (its own ``presets``, not a parent class's): preset name ->
+    overrides of its default hyperparameters."""
+    return {preset: dict(values) for preset, values in vars(family_class(name)).get("presets", {}).items()}
+
+
+def preset_names() -> list[str]:
+    """Every preset as ``<family>/<preset>``, families sorted, each family's presets in declared order."""
+    return [f"{name}{PRESET_SEPARATOR}{preset}" for name in family_names() for preset in family_presets(name)]
+
+
+def preset_setting(ref: str) -> tuple[str, dict[str, Any]]:
+    """The family and the hyperparameter overrides of preset ``ref`` (``"caae/paper-lambda-1.0"``);
+    ``ValueError`` listing the known presets otherwise."""
+    family, _, preset = str(ref).partition(PRESET_SEPARATOR)
+    presets = family_presets(family) if family in _FAMILIES else {}
+    if preset not in presets:
+        raise ValueError(f"unknown preset {ref!r}; known presets: {', '.join(preset_names())}")
+    return family, presets[preset]

@@ -36,6 +36,8 @@ class Threshold(Family):
     """The image as its own anomaly map; nothing to train."""
 
     Hparams = ThresholdHparams
+    # Meissen et al.'s intensity threshold as the reproduction's baseline row; top_fraction is ours (ThresholdHparams).
+    presets = {"baseline": {}}
     trainable = False
 
     def __init__(self, hparams: ThresholdHparams) -> None:

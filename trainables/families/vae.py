@@ -44,6 +44,9 @@ class VAE(Family):
     """Encoder -> (mu, logvar), reparameterised z, decoder; anomaly map ``|x - Dec(mu)|``."""
 
     Hparams = VAEHparams
+    # The first paper's (Chen & Konukoglu, MIDL 2018) VAE, Table 1: every default is its official code's value
+    # (latent 128, width 16, lr 2e-5, Adam betas 0.5/0.9; VAEHparams says where each comes from).
+    presets = {"paper": {}}
 
     def __init__(self, hparams: VAEHparams) -> None:
         super().__init__(hparams)
