@@ -99,7 +99,7 @@ def train_loop_per_worker(config: dict[str, TrialSpec]) -> None:
     train_loader, sampler = _train_loader(spec, cache_dir, device)
     val_loader = _eval_loader(cache_dir, "val", device, shard=True)  # every rank scores its share of val
     autocast = _autocast(spec.precision, device)
-    sampler = NodeSampler() if rank == 0 else None  # rank 0's report is the one Tune keeps
+    node_metrics = NodeSampler() if rank == 0 else None  # rank 0's report is the one Tune keeps
     for epoch in range(progress.epoch, spec.epochs):
         # Each epoch's random draws come from (seed, rank, epoch), not from where the stream stood: an epoch trained
         # after a resume from a checkpoint draws what it would have drawn without the interruption.
@@ -123,11 +123,11 @@ def train_loop_per_worker(config: dict[str, TrialSpec]) -> None:
             if spec.objective.better(val[spec.objective.metric], progress.best.score):
                 progress.best = BestRecord(epoch=epoch + 1, score=val[spec.objective.metric], metrics=val)
                 progress.best_weights = state_dicts(nets)
-        if sampler is not None:
-            metrics.update(sampler.take())
+        if node_metrics is not None:
+            metrics.update(node_metrics.take())
         _report(metrics, spec, family, nets, opts, progress, rank)
-    if sampler is not None:
-        sampler.close()
+    if node_metrics is not None:
+        node_metrics.close()
     _finish(spec, cache_dir, family, nets, opts, progress, rank, device)
 
 
