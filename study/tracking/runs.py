@@ -31,6 +31,9 @@ TRIAL_ID_TAG = "trial_id"
 # pages by its own "GenAI | Model training" switch; README, "Reviewing a study in MLflow".)
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 EXPERIMENT_KIND = "custom_model_development"
+CHOSEN_PREFIX = "chosen/"  # the chosen checkpoint's val_* in MLflow (its own chart section, not another epoch)
+SETTINGS = ("workers",)  # reported by every epoch, logged as params: settings, not measurements
+EPOCH_ONLY = ("train_seconds",)  # a final record's copy of the last epoch's value, already on its curve
 RUN_NAME_LIMIT = 250  # MLflow's limit on a run name
 PROBE_TIMEOUT_S = 5  # an MLflow server that does not answer in this time is refused before the study starts
 _UNREACHABLE_HINT = "start the server, or fix mlflow.tracking_uri (study YAML) or metadata.study.mlflow (cluster YAML)"
@@ -157,11 +160,12 @@ class MlflowTrialLogger(Callback):
         self.uri = uri
         self.storage = storage  # study.cluster.storage.RayStorage the trials' checkpoints are on (None: local folders)
         self.parent_run_id = parent_run_id
-        self.final_step = epochs + 1
+        self.epochs = epochs
         self.run_ids = run_ids  # trial_id -> MLflow run id, shared with the trial recorder
         self.inputs = inputs  # the splits every trial trains and is scored on (study.tracking.datasets)
         self._client: MlflowClient | None = None
         self._system: dict[str, Any] = {}  # trial_id -> MLflow's system metrics monitor of its run (issue 12.8)
+        self._settings_logged: set[str] = set()  # trial ids whose settings (workers) are logged as params
 
     @property
     def client(self) -> MlflowClient:
@@ -170,7 +174,7 @@ class MlflowTrialLogger(Callback):
         return self._client
 
     def __getstate__(self) -> dict[str, Any]:  # Tune pickles callbacks with its experiment state
-        return {**self.__dict__, "_client": None, "_system": {}}
+        return {**self.__dict__, "_client": None, "_system": {}, "_settings_logged": set()}
 
     def on_trial_start(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
         run_id = self.run_ids.get(trial.trial_id) or self._existing_run(trial.trial_id)
@@ -211,26 +215,40 @@ class MlflowTrialLogger(Callback):
         run_id = self.run_ids.get(trial.trial_id)
         if run_id is None:
             return
-        # Epoch metrics at step = epoch. The final record (the chosen checkpoint's val_* and its test_*) goes
-        # one step past the last epoch, so the runs table shows the chosen values and the history stays clean.
-        step = int(result.get("epoch", result.get("training_iteration", 0)))
         if result.get("final"):
-            step = self.final_step
-        timestamp = int(result.get("timestamp", 0) * 1000)
-        metrics = [
-            Metric(key, float(value), timestamp, step)
-            for key, value in result.items()
-            if is_reported_metric(key) and isinstance(value, numbers.Number) and math.isfinite(value)
-        ]
+            self._log_final(run_id, result)
+            return
+        step = int(result.get("epoch", result.get("training_iteration", 0)))  # epoch metrics at step = epoch
+        metrics = [Metric(k, v, _millis(result), step) for k, v in _numbers(result).items() if k not in SETTINGS]
+        settings = [Param(k, _text(result[k])) for k in SETTINGS if k in result]
+        if settings and trial.trial_id not in self._settings_logged:
+            self._settings_logged.add(trial.trial_id)
+            self._log_settings(run_id, settings)
         self.client.log_batch(run_id, metrics=metrics)
-        if result.get("final"):
-            self._log_checkpoint(run_id, result.get("checkpoint_path"))
 
-    def _log_checkpoint(self, run_id: str, path: str | None) -> None:
-        """Attach the chosen detector (an MLflow model at runs:/<id>/model) and the trial's figures to its run."""
+    def _log_settings(self, run_id: str, settings: list[Param]) -> None:
+        """Settings a trial reports (``workers``) as params, once; a resumed trial's differing value is kept out."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            self.client.log_batch(run_id, params=settings)
+        except MlflowException as err:  # params are immutable: a restarted trial with other workers keeps the first
+            print(f"warning: MLflow run {run_id}: settings not logged again: {err}", flush=True)
+
+    def _log_final(self, run_id: str, result: dict) -> None:
+        """The chosen checkpoint: its detector as a logged model, then its values logged against that model.
+
+        They are logged at the chosen epoch's step under their own keys (``chosen/val_*``, ``test_*``,
+        ``best_epoch``), so no per-epoch curve gains a step past the last epoch; trials.csv, Tune and best.json
+        keep DESIGN.md's names (val_*).
+        """
         from study.tracking.models import log_trial_model  # local or S3 checkpoint, fetched with Ray's Checkpoint API
 
-        log_trial_model(self.client, run_id, path, self.storage)
+        model_id = log_trial_model(self.client, run_id, result.get("checkpoint_path"), self.storage)
+        step = int(result.get("best_epoch") or 0)
+        values = {k: v for k, v in _numbers(result).items() if k not in SETTINGS and k not in EPOCH_ONLY}
+        metrics = [Metric(final_key(k), v, _millis(result), step, model_id=model_id) for k, v in values.items()]
+        self.client.log_batch(run_id, metrics=metrics)
 
     def on_trial_complete(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
         status = "completed" if (trial.last_result or {}).get("final") else "stopped_early"
@@ -248,6 +266,24 @@ class MlflowTrialLogger(Callback):
             monitor.finish()  # stops within a second and flushes its last samples
         self.client.log_batch(run_id, tags=tags)
         self.client.set_terminated(run_id, RunStatus.to_string(run_status))
+
+
+def final_key(key: str) -> str:
+    """The MLflow key of a final record's value: the chosen checkpoint's val_* under ``chosen/``, others as named."""
+    return f"{CHOSEN_PREFIX}{key}" if key.startswith("val_") else key
+
+
+def _numbers(result: dict) -> dict[str, float]:
+    """The finite numbers of a Tune result that the study logs as metrics."""
+    return {
+        key: float(value)
+        for key, value in result.items()
+        if is_reported_metric(key) and isinstance(value, numbers.Number) and math.isfinite(value)
+    }
+
+
+def _millis(result: dict) -> int:
+    return int(result.get("timestamp", 0) * 1000)
 
 
 def _text(value: Any) -> str:
