@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import numbers
 import ssl
+import subprocess
 import urllib.error
 import urllib.request
 from dataclasses import asdict
@@ -18,12 +19,19 @@ from typing import Any
 import yaml
 from mlflow.entities import DatasetInput, Metric, Param, RunStatus, RunTag
 from mlflow.tracking import MlflowClient
-from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
+from mlflow.utils.mlflow_tags import (
+    MLFLOW_GIT_COMMIT,
+    MLFLOW_PARENT_RUN_ID,
+    MLFLOW_RUN_NAME,
+    MLFLOW_RUN_NOTE,
+    MLFLOW_SOURCE_NAME,
+)
 from ray.tune import Callback
 from ray.tune.experiment import Trial
 
 from study.config import StudyConfig
 from study.results import failure_reason
+from study.tracking.names import RUN_NAME_LIMIT, run_name, trial_number
 from trainables.metric_names import is_reported_metric
 
 TRIAL_ID_TAG = "trial_id"
@@ -34,7 +42,10 @@ EXPERIMENT_KIND = "custom_model_development"
 CHOSEN_PREFIX = "chosen/"  # the chosen checkpoint's val_* in MLflow (its own chart section, not another epoch)
 SETTINGS = ("workers",)  # reported by every epoch, logged as params: settings, not measurements
 EPOCH_ONLY = ("train_seconds",)  # a final record's copy of the last epoch's value, already on its curve
-RUN_NAME_LIMIT = 250  # MLflow's limit on a run name
+PROJECT = Path(__file__).resolve().parents[2]  # the checkout holding study/ (its git commit is tagged)
+CONFIG_TAG = "config_file"
+SOURCE_TAGS = (MLFLOW_GIT_COMMIT, MLFLOW_SOURCE_NAME, CONFIG_TAG)  # the parent's, copied to every child run
+
 PROBE_TIMEOUT_S = 5  # an MLflow server that does not answer in this time is refused before the study starts
 _UNREACHABLE_HINT = "start the server, or fix mlflow.tracking_uri (study YAML) or metadata.study.mlflow (cluster YAML)"
 
@@ -66,7 +77,8 @@ def open_parent_run(
             client.update_run(resume_run_id, status=RunStatus.to_string(RunStatus.RUNNING))
             return client, resume_run_id
         experiment_id = _experiment_id(client, config.mlflow.experiment or config.name, uri)
-        run = client.create_run(experiment_id, run_name=f"study-{config.name}", tags={"role": "study"})
+        tags = {"role": "study", **source_tags(config)}
+        run = client.create_run(experiment_id, run_name=f"study-{config.name}", tags=tags)
     except Exception as err:  # MLflow raises many types (HTTP, SQLAlchemy, MlflowException)
         raise TrackingError(f"MLflow at '{uri}' is not usable: {err}") from err
     run_id = run.info.run_id
@@ -74,6 +86,19 @@ def open_parent_run(
     client.log_text(run_id, search_space, "search_space.py")
     client.log_text(run_id, yaml.safe_dump(resolved_config(config), sort_keys=False), "config.yaml")
     return client, run_id
+
+
+def source_tags(config: StudyConfig) -> dict[str, str]:
+    """What the study ran from: the project's git commit (where it is a git checkout) and the config file."""
+    tags = {CONFIG_TAG: str(config.source), MLFLOW_SOURCE_NAME: "python -m study.run"}
+    try:
+        done = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=PROJECT, capture_output=True, text=True, timeout=10, check=True
+        )
+        tags[MLFLOW_GIT_COMMIT] = done.stdout.strip()
+    except (OSError, subprocess.SubprocessError):  # no git, or not a checkout (an installed copy): no commit tag
+        pass
+    return tags
 
 
 def check_reachable(uri: str) -> None:
@@ -132,7 +157,7 @@ def _study_params(config: StudyConfig) -> dict[str, Any]:
 
 
 def trial_label(config: dict[str, Any]) -> str:
-    """A trial in words, as its run name and progress line: the family, then its sampled settings."""
+    """A trial in full words, as its progress line and run description: the family, then its sampled settings."""
     settings = " ".join(f"{k}={_short(v)}" for k, v in sorted(config.items()) if k != "family" and v is not None)
     return f"{config.get('family', 'trial')} {settings}".strip()[:RUN_NAME_LIMIT]
 
@@ -187,9 +212,12 @@ class MlflowTrialLogger(Callback):
         tags = {MLFLOW_PARENT_RUN_ID: self.parent_run_id, TRIAL_ID_TAG: trial.trial_id, "role": "trial"}
         # family and status are tags so the runs view can group and filter by them
         family = trial.config.get("family", "")
-        tags.update({MLFLOW_RUN_NAME: trial_label(trial.config), "family": family, "status": "running"})
-        experiment_id = self.client.get_run(self.parent_run_id).info.experiment_id
-        run = self.client.create_run(experiment_id, tags=tags)
+        name = run_name(trial_number(trial), trial.config)
+        tags.update({MLFLOW_RUN_NAME: name, "family": family, "status": "running"})
+        tags[MLFLOW_RUN_NOTE] = _description(trial.trial_id, trial.config)
+        parent = self.client.get_run(self.parent_run_id)
+        tags.update({k: v for k, v in parent.data.tags.items() if k in SOURCE_TAGS})  # the commit and config file
+        run = self.client.create_run(parent.info.experiment_id, tags=tags)
         self.run_ids[trial.trial_id] = run.info.run_id
         params = [Param(k, _text(v)) for k, v in sorted(trial.config.items())]
         self.client.log_batch(run.info.run_id, params=params)
@@ -266,6 +294,12 @@ class MlflowTrialLogger(Callback):
             monitor.finish()  # stops within a second and flushes its last samples
         self.client.log_batch(run_id, tags=tags)
         self.client.set_terminated(run_id, RunStatus.to_string(run_status))
+
+
+def _description(trial_id: str, config: dict[str, Any]) -> str:
+    """The run's description (its page's first text): the trial id and every setting."""
+    settings = "\n".join(f"- `{k}` = `{_text(v)}`" for k, v in sorted(config.items()))
+    return f"Trial `{trial_id}` ({trial_label(config)}).\n\nSettings:\n\n{settings}\n"
 
 
 def final_key(key: str) -> str:
