@@ -33,6 +33,8 @@ from study.config import StudyConfig
 from study.results import failure_reason
 from study.tracking.names import RUN_NAME_LIMIT, run_name, trial_number
 from trainables.metric_names import is_reported_metric
+from trainables.val_maps import IMAGE_KEY, decode_png
+from trainables.val_maps import RESULT_KEY as VAL_MAPS
 
 TRIAL_ID_TAG = "trial_id"
 # The experiment's kind for MLflow 3: model training, not GenAI traces. (MLflow 3.17's UI nevertheless picks its
@@ -253,6 +255,8 @@ class MlflowTrialLogger(Callback):
             self._settings_logged.add(trial.trial_id)
             self._log_settings(run_id, settings)
         self.client.log_batch(run_id, metrics=metrics)
+        if result.get(VAL_MAPS):  # a few val slices' anomaly maps, one image per epoch in MLflow's image grid
+            self.client.log_image(run_id, decode_png(result[VAL_MAPS]), key=IMAGE_KEY, step=step, synchronous=True)
 
     def _log_settings(self, run_id: str, settings: list[Param]) -> None:
         """Settings a trial reports (``workers``) as params, once; a resumed trial's differing value is kept out."""

@@ -108,6 +108,10 @@ def test_mlflow_has_parent_and_child_runs_with_epoch_metrics(smoke) -> None:
         for key in child.data.metrics:  # system/* are MLflow's 5 s samples, stepped by sample, not by epoch
             steps = [m.step for m in client.get_metric_history(child.info.run_id, key)]
             assert key.startswith("system/") or max(steps) <= config.training.epochs, (key, steps)
+        # a few fixed val slices' anomaly maps per epoch, for MLflow's image grid (mlflow.log_image key and step)
+        images = [a.path for a in client.list_artifacts(child.info.run_id, "images") if a.path.endswith(".png")]
+        steps = sorted(int(re.search(r"val_anomaly_maps\+step\+(\d+)\+", path)[1]) for path in images)
+        assert steps == list(range(1, config.training.epochs + 1)), images
         figures = {a.path for a in client.list_artifacts(child.info.run_id, "figures")}
         assert {"figures/test_roc.png", "figures/test_examples.png", "figures/test_histograms.png"} <= figures
         assert math.isfinite(child.data.metrics["train_loss"])
