@@ -12,10 +12,13 @@ from __future__ import annotations
 import base64
 import io
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-from torch import nn
+
+if TYPE_CHECKING:  # torch is imported where maps are drawn (a worker): the driver only decodes PNGs
+    import torch
+    from torch import nn
 
 SLICES = 4  # columns of the grid: cheap to score (one batch) and enough to see what a detector flags
 RESULT_KEY = "val_maps_png"  # the epoch report's entry (base64 PNG); not a metric
@@ -43,6 +46,7 @@ def fixed_val_slices(cache_dir: Path) -> dict[str, np.ndarray]:
 def val_maps_png(family: object, nets: nn.ModuleDict, shown: dict[str, np.ndarray], device: torch.device) -> str:
     """The base64 PNG of the slices (top), their anomaly maps scaled to the maps' joint 99th percentile
     (middle) and the lesion masks (bottom)."""
+    import torch
     from PIL import Image
 
     with torch.no_grad():
