@@ -6,10 +6,9 @@ from __future__ import annotations
 
 from html import escape
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from study.tracking.pareto import FrontView
+FrontView = Any  # study.tracking.pareto.FrontView (not imported: pareto imports this module)
 
 WIDTH, HEIGHT, MARGIN, LEGEND = 760, 460, 60, 210  # pixels: plot area, axis margin, legend column on the right
 COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf")  # one per family
