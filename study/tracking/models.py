@@ -14,6 +14,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import re
 import tempfile
 from pathlib import Path
@@ -77,7 +79,8 @@ def log_model_file(client: MlflowClient, run_id: str, model_pt: Path) -> str:
     from trainables.mlflow_model import log_detector_model  # mlflow.pyfunc and torch: only when a model is logged
 
     run = client.get_run(run_id)
-    with _use_tracking_uri(client.tracking_uri), mlflow.start_run(run_id=run_id):
+    quiet = contextlib.redirect_stdout(io.StringIO())  # the fluent run's end prints its URL when on a server
+    with quiet, _use_tracking_uri(client.tracking_uri), mlflow.start_run(run_id=run_id):
         info = log_detector_model(model_pt, MODEL_PATH, tags={"run_name": run.info.run_name or run_id})
     client.update_run(run_id, status=run.info.status)
     client.set_tag(run_id, "model_uri", f"models:/{info.model_id}")
