@@ -16,6 +16,7 @@ from typing import Any
 from ray.tune import Callback
 from ray.tune.experiment import Trial
 
+from study.tracking.names import run_name, trial_number
 from trainables.metric_names import TEST_METRICS, VAL_METRICS, is_appearance_metric
 from trainables.objective import Objective
 
@@ -70,6 +71,7 @@ class TrialRecorder(Callback):
         started = self._started.get(trial.trial_id)
         row["duration_s"] = round(time.monotonic() - started, 1) if started else None
         row["mlflow_run_id"] = self.run_ids.get(trial.trial_id, "")
+        row["run_name"] = run_name(trial_number(trial), trial.config)  # as its MLflow run is named
         self.add(row)
 
     def add(self, row: dict[str, Any]) -> None:
@@ -121,7 +123,7 @@ def write_trials_csv(rows: list[dict[str, Any]], path: Path) -> None:
 
 
 # Identifiers stay text: a trial id of eight hex digits can be all digits ("00412376" is not a number).
-ID_COLUMNS = ("trial_id", "mlflow_run_id")
+ID_COLUMNS = ("trial_id", "mlflow_run_id", "run_name")
 
 
 def read_trials_csv(path: Path) -> list[dict[str, Any]]:

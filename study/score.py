@@ -6,7 +6,9 @@
     python -m study.score --model models:/NAME@champion --tracking-uri http://127.0.0.1:5000 --input ... --output ...
 
 ``--model`` takes a checkpoint folder, a model.pt, an MLflow run id, ``runs:/ID/model`` or
-``models:/NAME@ALIAS`` (``models:/NAME/VERSION``): the model.pt inside the MLflow model is used.
+``models:/<model_id>``, ``models:/NAME@ALIAS`` (``models:/NAME/VERSION``): the model.pt inside the MLflow model is
+used. MLflow references are read from ``--tracking-uri``, else ``$MLFLOW_TRACKING_URI``, else
+``sqlite:///results/mlflow.db``; the command says which store it reads.
 A map has the scan's shape and affine; slices the detector's preprocessing drops and voxels outside the
 brain (image > 0, or the brain mask of a manifest) are 0. A folder is scored file by file when it holds
 ``*.nii``/``*.nii.gz`` files directly (each map keeps its scan's name), otherwise subject by subject in any
@@ -16,6 +18,7 @@ known layout (HCP, BraTS, CSV manifest; ``<subject>.nii.gz``). Bad input exits w
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 from pathlib import Path
@@ -34,15 +37,26 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--model",
         required=True,
-        help="checkpoint folder, model.pt file, MLflow run id of a trial, runs:/ID/model or models:/NAME@ALIAS",
+        help="checkpoint folder, model.pt file, MLflow run id of a trial, runs:/ID/model, models:/<model_id> or "
+        "models:/NAME@ALIAS",
     )
     parser.add_argument(
-        "--tracking-uri", default=DEFAULT_TRACKING_URI, help=f"MLflow store of run ids (default {DEFAULT_TRACKING_URI})"
+        "--tracking-uri",
+        help=f"MLflow store of run ids and models (default: $MLFLOW_TRACKING_URI, else {DEFAULT_TRACKING_URI})",
     )
     parser.add_argument("--device", default="auto", help="torch device: auto (GPU if any), cpu, cuda, cuda:1, ...")
 
 
-def resolve_model(model: str, tracking_uri: str, scratch: Path) -> Path:
+def store_uri(given: str | None) -> tuple[str, str]:
+    """(the MLflow store to read, where that choice came from): --tracking-uri, $MLFLOW_TRACKING_URI or the default."""
+    if given:
+        return given, "--tracking-uri"
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return os.environ["MLFLOW_TRACKING_URI"], "MLFLOW_TRACKING_URI"
+    return DEFAULT_TRACKING_URI, "default"
+
+
+def resolve_model(model: str, tracking_uri: str | None, scratch: Path) -> Path:
     """A local model.pt or checkpoint folder for ``model``: the path itself, or the model.pt of an MLflow model."""
     from study.tracking.models import fetch_model_file, model_uri
 
@@ -52,9 +66,11 @@ def resolve_model(model: str, tracking_uri: str, scratch: Path) -> Path:
     uri = model_uri(model)
     if uri is None:
         raise ModelError(f"{model}: no such checkpoint folder or model.pt file (nor a run id, runs:/ or models:/ URI)")
+    tracking_uri, chosen_by = store_uri(tracking_uri)
+    print(f"reading {model} from the MLflow store {tracking_uri} ({chosen_by})", file=sys.stderr, flush=True)
     if tracking_uri.startswith(SQLITE) and not Path(tracking_uri[len(SQLITE) :]).is_file():
         # MLflow would create an empty store there and then report a missing run: say what is really wrong
-        raise ModelError(f"{model}: tracking store {tracking_uri[len(SQLITE) :]} not found (--tracking-uri)")
+        raise ModelError(f"{model}: tracking store {tracking_uri[len(SQLITE) :]} not found ({chosen_by})")
     return fetch_model_file(uri, tracking_uri, scratch)
 
 

@@ -49,17 +49,30 @@ def signature(image_size: int) -> ModelSignature:
     return ModelSignature(inputs=Schema([spec]), outputs=Schema([spec]))
 
 
-def save_detector_model(model_pt: Path, dest: Path) -> dict[str, Any]:
-    """Write the MLflow model of ``model_pt`` into the new folder ``dest``; return what it records of the detector."""
+def _model_arguments(model_pt: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(what the detector records of itself, the pyfunc arguments shared by save_model and log_model)."""
     record = torch.load(model_pt, map_location="cpu", weights_only=True)
     about = {"family": record["family"], "image_size": record["image_size"], "epoch": record["epoch"]}
-    mlflow.pyfunc.save_model(
-        str(dest),
-        python_model=str(CODE),
-        artifacts={MODEL_ARTIFACT: str(model_pt)},
-        signature=signature(record["image_size"]),
-        input_example=np.zeros((1, 1, record["image_size"], record["image_size"]), np.float32),  # checked on save
-        pip_requirements=[f"{name}=={version(name)}" for name in REQUIREMENTS],  # pinned: no inference run
-        metadata={**about, "needs": "the lesion-study package (trainables) importable"},
-    )
+    size = record["image_size"]
+    arguments = {
+        "python_model": str(CODE),
+        "artifacts": {MODEL_ARTIFACT: str(model_pt)},
+        "signature": signature(size),
+        "input_example": np.zeros((1, 1, size, size), np.float32),  # checked on save
+        "pip_requirements": [f"{name}=={version(name)}" for name in REQUIREMENTS],  # pinned: no inference run
+        "metadata": {**about, "needs": "the lesion-study package (trainables) importable"},
+    }
+    return about, arguments
+
+
+def save_detector_model(model_pt: Path, dest: Path) -> dict[str, Any]:
+    """Write the MLflow model of ``model_pt`` into the new folder ``dest``; return what it records of the detector."""
+    about, arguments = _model_arguments(model_pt)
+    mlflow.pyfunc.save_model(str(dest), **arguments)
     return about
+
+
+def log_detector_model(model_pt: Path, name: str, tags: dict[str, str] | None = None) -> Any:
+    """Log ``model_pt`` as an MLflow 3 logged model ``name`` of the active run (fluent API); return its ModelInfo."""
+    about, arguments = _model_arguments(model_pt)
+    return mlflow.pyfunc.log_model(name=name, tags={**about, **(tags or {})}, **arguments)

@@ -44,6 +44,7 @@ from trainables.families import Family, create_family
 from trainables.families.base import unwrap
 from trainables.objective import Objective
 from trainables.system_metrics import NodeSampler
+from trainables.val_maps import RESULT_KEY, fixed_val_slices, val_maps_png
 
 EVAL_BATCH = 256
 GPU_LOADER_WORKERS = 2  # read-ahead processes per Train worker on CUDA (the CPU path reads in-process)
@@ -100,6 +101,7 @@ def train_loop_per_worker(config: dict[str, TrialSpec]) -> None:
     val_loader = _eval_loader(cache_dir, "val", device, shard=True)  # every rank scores its share of val
     autocast = _autocast(spec.precision, device)
     node_metrics = NodeSampler() if rank == 0 else None  # rank 0's report is the one Tune keeps
+    shown = fixed_val_slices(cache_dir) if rank == 0 else None  # the same val slices' maps every epoch
     for epoch in range(progress.epoch, spec.epochs):
         # Each epoch's random draws come from (seed, rank, epoch), not from where the stream stood: an epoch trained
         # after a resume from a checkpoint draws what it would have drawn without the interruption.
@@ -120,6 +122,7 @@ def train_loop_per_worker(config: dict[str, TrialSpec]) -> None:
         if scored is not None:
             val = {f"val_{k}": v for k, v in scored.items()}
             metrics.update(val, time_eval_s=time.perf_counter() - started - train_s)
+            metrics[RESULT_KEY] = val_maps_png(family, _plain(nets), shown, device)  # ~0.1 s; MLflow's image grid
             if spec.objective.better(val[spec.objective.metric], progress.best.score):
                 progress.best = BestRecord(epoch=epoch + 1, score=val[spec.objective.metric], metrics=val)
                 progress.best_weights = state_dicts(nets)

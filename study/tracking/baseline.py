@@ -12,7 +12,7 @@ from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 from study.results import append_row, load_rows, trial_row
 from study.tracking.datasets import evaluation_inputs
 from study.tracking.models import log_baseline_model
-from study.tracking.runs import TRIAL_ID_TAG
+from study.tracking.runs import SOURCE_TAGS, TRIAL_ID_TAG, final_key
 from trainables.baseline import evaluate_untrained
 
 BASELINE_FAMILY = "threshold"
@@ -28,14 +28,18 @@ def baseline_row(
         return done[0]
     metrics = evaluate_untrained(BASELINE_FAMILY, cache_dir)
     row = trial_row(BASELINE_ID, {"family": BASELINE_FAMILY}, metrics, "baseline")
-    experiment_id = client.get_run(parent_run_id).info.experiment_id
+    parent = client.get_run(parent_run_id)
+    experiment_id = parent.info.experiment_id
     tags = {MLFLOW_PARENT_RUN_ID: parent_run_id, TRIAL_ID_TAG: BASELINE_ID, "role": "baseline"}
+    tags.update({k: v for k, v in parent.data.tags.items() if k in SOURCE_TAGS})  # the commit and config file
     tags.update({MLFLOW_RUN_NAME: BASELINE_ID, "status": "baseline", "family": BASELINE_FAMILY})
     run = client.create_run(experiment_id, tags=tags)
     client.log_inputs(run.info.run_id, datasets=evaluation_inputs(inputs))  # no training: val and test only
+    model_id = log_baseline_model(client, run.info.run_id, BASELINE_FAMILY, cache_dir, metrics)  # models:/<id>
     finite = {k: v for k, v in metrics.items() if v == v}  # NaN where a split lacks a class
-    client.log_batch(run.info.run_id, metrics=[Metric(k, float(v), 0, 0) for k, v in finite.items()])
-    log_baseline_model(client, run.info.run_id, BASELINE_FAMILY, cache_dir, metrics)  # runs:/<id>/model
+    # under the keys of a trial's chosen checkpoint (chosen/val_*, test_*), logged against the model
+    values = [Metric(final_key(k), float(v), 0, 0, model_id=model_id) for k, v in finite.items()]
+    client.log_batch(run.info.run_id, metrics=values)
     client.set_terminated(run.info.run_id, RunStatus.to_string(RunStatus.FINISHED))
     row["mlflow_run_id"] = run.info.run_id
     append_row(study_dir, row)

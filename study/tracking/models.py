@@ -1,17 +1,21 @@
 """Detectors in MLflow's model format, on the driver side.
 
-- Each trial's chosen detector, and the threshold baseline, is logged as an MLflow model at ``runs:/<id>/model``
-  (trainables.mlflow_model: pyfunc with a signature, the self-contained model.pt inside), whether the trial's
-  checkpoint is a local folder or objects on S3 (fetched with Ray's Checkpoint API).
+- Each trial's chosen detector, and the threshold baseline, is an MLflow 3 logged model ``models:/<model_id>``
+  named ``model``, an output of its run (so ``runs:/<run_id>/model`` names it too): trainables.mlflow_model's
+  pyfunc with a signature and an input example, the self-contained model.pt inside, whether the trial's
+  checkpoint is a local folder or objects on S3 (fetched with Ray's Checkpoint API). Its test metrics (and the
+  chosen val ones) are logged against the model (``model_id``), so the experiment's Models tab compares them.
 - The winner per objective (chosen on val: study.results.best_trial) is registered in the Model Registry
-  under ``mlflow.registered_model`` (default ``<study>-detector``): the first objective's winner gets the
-  alias ``champion``, and every objective's winner ``best_<metric>`` (so the first one has both).
-- ``--model`` of study.score / study.evaluate: a run id, ``runs:/ID/...`` or ``models:/NAME@ALIAS`` (or
-  ``models:/NAME/VERSION``) becomes a local model.pt.
+  under ``mlflow.registered_model`` (default ``<study>-detector``), its version's source being the logged model:
+  the first objective's winner gets the alias ``champion``, and every objective's winner ``best_<metric>``.
+- ``--model`` of study.score / study.evaluate: a run id, ``runs:/ID/...``, ``models:/<model_id>`` or
+  ``models:/NAME@ALIAS`` (or ``models:/NAME/VERSION``) becomes a local model.pt.
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
 import re
 import tempfile
 from pathlib import Path
@@ -30,16 +34,20 @@ CHAMPION = "champion"  # alias of the first objective's winner
 RUN_ID = re.compile(r"[0-9a-f]{32}")  # MLflow run ids are uuid4 hex strings
 RUNS_URI = re.compile(r"runs:/([0-9a-f]{32})(/[^\s]*)?")
 MODELS_URI = re.compile(r"models:/([^/@\s]+)(@[\w\-]+|/[0-9]+)")
+LOGGED_MODEL_URI = re.compile(r"models:/(m-[0-9a-f]{32})")  # MLflow 3 logged model ids: m-<uuid4 hex>
 MODEL_FILES = ("artifacts/model.pt", "model.pt")  # inside an MLflow model folder; a bare model.pt artifact
 
 
-def log_trial_model(client: MlflowClient, run_id: str, checkpoint_path: str | None, storage: RayStorage | None) -> None:
-    """Attach a trial's chosen detector (an MLflow model) and its figures to its run, from its final checkpoint.
+def log_trial_model(
+    client: MlflowClient, run_id: str, checkpoint_path: str | None, storage: RayStorage | None
+) -> str | None:
+    """Log a trial's chosen detector (a logged model) and its figures with its run, from its final checkpoint.
 
-    A failure is printed and tagged on the run (``model_error``), not raised: the trial's metrics stay logged.
+    Returns the model's id. A failure is printed and tagged on the run (``model_error``), not raised (None):
+    the trial's metrics are logged all the same.
     """
     if not checkpoint_path:
-        return
+        return None
     from ray.train import Checkpoint
 
     where = storage.uri(checkpoint_path) if storage is not None else checkpoint_path
@@ -48,30 +56,46 @@ def log_trial_model(client: MlflowClient, run_id: str, checkpoint_path: str | No
     try:
         with tempfile.TemporaryDirectory(prefix="study-checkpoint-") as scratch:
             folder = Path(checkpoint.to_directory(scratch))  # a copy, downloaded when the checkpoint is on S3
-            log_model_file(client, run_id, folder / "model.pt")
+            model_id = log_model_file(client, run_id, folder / "model.pt")
             if (folder / "figures").is_dir():
                 client.log_artifacts(run_id, str(folder / "figures"), "figures")
+            return model_id
     except Exception as err:  # S3, MLflow and torch errors alike: the trial is done, its metrics are logged
         message = f"detector not logged from {where}: {type(err).__name__}: {err}"
         print(f"warning: MLflow run {run_id}: {message}", flush=True)
         client.set_tag(run_id, "model_error", message[:5000])
+        return None
 
 
 def log_model_file(client: MlflowClient, run_id: str, model_pt: Path) -> str:
-    """Log ``model_pt`` as the MLflow model ``runs:/<run_id>/model``; return that URI."""
-    from trainables.mlflow_model import save_detector_model  # mlflow.pyfunc and torch: only when a model is logged
+    """Log ``model_pt`` as the logged model ``model`` of the run ``run_id`` (``models:/<model_id>``); return its id.
 
-    with tempfile.TemporaryDirectory(prefix="study-model-") as scratch:
-        folder = Path(scratch) / MODEL_PATH
-        save_detector_model(model_pt, folder)
-        client.log_artifacts(run_id, str(folder), MODEL_PATH)
-    uri = f"runs:/{run_id}/{MODEL_PATH}"
-    client.set_tag(run_id, "model_uri", uri)
-    return uri
+    mlflow.pyfunc.log_model is fluent only (the active run, the global tracking URI): both are set for the call,
+    and the run's status (ended by the fluent run) is put back, since the trial's callback ends it later.
+    """
+    import mlflow
+    from mlflow.tracking._tracking_service.utils import _use_tracking_uri  # the client's store, then the old one
+
+    from trainables.mlflow_model import log_detector_model  # mlflow.pyfunc and torch: only when a model is logged
+
+    run = client.get_run(run_id)
+    quiet = contextlib.redirect_stdout(io.StringIO())  # the fluent run's end prints its URL when on a server
+    with quiet, _use_tracking_uri(client.tracking_uri), mlflow.start_run(run_id=run_id):
+        info = log_detector_model(model_pt, MODEL_PATH, tags={"run_name": run.info.run_name or run_id})
+    client.update_run(run_id, status=run.info.status)
+    client.set_tag(run_id, "model_uri", f"models:/{info.model_id}")
+    return info.model_id
+
+
+def logged_model_id(client: MlflowClient, run_id: str) -> str | None:
+    """The id of the last logged model the run ``run_id`` output, or None (a run of an older study, or none)."""
+    outputs = client.get_run(run_id).outputs
+    found = [o.model_id for o in (outputs.model_outputs if outputs else [])]
+    return found[-1] if found else None
 
 
 def log_baseline_model(client: MlflowClient, run_id: str, family: str, cache_dir: Path, metrics: dict) -> str:
-    """Log an untrained baseline (e.g. threshold) as an MLflow model, like a trial's detector."""
+    """Log an untrained baseline (e.g. threshold) as a logged model, like a trial's detector; return its id."""
     from trainables.baseline import write_untrained_model
 
     with tempfile.TemporaryDirectory(prefix="study-baseline-") as scratch:
@@ -102,18 +126,19 @@ def register_winners(client: MlflowClient, config: StudyConfig, rows: list[dict[
         run_id = (row or {}).get("mlflow_run_id")
         if not run_id:
             continue
-        if not client.list_artifacts(run_id, MODEL_PATH):
-            print(f"warning: winner by {objective.metric} (run {run_id}) has no MLflow model; not registered")
+        model_id = logged_model_id(client, run_id)
+        if model_id is None:
+            print(f"warning: winner by {objective.metric} (run {run_id}) has no logged model; not registered")
             continue
-        version = _version_of(client, name, run_id)
+        version = _version_of(client, name, run_id, model_id)
         for alias in aliases(index, objective.metric):
             client.set_registered_model_alias(name, alias, version)
             done[alias] = version
     return done
 
 
-def _version_of(client: MlflowClient, name: str, run_id: str) -> str:
-    """The registered version of ``runs:/<run_id>/model`` under ``name``, created (with the model) if need be."""
+def _version_of(client: MlflowClient, name: str, run_id: str, model_id: str) -> str:
+    """The registered version of the logged model ``model_id`` under ``name``, created (with the model) if need be."""
     from mlflow.exceptions import MlflowException
 
     try:
@@ -122,7 +147,11 @@ def _version_of(client: MlflowClient, name: str, run_id: str) -> str:
         client.create_registered_model(name, description="Winners of the study, chosen on val")
     for version in client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'"):
         return str(version.version)
-    return str(client.create_model_version(name, f"runs:/{run_id}/{MODEL_PATH}", run_id=run_id).version)
+    from mlflow.tracking._tracking_service.utils import _use_tracking_uri
+
+    with _use_tracking_uri(client.tracking_uri):  # MLflow resolves the models:/ source in the global store
+        version = client.create_model_version(name, f"models:/{model_id}", run_id=run_id, model_id=model_id)
+    return str(version.version)
 
 
 def model_uri(model: str) -> str | None:
@@ -138,8 +167,8 @@ def model_uri(model: str) -> str | None:
             raise ModelError(f"{model}: expected runs:/<32-hex run id>/model")
         return model if match.group(2) not in (None, "/") else f"runs:/{match.group(1)}/{MODEL_PATH}"
     if model.startswith("models:/"):
-        if MODELS_URI.fullmatch(model) is None:
-            raise ModelError(f"{model}: expected models:/NAME@ALIAS or models:/NAME/VERSION")
+        if MODELS_URI.fullmatch(model) is None and LOGGED_MODEL_URI.fullmatch(model) is None:
+            raise ModelError(f"{model}: expected models:/<model_id>, models:/NAME@ALIAS or models:/NAME/VERSION")
         return model
     return None
 
@@ -149,7 +178,7 @@ def fetch_model_file(uri: str, tracking_uri: str, scratch: Path) -> Path:
     from mlflow.artifacts import download_artifacts  # slow import: only for MLflow references
 
     try:
-        where = _registered_source(uri, tracking_uri) if uri.startswith("models:/") else uri
+        where = _source(uri, tracking_uri)
         local = Path(download_artifacts(artifact_uri=where, dst_path=str(scratch), tracking_uri=tracking_uri))
     except Exception as err:  # MlflowException, OSError, HTTP errors: all mean the same to the user
         raise ModelError(f"{uri} at {tracking_uri}: cannot fetch the model ({type(err).__name__}: {err})") from err
@@ -161,15 +190,24 @@ def fetch_model_file(uri: str, tracking_uri: str, scratch: Path) -> Path:
     return found
 
 
-def _registered_source(uri: str, tracking_uri: str) -> str:
-    """Where the registered version ``models:/NAME@ALIAS`` (or ``/VERSION``) of ``tracking_uri``'s registry lives.
+def _source(uri: str, tracking_uri: str) -> str:
+    """Where the model ``uri`` names lives in ``tracking_uri``'s store: a logged model's artifacts (named by
+    ``models:/<model_id>``, by its run's ``runs:/<run_id>/model``, or by a registered version
+    ``models:/NAME@ALIAS`` / ``models:/NAME/VERSION``), or a run's artifacts (a study before logged models).
 
-    download_artifacts would look models:/ up in the default registry, not in ``tracking_uri``: ask it here.
+    download_artifacts would look these up in the default (global) store, not in ``tracking_uri``: ask it here.
     """
     from mlflow.tracking import MlflowClient
 
-    name, ref = MODELS_URI.fullmatch(uri).groups()
     client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    if (logged := LOGGED_MODEL_URI.fullmatch(uri)) is not None:
+        return client.get_logged_model(logged.group(1)).artifact_location
+    if (run := RUNS_URI.fullmatch(uri)) is not None:
+        rest = (run.group(2) or "").strip("/")
+        model_id = logged_model_id(client, run.group(1)) if rest.split("/")[0] == MODEL_PATH else None
+        inside = rest[len(MODEL_PATH) :]
+        return f"{client.get_logged_model(model_id).artifact_location}{inside}" if model_id else uri
+    name, ref = MODELS_URI.fullmatch(uri).groups()
     version = client.get_model_version_by_alias(name, ref[1:]).version if ref.startswith("@") else ref[1:]
     return client.get_model_version_download_uri(name, version)
 

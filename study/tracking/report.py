@@ -26,8 +26,9 @@ from study.results import (  # noqa: E402
     write_trials_csv,
 )
 from study.search import make_storage  # noqa: E402
+from study.tracking.names import row_run_name  # noqa: E402
 from study.tracking.pareto import fronts, write_pareto  # noqa: E402
-from study.tracking.runs import tracking_uri, trial_label  # noqa: E402
+from study.tracking.runs import tracking_uri  # noqa: E402
 from trainables.numbers import is_finite  # noqa: E402
 
 SUMMARY = "summary.md"  # the parent run's summary, also shown as the run's description
@@ -146,8 +147,9 @@ def study_summary(config: StudyConfig, rows: list[dict], uri: str) -> str:
 def _winner(row: dict, metric: str, uri: str) -> list[str]:
     run_id = row.get("mlflow_run_id") or "<run id>"
     shown = ", ".join(f"{k} {format_cell(row.get(k))}" for k in (metric, *TEST_SHOWN))
+    name = row_run_name(row)
     return [
-        f"**Winner** by `{metric}`: trial `{row['trial_id']}`, **{row_label(row)}**, MLflow run `{run_id}` ({shown}).",
+        f"**Winner** by `{metric}`: trial `{row['trial_id']}`, **{name}**, MLflow run `{run_id}` ({shown}).",
         "",
         "Score new scans with it:",
         "",
@@ -170,16 +172,10 @@ def _against_baseline(winner: dict, rows: list[dict], config: StudyConfig) -> li
     ] + ([""] if better else [])
 
 
-def row_label(row: dict) -> str:
-    """The trial's run name, rebuilt from its trials.csv row (family and `param_*` columns)."""
-    params = {k[len("param_") :]: v for k, v in row.items() if k.startswith("param_")}
-    return trial_label({"family": row.get("family"), **params})
-
-
 def _table(rows: list[dict], columns: list[str]) -> list[str]:
     """A markdown table of the rows (`name` is the trial's run name)."""
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for row in rows:
-        cells = [row_label(row) if c == "name" else format_cell(row.get(c)) for c in columns]
+        cells = [row_run_name(row) if c == "name" else format_cell(row.get(c)) for c in columns]
         lines.append("| " + " | ".join(cells) + " |")
     return lines

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import numbers
 import ssl
+import subprocess
 import urllib.error
 import urllib.request
 from dataclasses import asdict
@@ -18,20 +19,35 @@ from typing import Any
 import yaml
 from mlflow.entities import DatasetInput, Metric, Param, RunStatus, RunTag
 from mlflow.tracking import MlflowClient
-from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
+from mlflow.utils.mlflow_tags import (
+    MLFLOW_GIT_COMMIT,
+    MLFLOW_PARENT_RUN_ID,
+    MLFLOW_RUN_NAME,
+    MLFLOW_RUN_NOTE,
+    MLFLOW_SOURCE_NAME,
+)
 from ray.tune import Callback
 from ray.tune.experiment import Trial
 
 from study.config import StudyConfig
 from study.results import failure_reason
+from study.tracking.names import RUN_NAME_LIMIT, run_name, trial_number
 from trainables.metric_names import is_reported_metric
+from trainables.val_maps import IMAGE_KEY, decode_png
+from trainables.val_maps import RESULT_KEY as VAL_MAPS
 
 TRIAL_ID_TAG = "trial_id"
 # The experiment's kind for MLflow 3: model training, not GenAI traces. (MLflow 3.17's UI nevertheless picks its
 # pages by its own "GenAI | Model training" switch; README, "Reviewing a study in MLflow".)
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 EXPERIMENT_KIND = "custom_model_development"
-RUN_NAME_LIMIT = 250  # MLflow's limit on a run name
+CHOSEN_PREFIX = "chosen/"  # the chosen checkpoint's val_* in MLflow (its own chart section, not another epoch)
+SETTINGS = ("workers",)  # reported by every epoch, logged as params: settings, not measurements
+EPOCH_ONLY = ("train_seconds",)  # a final record's copy of the last epoch's value, already on its curve
+PROJECT = Path(__file__).resolve().parents[2]  # the checkout holding study/ (its git commit is tagged)
+CONFIG_TAG = "config_file"
+SOURCE_TAGS = (MLFLOW_GIT_COMMIT, MLFLOW_SOURCE_NAME, CONFIG_TAG)  # the parent's, copied to every child run
+
 PROBE_TIMEOUT_S = 5  # an MLflow server that does not answer in this time is refused before the study starts
 _UNREACHABLE_HINT = "start the server, or fix mlflow.tracking_uri (study YAML) or metadata.study.mlflow (cluster YAML)"
 
@@ -63,7 +79,8 @@ def open_parent_run(
             client.update_run(resume_run_id, status=RunStatus.to_string(RunStatus.RUNNING))
             return client, resume_run_id
         experiment_id = _experiment_id(client, config.mlflow.experiment or config.name, uri)
-        run = client.create_run(experiment_id, run_name=f"study-{config.name}", tags={"role": "study"})
+        tags = {"role": "study", **source_tags(config)}
+        run = client.create_run(experiment_id, run_name=f"study-{config.name}", tags=tags)
     except Exception as err:  # MLflow raises many types (HTTP, SQLAlchemy, MlflowException)
         raise TrackingError(f"MLflow at '{uri}' is not usable: {err}") from err
     run_id = run.info.run_id
@@ -71,6 +88,19 @@ def open_parent_run(
     client.log_text(run_id, search_space, "search_space.py")
     client.log_text(run_id, yaml.safe_dump(resolved_config(config), sort_keys=False), "config.yaml")
     return client, run_id
+
+
+def source_tags(config: StudyConfig) -> dict[str, str]:
+    """What the study ran from: the project's git commit (where it is a git checkout) and the config file."""
+    tags = {CONFIG_TAG: str(config.source), MLFLOW_SOURCE_NAME: "python -m study.run"}
+    try:
+        done = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=PROJECT, capture_output=True, text=True, timeout=10, check=True
+        )
+        tags[MLFLOW_GIT_COMMIT] = done.stdout.strip()
+    except (OSError, subprocess.SubprocessError):  # no git, or not a checkout (an installed copy): no commit tag
+        pass
+    return tags
 
 
 def check_reachable(uri: str) -> None:
@@ -129,7 +159,7 @@ def _study_params(config: StudyConfig) -> dict[str, Any]:
 
 
 def trial_label(config: dict[str, Any]) -> str:
-    """A trial in words, as its run name and progress line: the family, then its sampled settings."""
+    """A trial in full words, as its progress line and run description: the family, then its sampled settings."""
     settings = " ".join(f"{k}={_short(v)}" for k, v in sorted(config.items()) if k != "family" and v is not None)
     return f"{config.get('family', 'trial')} {settings}".strip()[:RUN_NAME_LIMIT]
 
@@ -157,10 +187,11 @@ class MlflowTrialLogger(Callback):
         self.uri = uri
         self.storage = storage  # study.cluster.storage.RayStorage the trials' checkpoints are on (None: local folders)
         self.parent_run_id = parent_run_id
-        self.final_step = epochs + 1
+        self.epochs = epochs
         self.run_ids = run_ids  # trial_id -> MLflow run id, shared with the trial recorder
         self.inputs = inputs  # the splits every trial trains and is scored on (study.tracking.datasets)
         self._client: MlflowClient | None = None
+        self._settings_logged: set[str] = set()  # trial ids whose settings (workers) are logged as params
 
     @property
     def client(self) -> MlflowClient:
@@ -169,7 +200,7 @@ class MlflowTrialLogger(Callback):
         return self._client
 
     def __getstate__(self) -> dict[str, Any]:  # Tune pickles callbacks with its experiment state
-        return {**self.__dict__, "_client": None}
+        return {**self.__dict__, "_client": None, "_settings_logged": set()}
 
     def on_trial_start(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
         run_id = self.run_ids.get(trial.trial_id) or self._existing_run(trial.trial_id)
@@ -181,9 +212,12 @@ class MlflowTrialLogger(Callback):
         tags = {MLFLOW_PARENT_RUN_ID: self.parent_run_id, TRIAL_ID_TAG: trial.trial_id, "role": "trial"}
         # family and status are tags so the runs view can group and filter by them
         family = trial.config.get("family", "")
-        tags.update({MLFLOW_RUN_NAME: trial_label(trial.config), "family": family, "status": "running"})
-        experiment_id = self.client.get_run(self.parent_run_id).info.experiment_id
-        run = self.client.create_run(experiment_id, tags=tags)
+        name = run_name(trial_number(trial), trial.config)
+        tags.update({MLFLOW_RUN_NAME: name, "family": family, "status": "running"})
+        tags[MLFLOW_RUN_NOTE] = _description(trial.trial_id, trial.config)
+        parent = self.client.get_run(self.parent_run_id)
+        tags.update({k: v for k, v in parent.data.tags.items() if k in SOURCE_TAGS})  # the commit and config file
+        run = self.client.create_run(parent.info.experiment_id, tags=tags)
         self.run_ids[trial.trial_id] = run.info.run_id
         params = [Param(k, _text(v)) for k, v in sorted(trial.config.items())]
         self.client.log_batch(run.info.run_id, params=params)
@@ -199,26 +233,42 @@ class MlflowTrialLogger(Callback):
         run_id = self.run_ids.get(trial.trial_id)
         if run_id is None:
             return
-        # Epoch metrics at step = epoch. The final record (the chosen checkpoint's val_* and its test_*) goes
-        # one step past the last epoch, so the runs table shows the chosen values and the history stays clean.
-        step = int(result.get("epoch", result.get("training_iteration", 0)))
         if result.get("final"):
-            step = self.final_step
-        timestamp = int(result.get("timestamp", 0) * 1000)
-        metrics = [
-            Metric(key, float(value), timestamp, step)
-            for key, value in result.items()
-            if is_reported_metric(key) and isinstance(value, numbers.Number) and math.isfinite(value)
-        ]
+            self._log_final(run_id, result)
+            return
+        step = int(result.get("epoch", result.get("training_iteration", 0)))  # epoch metrics at step = epoch
+        metrics = [Metric(k, v, _millis(result), step) for k, v in _numbers(result).items() if k not in SETTINGS]
+        settings = [Param(k, _text(result[k])) for k in SETTINGS if k in result]
+        if settings and trial.trial_id not in self._settings_logged:
+            self._settings_logged.add(trial.trial_id)
+            self._log_settings(run_id, settings)
         self.client.log_batch(run_id, metrics=metrics)
-        if result.get("final"):
-            self._log_checkpoint(run_id, result.get("checkpoint_path"))
+        if result.get(VAL_MAPS):  # a few val slices' anomaly maps, one image per epoch in MLflow's image grid
+            self.client.log_image(run_id, decode_png(result[VAL_MAPS]), key=IMAGE_KEY, step=step, synchronous=True)
 
-    def _log_checkpoint(self, run_id: str, path: str | None) -> None:
-        """Attach the chosen detector (an MLflow model at runs:/<id>/model) and the trial's figures to its run."""
+    def _log_settings(self, run_id: str, settings: list[Param]) -> None:
+        """Settings a trial reports (``workers``) as params, once; a resumed trial's differing value is kept out."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            self.client.log_batch(run_id, params=settings)
+        except MlflowException as err:  # params are immutable: a restarted trial with other workers keeps the first
+            print(f"warning: MLflow run {run_id}: settings not logged again: {err}", flush=True)
+
+    def _log_final(self, run_id: str, result: dict) -> None:
+        """The chosen checkpoint: its detector as a logged model, then its values logged against that model.
+
+        They are logged at the chosen epoch's step under their own keys (``chosen/val_*``, ``test_*``,
+        ``best_epoch``), so no per-epoch curve gains a step past the last epoch; trials.csv, Tune and best.json
+        keep DESIGN.md's names (val_*).
+        """
         from study.tracking.models import log_trial_model  # local or S3 checkpoint, fetched with Ray's Checkpoint API
 
-        log_trial_model(self.client, run_id, path, self.storage)
+        model_id = log_trial_model(self.client, run_id, result.get("checkpoint_path"), self.storage)
+        step = int(result.get("best_epoch") or 0)
+        values = {k: v for k, v in _numbers(result).items() if k not in SETTINGS and k not in EPOCH_ONLY}
+        metrics = [Metric(final_key(k), v, _millis(result), step, model_id=model_id) for k, v in values.items()]
+        self.client.log_batch(run_id, metrics=metrics)
 
     def on_trial_complete(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
         status = "completed" if (trial.last_result or {}).get("final") else "stopped_early"
@@ -234,6 +284,30 @@ class MlflowTrialLogger(Callback):
         tags = [RunTag("status", status)] + ([RunTag("failure_reason", reason[:5000])] if reason else [])
         self.client.log_batch(run_id, tags=tags)
         self.client.set_terminated(run_id, RunStatus.to_string(run_status))
+
+
+def _description(trial_id: str, config: dict[str, Any]) -> str:
+    """The run's description (its page's first text): the trial id and every setting."""
+    settings = "\n".join(f"- `{k}` = `{_text(v)}`" for k, v in sorted(config.items()))
+    return f"Trial `{trial_id}` ({trial_label(config)}).\n\nSettings:\n\n{settings}\n"
+
+
+def final_key(key: str) -> str:
+    """The MLflow key of a final record's value: the chosen checkpoint's val_* under ``chosen/``, others as named."""
+    return f"{CHOSEN_PREFIX}{key}" if key.startswith("val_") else key
+
+
+def _numbers(result: dict) -> dict[str, float]:
+    """The finite numbers of a Tune result that the study logs as metrics."""
+    return {
+        key: float(value)
+        for key, value in result.items()
+        if is_reported_metric(key) and isinstance(value, numbers.Number) and math.isfinite(value)
+    }
+
+
+def _millis(result: dict) -> int:
+    return int(result.get("timestamp", 0) * 1000)
 
 
 def _text(value: Any) -> str:

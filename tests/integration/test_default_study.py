@@ -9,6 +9,7 @@ over the default suite's per-change budget; CI runs it with `python -m pytest -m
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -56,7 +57,7 @@ def test_default_study_runs_every_family_with_two_objectives(default_small) -> N
     assert baseline["test_pixel_auroc_bright"] > 0.9 > 0.3 > baseline["test_pixel_auroc_dark"]
     pareto = read_trials_csv(outcome.study_dir / "pareto.csv")
     assert {r["front"] for r in pareto} >= {"overall"}
-    assert (outcome.study_dir / "pareto.png").is_file()
+    assert (outcome.study_dir / "pareto.png").is_file() and (outcome.study_dir / "pareto.html").is_file()
 
 
 def test_per_appearance_metrics_reach_mlflow(default_small) -> None:
@@ -68,5 +69,36 @@ def test_per_appearance_metrics_reach_mlflow(default_small) -> None:
     assert len(children) == config.num_samples + 1  # + the threshold row
     for child in children:
         for name in APPEARANCES:
-            wanted = {f"test_pixel_auroc_{name}", f"test_pixel_auprc_{name}", f"val_pixel_auroc_{name}"}
+            wanted = {f"test_pixel_auroc_{name}", f"test_pixel_auprc_{name}", f"chosen/val_pixel_auroc_{name}"}
             assert wanted <= set(child.data.metrics), (child.data.tags.get("role"), name)
+
+
+# README's "Reviewing a study in MLflow" filters, and the runs each must find (from trials.csv)
+README_FILTERS = {
+    "tags.family = 'caae' and tags.status = 'completed'": lambda r: (r["family"], r["status"]) == ("caae", "completed"),
+    "tags.role = 'trial' and metrics.best_epoch < 6": lambda r: r["status"] != "baseline" and r["best_epoch"] < 6,
+    "tags.role = 'baseline'": lambda r: r["status"] == "baseline",
+}
+
+
+def test_readme_walkthrough_matches_the_default_study(default_small) -> None:
+    """Every filter README's walkthrough gives finds, in this study's store, the runs it says; the chart keys it
+    names exist on every run, and the parent's artifacts hold the Pareto pictures it names."""
+    config, outcome = default_small
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    section = readme[readme.index("## Reviewing a study in MLflow") : readme.index("## Using the winning detector")]
+    assert re.findall(r"^   - `(tags\.[^`]+)`", section, re.MULTILINE) == list(README_FILTERS)
+    assert all(f"`{family}`" in section for family in config.families)
+    assert all(f"`{metric}`" in section for metric in config.objective_names)
+    client = MlflowClient(config.mlflow.tracking_uri)
+    parent = client.get_run(outcome.parent_run_id)
+    rows = read_trials_csv(outcome.study_dir / "trials.csv")
+    for text, wanted in README_FILTERS.items():
+        query = f"tags.mlflow.parentRunId = '{parent.info.run_id}' and {text}"
+        found = {run.info.run_id for run in client.search_runs([parent.info.experiment_id], query)}
+        assert found and found == {r["mlflow_run_id"] for r in rows if wanted(r)}, text
+    for row in rows:  # the scatter's axes
+        run = client.get_run(row["mlflow_run_id"])
+        assert {f"chosen/{metric}" for metric in config.objective_names} <= set(run.data.metrics)
+    artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert {"pareto.png", "pareto.html", "pareto.csv", "trials.csv", "best.json"} <= artifacts

@@ -12,6 +12,7 @@ import shutil
 import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from urllib.parse import urlparse
 
 import nibabel as nib
 import numpy as np
@@ -197,8 +198,10 @@ def test_mlflow_run_id(trained: Path, planted: Planted, tmp_path: Path, capsys: 
     assert unknown in capsys.readouterr().err
 
 
-def test_mlflow_model_references(trained: Path, planted: Planted, data: Data, tmp_path: Path) -> None:
-    """A trial's detector logged as an MLflow model, registered as the champion, scored by each reference."""
+def test_mlflow_model_references(
+    trained: Path, planted: Planted, data: Data, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    """A trial's detector as an MLflow 3 logged model, registered as the champion, scored by each reference."""
     import mlflow.pyfunc
     from mlflow.tracking import MlflowClient
 
@@ -210,8 +213,13 @@ def test_mlflow_model_references(trained: Path, planted: Planted, data: Data, tm
     client = MlflowClient(tracking_uri=uri)
     experiment = client.create_experiment("score", artifact_location=(tmp_path / "artifacts").as_uri())
     run_ids = [client.create_run(experiment).info.run_id for _ in range(2)]
-    for run_id in run_ids:
-        assert log_model_file(client, run_id, trained / "model.pt") == f"runs:/{run_id}/model"
+    model_ids = [log_model_file(client, run_id, trained / "model.pt") for run_id in run_ids]
+    for run_id, model_id in zip(run_ids, model_ids, strict=True):
+        logged = client.get_logged_model(model_id)  # an output of its run, with its signature
+        assert logged.source_run_id == run_id and logged.name == "model" and logged.status == "READY"
+        assert client.get_run(run_id).info.status == "RUNNING"  # the trial's callback ends the run, not the model
+        mlmodel = mlflow.models.Model.load(str(Path(urlparse(logged.artifact_location).path) / "MLmodel"))
+        assert mlmodel.model_id == model_id and mlmodel.signature is not None and mlmodel.saved_input_example_info
     config = StudyConfig(name="score", objectives=[Objective("val_pixel_auroc"), Objective("val_slice_auroc")])
     rows = [
         {"status": "completed", "val_pixel_auroc": 0.9, "val_slice_auroc": 0.6, "mlflow_run_id": run_ids[0]},
@@ -220,13 +228,20 @@ def test_mlflow_model_references(trained: Path, planted: Planted, data: Data, tm
     registered = register_winners(client, config, rows)
     assert registered == {"champion": "1", "best_val_pixel_auroc": "1", "best_val_slice_auroc": "2"}
     assert register_winners(client, config, rows) == registered  # a resumed study adds no version
-    assert client.get_model_version_by_alias("score-detector", "champion").run_id == run_ids[0]
+    champion = client.get_model_version_by_alias("score-detector", "champion")
+    assert champion.run_id == run_ids[0] and champion.source == f"models:/{model_ids[0]}"  # the logged model
 
     reference = _score(trained, planted.scan, tmp_path / "ref.nii.gz")[1]
-    for model in (run_ids[0], f"runs:/{run_ids[0]}/model", "models:/score-detector@champion"):
+    references = (run_ids[0], f"runs:/{run_ids[0]}/model", f"models:/{model_ids[0]}", "models:/score-detector@champion")
+    for model in references:
         code, out = _score(model, planted.scan, tmp_path / "map.nii.gz", "--tracking-uri", uri)
         assert code == 0, model
         np.testing.assert_array_equal(out.get_fdata(), reference.get_fdata())
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)  # MLflow's convention where --tracking-uri is not given
+    capsys.readouterr()
+    code, out = _score("models:/score-detector@champion", planted.scan, tmp_path / "env.nii.gz")
+    assert code == 0 and f"MLflow store {uri} (MLFLOW_TRACKING_URI)" in capsys.readouterr().err
+    np.testing.assert_array_equal(out.get_fdata(), reference.get_fdata())
     argv = ["--model", "models:/score-detector@champion", "--tracking-uri", uri, "--data", str(planted.folder)]
     assert evaluate_cli.main([*argv, "--out", str(tmp_path / "eval"), "--device", "cpu"]) == 0
     assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["model"] == "models:/score-detector@champion"

@@ -10,6 +10,7 @@ import math
 import re
 from collections.abc import Callable
 from pathlib import Path
+from urllib.parse import urlparse
 
 import pytest
 import torch
@@ -17,6 +18,7 @@ from mlflow.tracking import MlflowClient
 
 from study.config import load_config
 from study.data import prepare_data
+from study.results import read_trials_csv
 from trainables.checkpoint import load_model
 from trainables.data.dataset import SliceDataset
 
@@ -71,7 +73,7 @@ def test_two_ddp_workers_each_train_their_share(smoke) -> None:
     client = MlflowClient(config.mlflow.tracking_uri)
     for row in [r for r in outcome.rows if r["status"] != "baseline"]:
         run = client.get_run(row["mlflow_run_id"])
-        assert run.data.metrics["workers"] == 2
+        assert run.data.params["workers"] == "2" and "workers" not in run.data.metrics  # a setting, not a metric
         per_worker_batch = int(row["param_batch_size"]) // 2
         # DistributedSampler gives each worker floor(N/2) slices; each drops its last partial batch.
         expected = 2 * (train_size // 2 // per_worker_batch) * per_worker_batch
@@ -94,22 +96,51 @@ def test_mlflow_has_parent_and_child_runs_with_epoch_metrics(smoke) -> None:
         assert child.data.tags["status"] == "completed"
         assert {"lr", "kl_weight", "latent_dim", "batch_size"} <= set(child.data.params)
         history = {m.step: m.value for m in client.get_metric_history(child.info.run_id, "val_pixel_auroc")}
-        final_step = config.training.epochs + 1  # the chosen checkpoint's record, after the epochs
-        assert sorted(history) == list(range(1, final_step + 1))
+        assert sorted(history) == list(range(1, config.training.epochs + 1))  # real epochs only
         assert all(0.0 <= v <= 1.0 for v in history.values())
         best_epoch = int(child.data.metrics["best_epoch"])
-        assert history[final_step] == history[best_epoch] == max(history[e] for e in range(1, final_step))
+        # the chosen checkpoint's val_* under its own key, at the step of the epoch it came from
+        (chosen,) = client.get_metric_history(child.info.run_id, "chosen/val_pixel_auroc")
+        assert chosen.step == best_epoch and chosen.value == history[best_epoch] == max(history.values())
         assert 0.0 <= child.data.metrics["test_pixel_auroc"] <= 1.0
         # test_* is scored once, after the epochs, with the checkpoint chosen on val
-        assert [m.step for m in client.get_metric_history(child.info.run_id, "test_pixel_auroc")] == [final_step]
+        assert [m.step for m in client.get_metric_history(child.info.run_id, "test_pixel_auroc")] == [best_epoch]
+        for key in child.data.metrics:  # system/* are MLflow's 5 s samples, stepped by sample, not by epoch
+            steps = [m.step for m in client.get_metric_history(child.info.run_id, key)]
+            assert key.startswith("system/") or max(steps) <= config.training.epochs, (key, steps)
+        # a few fixed val slices' anomaly maps per epoch, for MLflow's image grid (mlflow.log_image key and step)
+        images = [a.path for a in client.list_artifacts(child.info.run_id, "images") if a.path.endswith(".png")]
+        steps = sorted(int(re.search(r"val_anomaly_maps\+step\+(\d+)\+", path)[1]) for path in images)
+        assert steps == list(range(1, config.training.epochs + 1)), images
         figures = {a.path for a in client.list_artifacts(child.info.run_id, "figures")}
         assert {"figures/test_roc.png", "figures/test_examples.png", "figures/test_histograms.png"} <= figures
         assert math.isfinite(child.data.metrics["train_loss"])
     artifacts = {a.path for a in client.list_artifacts(outcome.parent_run_id)}
     assert {"trials.csv", "best.json", "config.yaml", "search_space.py", "pareto.csv", "best_so_far.png"} <= artifacts
     assert "optuna_history_val_pixel_auroc.png" in artifacts
-    model_artifacts = {a.path for a in client.list_artifacts(children[0].info.run_id, "model")}
-    assert {"model/MLmodel", "model/artifacts"} <= model_artifacts  # an MLflow model, model.pt inside
+
+
+def test_every_run_has_one_logged_model_and_the_registry_points_at_it(smoke) -> None:
+    """MLflow 3 logged models: one per completed trial and for the baseline, with a signature and the test metrics
+    logged against it (the Models tab compares them); the registered winner's source is its logged model."""
+    from mlflow.models import Model
+
+    config, outcome = smoke
+    client = MlflowClient(config.mlflow.tracking_uri)
+    experiment_id = client.get_run(outcome.parent_run_id).info.experiment_id
+    for row in outcome.rows:  # every completed trial, and the threshold baseline
+        (logged,) = client.search_logged_models([experiment_id], f"source_run_id = '{row['mlflow_run_id']}'")
+        assert logged.model_id.startswith("m-") and logged.name == "model" and logged.status == "READY"
+        assert client.get_run(row["mlflow_run_id"]).data.tags["model_uri"] == f"models:/{logged.model_id}"
+        mlmodel = Model.load(str(Path(urlparse(logged.artifact_location).path) / "MLmodel"))
+        assert mlmodel.model_id == logged.model_id and mlmodel.signature is not None
+        on_model = {m.key: m.value for m in logged.metrics}
+        assert on_model["test_pixel_auroc"] == float(row["test_pixel_auroc"])
+        assert on_model["chosen/val_pixel_auroc"] == float(row["val_pixel_auroc"])
+    winner = json.loads((outcome.study_dir / "best.json").read_text())["val_pixel_auroc"]["overall"]
+    (logged,) = client.search_logged_models([experiment_id], f"source_run_id = '{winner['mlflow_run_id']}'")
+    champion = client.get_model_version_by_alias(f"{config.name}-detector", "champion")
+    assert champion.source == f"models:/{logged.model_id}" and champion.run_id == winner["mlflow_run_id"]
 
 
 def test_checkpoint_is_a_usable_detector(smoke) -> None:
@@ -133,7 +164,7 @@ def test_mlflow_shows_a_training_experiment_with_data_and_a_summary(smoke, tmp_p
     assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"  # the UI opens on the runs
     cache_dir, _ = prepare_data(config)
     query = f"tags.mlflow.parentRunId = '{outcome.parent_run_id}'"
-    digests = set()
+    digests, names, numbers = set(), set(), set()
     for run in client.search_runs([experiment.experiment_id], query):
         inputs = {t.value: i.dataset for i in run.inputs.dataset_inputs for t in i.tags}
         trained = run.data.tags["role"] == "trial"
@@ -143,11 +174,26 @@ def test_mlflow_shows_a_training_experiment_with_data_and_a_summary(smoke, tmp_p
             assert dataset.name == f"synthetic-h8-l4-s0:{split}" and len(dataset.digest) == 12
             assert json.loads(dataset.profile)["slice_cache"] == cache_dir.name
             digests.add((context, dataset.digest))
-        if trained:  # the run's name says what the trial is; family and status are tags to group and filter by
+        assert re.fullmatch(r"[0-9a-f]{40}", run.data.tags["mlflow.source.git.commit"])  # the project's commit
+        assert run.data.tags["config_file"] == str(config.source)
+        if trained:  # the run's short name tells trials apart; every setting is in its params and description
             params = run.data.params
-            assert run.info.run_name.startswith(f"vae batch_size={params['batch_size']} kl_weight=")
+            shown = re.fullmatch(r"(\d\d) vae β=(\S+) lr=(\S+)", run.info.run_name)
+            assert shown, run.info.run_name  # values rounded to 3 digits
+            assert float(shown[2]) == pytest.approx(float(params["kl_weight"]), rel=0.01, abs=0.005)
+            assert float(shown[3]) == pytest.approx(float(params["lr"]), rel=0.01)
+            numbers.add(int(shown[1]))
+            note = run.data.tags["mlflow.note.content"]
+            assert all(f"`{key}` = `{value}`" in note for key, value in params.items() if key != "workers")
             assert run.data.tags["family"] == "vae" and run.data.tags["status"] == "completed"
+            names.add(run.info.run_name)
     assert len(digests) == 3  # one digest per split, the same on every run
+    assert len(names) == config.num_samples  # no two trials share a name
+    assert numbers == set(range(1, config.num_samples + 1))  # numbered in the order Tune made them
+    names_csv = {r["mlflow_run_id"]: r["run_name"] for r in read_trials_csv(outcome.study_dir / "trials.csv")}
+    trial_runs = client.search_runs([experiment.experiment_id], f"{query} and tags.role = 'trial'")
+    named = {run_id: name for run_id, name in names_csv.items() if name}  # the baseline's row has none
+    assert named == {r.info.run_id: r.info.run_name for r in trial_runs}
     best = json.loads((outcome.study_dir / "best.json").read_text())
     for metric, entry in best.items():
         assert parent.data.metrics[f"best/{metric}"] == entry["overall"][metric]
@@ -157,9 +203,10 @@ def test_mlflow_shows_a_training_experiment_with_data_and_a_summary(smoke, tmp_p
     assert parent.data.tags["mlflow.note.content"] == summary  # shown as the run's description
     winner = best["val_pixel_auroc"]["overall"]
     assert parent.data.tags["winner_run_id"] == winner["mlflow_run_id"]
-    assert f"**Winner** by `val_pixel_auroc`: trial `{winner['trial_id']}`" in summary
+    winner_name = client.get_run(winner["mlflow_run_id"]).info.run_name
+    assert f"**Winner** by `val_pixel_auroc`: trial `{winner['trial_id']}`, **{winner_name}**" in summary
     assert f"python -m study.score --model {winner['mlflow_run_id']} --tracking-uri" in summary
-    assert f"| baseline | {baseline['trial_id']} | threshold |" in summary
+    assert f"| baseline | {baseline['trial_id']} | baseline-threshold |" in summary  # named as its run
 
 
 def test_console_is_quiet(smoke) -> None:
