@@ -139,7 +139,8 @@ def test_mlflow_ui_is_reached_the_way_the_study_says() -> None:
 
 
 def test_iam_as_ray_documents_it() -> None:
-    """The head may pass exactly the workers' role; the workers read the data and write Ray's storage only."""
+    """The head may pass exactly the workers' role; the workers read the data and the shared slice cache, and write
+    Ray's storage only."""
     iam = ROOT / "cluster" / "iam"
     head = json.loads((iam / "head-policy.json").read_text())["Statement"]
     worker = json.loads((iam / "worker-policy.json").read_text())["Statement"]
@@ -149,6 +150,7 @@ def test_iam_as_ray_documents_it() -> None:
     bucket = study.healthy_uri.split("/")[2]
     data = [f"arn:aws:s3:::{bucket}/{uri.split('/', 3)[3]}*" for uri in (study.healthy_uri, study.lesion_uri)]
     storage = f"arn:aws:s3:::{bucket}/{study.ray_storage.split('/', 3)[3]}*"
+    shared_cache = f"arn:aws:s3:::{bucket}/{study.shared_cache_uri.split('/', 3)[3]}*"  # read by every node
 
     def allowed(statements: list[dict], action: str) -> set[str]:
         found = set()
@@ -158,7 +160,7 @@ def test_iam_as_ray_documents_it() -> None:
                 found |= {s["Resource"]} if isinstance(s["Resource"], str) else set(s["Resource"])
         return found
 
-    assert allowed(worker, "s3:GetObject") == {*data, storage}
+    assert allowed(worker, "s3:GetObject") == {*data, storage, shared_cache}
     assert allowed(worker, "s3:PutObject") == allowed(worker, "s3:DeleteObject") == {storage}
     actions = {a for s in worker for a in ([s["Action"]] if isinstance(s["Action"], str) else s["Action"])}
     assert all(a.startswith("s3:") and "*" not in a for a in actions)
