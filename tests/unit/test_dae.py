@@ -119,6 +119,8 @@ def test_denoiser_beats_the_identity_after_short_training():
         denoised = nets["unet"](noisy)
     identity = (noisy - clean)[brain].square().mean().item()
     learned = (denoised - clean)[brain].square().mean().item()
+    # learned / identity for seeds 0-4 (weights, training and held-out slices all from the seed), with 1 and with 2
+    # threads alike: 0.112 0.109 0.099 0.116 0.073; the bound keeps 2.6x the worst
     assert learned < 0.3 * identity, (learned, identity)
 
 
