@@ -107,11 +107,8 @@ def main(argv: list[str] | None = None) -> int:
         config = load_config(args.config)
         cluster = None
         if cluster_yaml is not None:
-            from study.tracking.runs import check_reachable, tracking_uri
-
             cluster = read_study_block(cluster_yaml)
             config = cluster_settings(config, cluster)  # MLflow, Ray and Optuna storage from the YAML
-            check_reachable(tracking_uri(config))  # seconds, before minutes of preprocessing
         outcome = run_study(config, resume=args.resume, verbose=args.verbose, cluster=cluster)
     except (ConfigError, TrackingError, DataError, StageError) as err:
         print(f"error: {err}", file=sys.stderr)

@@ -10,11 +10,9 @@ from torch.utils.data import DataLoader
 
 from trainables.checkpoint import BestRecord, model_record
 from trainables.data.cache import read_meta
-from trainables.data.dataset import SliceDataset
+from trainables.data.dataset import EVAL_BATCH, SliceDataset
 from trainables.families import create_family
 from trainables.metrics import evaluate
-
-EVAL_BATCH = 256
 
 
 def evaluate_untrained(family_name: str, cache_dir: Path, params: dict[str, Any] | None = None) -> dict[str, float]:

@@ -44,11 +44,6 @@ OBJECTIVE_METRICS = VAL_METRICS + COST_METRICS  # model choice never sees test d
 EPOCH_METRICS = ("epoch", "best_epoch", "train_loss", "train_slices", "workers", "time_train_s", "time_eval_s")
 
 
-def appearance_metric(split: str, metric: str, appearance: str) -> str:
-    """The name of ``metric`` on ``split`` restricted to one lesion appearance, e.g. test_pixel_auroc_dark."""
-    return f"{split}_{metric}_{appearance}"
-
-
 def is_appearance_metric(key: str) -> bool:
     """True for ``val_``/``test_`` + a pixel metric + ``_`` + an appearance name."""
     for split in ("val_", "test_"):

@@ -38,7 +38,7 @@ from trainables.checkpoint import (
     save_checkpoint,
     state_dicts,
 )
-from trainables.data.dataset import TRAIN_FIELDS, ShardBatches, SliceDataset, slice_loader
+from trainables.data.dataset import EVAL_BATCH, TRAIN_FIELDS, ShardBatches, SliceDataset, slice_loader
 from trainables.epoch import EpochLosses, train_epoch, world_size
 from trainables.families import Family, create_family
 from trainables.families.base import unwrap
@@ -46,7 +46,6 @@ from trainables.objective import Objective
 from trainables.system_metrics import NodeSampler
 from trainables.val_maps import RESULT_KEY, fixed_val_slices, val_maps_png
 
-EVAL_BATCH = 256
 GPU_LOADER_WORKERS = 2  # read-ahead processes per Train worker on CUDA (the CPU path reads in-process)
 
 

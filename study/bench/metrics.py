@@ -16,10 +16,10 @@ from collections.abc import Iterator
 from typing import Any
 
 from study.bench.common import BenchPlan, say
+from trainables.data.dataset import EVAL_BATCH
 
 SIDE = 64
 APPEARANCES = ("bright", "dark", "ring", "spots")
-BATCH = 256  # trainables.train_loop.EVAL_BATCH
 THRESHOLD = 0.3  # a Dice threshold as val would choose on these maps (their best is near it)
 
 
@@ -33,8 +33,8 @@ def synthetic_maps(n_slices: int, seed: int = 0) -> Iterator[tuple]:
 
     g = torch.Generator().manual_seed(seed)
     yy, xx = torch.meshgrid(torch.arange(SIDE), torch.arange(SIDE), indexing="ij")
-    for start in range(0, n_slices, BATCH):
-        n = min(BATCH, n_slices - start)
+    for start in range(0, n_slices, EVAL_BATCH):
+        n = min(EVAL_BATCH, n_slices - start)
         brain = ((yy - SIDE / 2) ** 2 + (xx - SIDE / 2) ** 2 < (0.4 * SIDE) ** 2).expand(n, 1, SIDE, SIDE)
         codes = torch.randint(-1, len(APPEARANCES) + 1, (n,), generator=g)
         centre = torch.randint(SIDE // 3, 2 * SIDE // 3, (n, 2), generator=g)

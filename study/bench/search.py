@@ -28,7 +28,6 @@ from study.bench.report import budget_share, median, median_share
 
 OBJECTIVE = "pixel_auroc"
 REDUCTION_FACTOR = 4  # Ray's ASHAScheduler default, which study.search.make_scheduler keeps
-EVAL_BATCH = 256
 
 
 @dataclass
@@ -51,7 +50,7 @@ class Training:
         import torch
         from torch.utils.data import DataLoader, Subset
 
-        from trainables.data.dataset import SliceDataset
+        from trainables.data.dataset import EVAL_BATCH, SliceDataset
 
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         train = SliceDataset(cache, "train")

@@ -18,6 +18,7 @@ TRAIN_FIELDS = ("image",)  # all the training step reads: the masks are only nee
 _SOURCE = {"image": ("images", np.float32), "brain": ("brain", np.float32), "lesion": ("lesion", np.float32),
            "subject": ("subject", np.int64), "slice_index": ("slice_index", np.int64)}  # fmt: skip
 _DTYPE = {**{key: dtype for key, (_, dtype) in _SOURCE.items()}, "appearance": np.int64}  # as delivered
+EVAL_BATCH = 256  # slices per scoring batch (val, test, the baseline): no gradients, so larger than training's
 RAM_BUDGET = 64 << 20  # bytes per dataset and process for fields converted once and kept in RAM (see SliceDataset)
 
 
