@@ -108,6 +108,11 @@ class StudyConfig:
     def objective_names(self) -> list[str]:
         return [o.metric for o in self.objectives]
 
+    @property
+    def primary_objective(self) -> Objective:
+        """The first objective: what ASHA stops on, each trial's checkpoint is chosen by, and names the winner."""
+        return self.objectives[0]
+
 
 def load_config(path: str | Path | None = None) -> StudyConfig:
     """Read and validate a study YAML; raise ConfigError naming the file and key on any problem."""

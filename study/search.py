@@ -173,7 +173,7 @@ def make_scheduler(config: StudyConfig) -> TrialScheduler | None:
     """ASHA on the single objective (stops weak trials after their first epochs), or None for FIFO."""
     if config.scheduler != "asha":
         return None
-    objective = config.objectives[0]
+    objective = config.primary_objective
     return ASHAScheduler(
         metric=objective.metric,
         mode=objective.mode,

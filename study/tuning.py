@@ -40,7 +40,7 @@ def trial_setup(
     storage: RayStorage | None = None,
 ) -> TrialSetup:
     """What every trial of the study shares."""
-    objective = config.objectives[0]
+    objective = config.primary_objective
     training = config.training
     node_data = NodeData(
         cache_dir=str(cache_dir),

@@ -29,11 +29,11 @@ def best_of_study(config: Any, names: list[str]) -> dict[str, Any]:
     path = REPO / config.results_dir / config.name / TRIALS_CSV
     if not path.is_file():
         return {"detection_note": NOTE}
-    best = best_trial(read_trials_csv(path), config.objectives[0])
+    best = best_trial(read_trials_csv(path), config.primary_objective)
     if best is None:
         return {"detection_note": f"{path}: no completed trial"}
     figures = {"best_trial_id": str(best["trial_id"]), "best_family": best["family"]}
-    figures["detection_chosen_by"] = config.objectives[0].metric
+    figures["detection_chosen_by"] = config.primary_objective.metric
     figures.update({f"best_test_{name}": best.get(f"test_{name}") for name in names})
     return figures
 

@@ -86,10 +86,10 @@ def log_study_report(
     summary = study_summary(config, rows, tracking_uri(config))
     client.log_text(run_id, summary, SUMMARY)
     tags = [RunTag(MLFLOW_RUN_NOTE, summary)]
-    winner = best_trial(rows, config.objectives[0])
+    winner = best_trial(rows, config.primary_objective)
     if winner is not None:
         tags += [RunTag("winner", winner["trial_id"]), RunTag("winner_run_id", winner.get("mlflow_run_id") or "")]
-    first = config.objectives[0]
+    first = config.primary_objective
     for family, row in best_by_family(rows, first).items():
         tags.append(RunTag(f"best_trial.{family}", row["trial_id"]))
     client.log_batch(run_id, metrics=summary_metrics(config, rows), tags=tags)
@@ -107,7 +107,7 @@ def summary_metrics(config: StudyConfig, rows: list[dict]) -> list[Metric]:
         row = best_trial(rows, objective)
         if row is not None:
             values[f"best/{objective.metric}"] = row[objective.metric]
-    first = config.objectives[0]
+    first = config.primary_objective
     for family, row in best_by_family(rows, first).items():
         values.update({f"best_{family}/{k}": row[k] for k in (first.metric, *TEST_SHOWN) if is_finite(row.get(k))})
     for row in (r for r in rows if r["status"] == "baseline"):
@@ -128,11 +128,11 @@ def study_summary(config: StudyConfig, rows: list[dict], uri: str) -> str:
         f" Objectives: {objectives}; trials are chosen on val metrics (and costs), never on test data.",
         "",
     ]
-    winner = best_trial(rows, config.objectives[0])
+    winner = best_trial(rows, config.primary_objective)
     if winner is None:
         lines += ["No trial completed, so there is no winner.", ""]
     else:
-        lines += _winner(winner, config.objectives[0].metric, uri) + _against_baseline(winner, rows, config)
+        lines += _winner(winner, config.primary_objective.metric, uri) + _against_baseline(winner, rows, config)
     columns = ["trial_id", "name", *config.objective_names, *TEST_SHOWN]
     best = [{"objective": o.metric, **r} for o in config.objectives if (r := best_trial(rows, o)) is not None]
     lines += ["## Best per objective (chosen on val)", "", *_table(best, ["objective", *columns]), ""]
@@ -162,7 +162,7 @@ def _winner(row: dict, metric: str, uri: str) -> list[str]:
 
 def _against_baseline(winner: dict, rows: list[dict], config: StudyConfig) -> list[str]:
     """A warning line where the untrained baseline beats the winner on the first objective (learning bought nothing)."""
-    objective = config.objectives[0]
+    objective = config.primary_objective
     baselines = [r for r in rows if r["status"] == "baseline" and is_finite(r.get(objective.metric))]
     better = [r for r in baselines if objective.better(r[objective.metric], winner[objective.metric])]
     return [
