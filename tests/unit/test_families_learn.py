@@ -38,15 +38,16 @@ from trainables.metrics import evaluate
 
 HEALTHY, LESION = 8, 8  # 6 healthy train subjects (342 slices), val: 1 healthy + 1 lesion case per appearance
 BATCH = 64  # both papers' batch: 5 steps an epoch here
-SEED = 0  # the suite trains one seed; the margins below come from seeds 0, 1 and 2
+SEED = 0  # the suite trains one seed (caae three); the margins below come from seeds 0-4
 CPU = torch.device("cpu")
 
 
 @dataclass(frozen=True)
 class Budget:
     epochs: int
-    margin: float  # required val pixel AUROC gain over the same family untrained
+    margin: float  # required val pixel AUROC gain over the same family untrained (mean over ``seeds``)
     params: dict[str, Any] = field(default_factory=dict)  # departures from the paper defaults the budget forces
+    seeds: tuple[int, ...] = (SEED,)  # several where one seed's gain is too noisy to assert on
 
 
 # What the CPU budget forces, per family (everything else is the paper default): the learning rate, raised
@@ -54,32 +55,32 @@ class Budget:
 # per auto-encoder step cut to WGAN-GP's own 5, and their critic warm-up (200 critic steps per batch for 20/300
 # of the run, at least one epoch: here one epoch of 12, about 10 s) left out; the DAE's U-Net at 32 channels
 # instead of 64 (about 4x cheaper).
-# Measured with ``train_and_score``'s loop on this project's 2-core machine (one torch thread, under the shared CPU
-# lock, other jobs running beside it at times, so seconds are rough): val pixel AUROC untrained -> trained
-# (gain) for seeds 0 / 1 / 2, and seconds per seed (untrained and trained scoring included). The whole file:
-# 176 s (cohort and cache 12 s, aae 38, caae 41, ae 22, vae 20, lran 20, dae 19).
-# Each margin keeps about half of the smallest gain over the three seeds, rounded down: the suite runs seed 0
-# (deterministic here), and the margin leaves room for another torch or platform to behave like another seed.
+# Measured with ``train_and_score``'s loop (issue 24), seeds 0-4, one torch thread, on the 2-core machine with other
+# work beside it: the gain in val pixel AUROC (trained - untrained) per seed. Each margin keeps about half of
+# the smallest gain, rounded down: the suite runs seed 0, and another CPU or thread count behaves like another seed.
+# (Two threads were not measured for this file: the run was cut for time. test_ddp_equivalence and test_dae
+# measured both and saw no change beyond float rounding.)
 BUDGETS: dict[str, Budget] = {
-    # 0.482->0.602 (0.120) / 0.519->0.728 (0.209) / 0.510->0.620 (0.109); 19-23 s. At lr 2e-4: gain 0.059 (seed 0)
-    "vae": Budget(epochs=10, margin=0.05, params={"lr": 1e-3}),
-    # 0.462->0.608 (0.146) / 0.453->0.710 (0.257) / 0.509->0.676 (0.167); 20-27 s
-    "ae": Budget(epochs=10, margin=0.07, params={"lr": 1e-3}),
-    # 0.462->0.647 (0.185) / 0.453->0.722 (0.269) / 0.509->0.661 (0.152); 34-45 s. At lr 1e-3 (8 epochs) the
-    # adversarial families swung from seed to seed: aae gains 0.193 / 0.118 / 0.091, caae 0.098 / 0.018 / 0.119,
-    # caae at 12 epochs 0.157 / 0.153 / -0.051; at lr 2e-4 and 8 epochs aae 0.198 / 0.110 / 0.011
-    "aae": Budget(epochs=12, margin=0.07, params={"lr": 2e-4, "critic_steps": 5, "warmup_share": 0.0}),
-    # 0.462->0.616 (0.154) / 0.453->0.699 (0.246) / 0.509->0.612 (0.103); 41-46 s
-    "caae": Budget(epochs=12, margin=0.05, params={"lr": 2e-4, "critic_steps": 5, "warmup_share": 0.0}),
-    # the paper's settings: 0.504->0.581 (0.077) / 0.504->0.582 (0.078) / 0.504->0.638 (0.134); 20-64 s (64: under
-    # load). At 3 epochs: gains 0.166 / 0.032 / 0.096
-    "lran": Budget(epochs=6, margin=0.035),
-    # 0.474->0.766 (0.292) / 0.437->0.678 (0.242) / 0.536->0.674 (0.139); 16-41 s (41: under load). At the
-    # authors' lr 1e-4 (3 epochs, seed 0): gain 0.048 at 32 channels, 0.010 at 16
-    "dae": Budget(epochs=3, margin=0.07, params={"lr": 1e-3, "channels": 32}),
+    # 0.134 0.185 0.143 0.217 0.189 (untrained 0.482-0.528). At lr 2e-4: gain 0.059 (seed 0, earlier)
+    "vae": Budget(epochs=10, margin=0.065, params={"lr": 1e-3}),
+    # 0.189 0.257 0.116 0.230 0.201
+    "ae": Budget(epochs=10, margin=0.055, params={"lr": 1e-3}),
+    # 0.214 0.276 0.129 0.172 0.176. Earlier, at lr 1e-3 (8 epochs) the adversarial families swung from seed to
+    # seed: aae gains 0.193 / 0.118 / 0.091, caae 0.098 / 0.018 / 0.119; at lr 2e-4 and 8 epochs aae 0.198 / 0.110 /
+    # 0.011
+    "aae": Budget(epochs=12, margin=0.06, params={"lr": 2e-4, "critic_steps": 5, "warmup_share": 0.0}),
+    # 0.190 0.187 0.114 -0.028 0.080: seed 3 does not learn in this budget, so no one seed can be asserted on.
+    # The mean over seeds 0-2 (0.164) is asserted; the worst mean of any three of the five seeds is 0.055.
+    "caae": Budget(
+        epochs=12, margin=0.025, params={"lr": 2e-4, "critic_steps": 5, "warmup_share": 0.0}, seeds=(0, 1, 2)
+    ),
+    # the paper's settings: 0.054 0.088 0.143 0.097 0.063 (untrained 0.504 for every seed)
+    "lran": Budget(epochs=6, margin=0.025),
+    # 0.278 0.228 0.125 0.239 0.237. At the authors' lr 1e-4 (3 epochs, seed 0): gain 0.048 at 32 channels
+    "dae": Budget(epochs=3, margin=0.06, params={"lr": 1e-3, "channels": 32}),
 }
 # A family not measured yet runs its own defaults and must clear the smallest margin above; measure it over
-# three seeds and give it its own entry.
+# five seeds and give it its own entry.
 DEFAULT = Budget(epochs=5, margin=min(b.margin for b in BUDGETS.values()))
 
 
@@ -137,10 +138,13 @@ def test_val_holds_every_lesion_appearance(learn_cache: Path) -> None:
 def test_family_learns(name: str, learn_cache: Path, capsys: pytest.CaptureFixture[str]) -> None:
     budget = _budget(name)
     started = time.perf_counter()
-    untrained, trained = train_and_score(name, budget, learn_cache, SEED)
-    gain = trained["pixel_auroc"] - untrained["pixel_auroc"]
+    gains = []
+    for seed in budget.seeds:
+        untrained, trained = train_and_score(name, budget, learn_cache, seed)
+        gains.append(trained["pixel_auroc"] - untrained["pixel_auroc"])
+    gain = sum(gains) / len(gains)
     with capsys.disabled():
-        print(f"\n{name}: val pixel AUROC {untrained['pixel_auroc']:.4f} untrained, {trained['pixel_auroc']:.4f} "
-              f"after {budget.epochs} epochs (gain {gain:.4f}, margin {budget.margin}), "
+        print(f"\n{name}: val pixel AUROC gain {gain:.4f} after {budget.epochs} epochs (seeds {budget.seeds}: "
+              f"{', '.join(f'{g:.4f}' for g in gains)}; margin {budget.margin}), "
               f"{time.perf_counter() - started:.1f} s")  # fmt: skip
-    assert gain >= budget.margin, (name, untrained["pixel_auroc"], trained["pixel_auroc"])
+    assert gain >= budget.margin, (name, gains)
