@@ -133,13 +133,16 @@ def run_study(
     study_dir = config.study_dir.resolve()
     check_reachable(tracking_uri(config))  # seconds, before any staging, cache building or state reset
     storage = ray_storage(config, cluster)
-    previous = _start_state(config, study_dir, resume, storage)
-    print(f"study '{config.name}': {config.num_samples} trials of {', '.join(config.families)}", flush=True)
-    if config.ray_storage:
-        print(f"Ray storage (Tune state, Train checkpoints): {storage.uri(storage.root)}", flush=True)
+    previous = _resume_state(config, study_dir, storage) if resume else None
     started_ray = connect_ray(config, verbose)  # before the data: the slice cache is built by Ray tasks
     try:
-        cache_dir, preprocess = prepare_data(config, cluster)  # bad data fails here, before any MLflow run or trial
+        # bad data fails here: before the previous run's state is replaced, any MLflow run or any trial
+        cache_dir, preprocess = prepare_data(config, cluster)
+        if not resume:
+            _fresh_state(config, study_dir, storage)
+        print(f"study '{config.name}': {config.num_samples} trials of {', '.join(config.families)}", flush=True)
+        if config.ray_storage:
+            print(f"Ray storage (Tune state, Train checkpoints): {storage.uri(storage.root)}", flush=True)
         space_source = "\n\n".join(inspect.getsource(inspect.getmodule(family_space(f))) for f in config.families)
         client, parent_run_id = open_parent_run(config, space_source, previous)
         (study_dir / STATE_FILE).write_text(json.dumps({"parent_run_id": parent_run_id}))
@@ -173,15 +176,18 @@ def quiet_libraries(verbose: bool) -> None:
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 
-def _start_state(config: StudyConfig, study_dir: Path, resume: bool, storage: RayStorage) -> str | None:
-    """For --resume, the parent run to continue; for a fresh run, clear the study's previous state."""
+def _resume_state(config: StudyConfig, study_dir: Path, storage: RayStorage) -> str:
+    """For --resume: the parent run to continue (ConfigError, and nothing touched, when there is none)."""
     from study.tuning import can_resume
 
-    if resume:
-        state = study_dir / STATE_FILE
-        if not (state.is_file() and can_resume(config, storage)):
-            raise ConfigError(f"{config.source}: nothing to resume in {study_dir} (run without --resume to start)")
-        return json.loads(state.read_text())["parent_run_id"]
+    state = study_dir / STATE_FILE
+    if not (state.is_file() and can_resume(config, storage)):
+        raise ConfigError(f"{config.source}: nothing to resume in {study_dir} (run without --resume to start)")
+    return json.loads(state.read_text())["parent_run_id"]
+
+
+def _fresh_state(config: StudyConfig, study_dir: Path, storage: RayStorage) -> None:
+    """For a fresh run: clear the study's previous state (its data is ready by now) and make its folder."""
     existing = [study_dir / name for name in STUDY_STATE if (study_dir / name).exists()]
     if existing:
         print(f"starting '{config.name}' afresh: replacing the previous run's state in {study_dir}", flush=True)
@@ -189,7 +195,6 @@ def _start_state(config: StudyConfig, study_dir: Path, resume: bool, storage: Ra
         shutil.rmtree(path) if path.is_dir() else path.unlink()
     storage.clear()  # the study's Tune/Train state on S3 (ray_storage), as the folders above are locally
     study_dir.mkdir(parents=True, exist_ok=True)
-    return None
 
 
 def connect_ray(config: StudyConfig, verbose: bool) -> bool:
