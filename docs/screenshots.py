@@ -119,7 +119,6 @@ class Browser:
         self.process.wait(timeout=30)
 
 
-
 def runs_view(browser: Browser, ui: str, experiment_id: str, path: Path) -> None:
     """The experiment's runs: the study's parent expanded, the objectives and a test metric as columns."""
     expand = f"document.querySelector({json.dumps(EXPAND_RUN)})"

@@ -37,6 +37,8 @@ if TYPE_CHECKING:
     from conftest import RayProcesses  # tests/conftest.py
 
 ROOT = Path(__file__).parents[2]
+
+
 def _trial_rows(study_dir: Path) -> list[dict[str, Any]]:
     return [r for r in read_trials_csv(study_dir / "trials.csv") if r["status"] != "baseline"]
 

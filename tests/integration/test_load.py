@@ -52,9 +52,11 @@ def test_forty_trials_four_at_a_time_are_all_accounted_for(
     wall_s = time.monotonic() - started
     starts = sorted(start_costs(clock))
     with capsys.disabled():
-        print(f"\nload test: {TRIALS} trials, {CONCURRENT} concurrent, {wall_s:.0f} s wall time; trial start to "
-              f"first step: median {starts[len(starts) // 2]:.1f} s, max {starts[-1]:.1f} s "
-              f"(worker_start_timeout_s {config.training.worker_start_timeout_s:.0f} s)")
+        print(
+            f"\nload test: {TRIALS} trials, {CONCURRENT} concurrent, {wall_s:.0f} s wall time; trial start to "
+            f"first step: median {starts[len(starts) // 2]:.1f} s, max {starts[-1]:.1f} s "
+            f"(worker_start_timeout_s {config.training.worker_start_timeout_s:.0f} s)"
+        )
     assert not outcome.interrupted
 
     rows = [r for r in read_trials_csv(config.study_dir / "trials.csv") if r["status"] != "baseline"]

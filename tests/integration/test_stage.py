@@ -211,8 +211,13 @@ def test_a_rotated_key_keeps_working_in_one_process(
         monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", key["SecretAccessKey"])
 
     def rotate(old: dict, new: dict) -> None:
-        signed = boto3.client("iam", endpoint_url=s3_endpoint, region_name="us-east-1",
-                              aws_access_key_id=new["AccessKeyId"], aws_secret_access_key=new["SecretAccessKey"])
+        signed = boto3.client(
+            "iam",
+            endpoint_url=s3_endpoint,
+            region_name="us-east-1",
+            aws_access_key_id=new["AccessKeyId"],
+            aws_secret_access_key=new["SecretAccessKey"],
+        )
         signed.delete_access_key(UserName=user, AccessKeyId=old["AccessKeyId"])
 
     with moto_checks_signatures(s3_endpoint):
@@ -238,8 +243,13 @@ def test_a_rotated_key_keeps_working_in_one_process(
 
 def iam_key_signed_by(endpoint: str, user: str, key: dict) -> dict:
     """A new access key of ``user``, asked for with ``key`` (the server checks signatures)."""
-    signed = boto3.client("iam", endpoint_url=endpoint, region_name="us-east-1",
-                          aws_access_key_id=key["AccessKeyId"], aws_secret_access_key=key["SecretAccessKey"])
+    signed = boto3.client(
+        "iam",
+        endpoint_url=endpoint,
+        region_name="us-east-1",
+        aws_access_key_id=key["AccessKeyId"],
+        aws_secret_access_key=key["SecretAccessKey"],
+    )
     return signed.create_access_key(UserName=user)["AccessKey"]
 
 

@@ -182,8 +182,14 @@ def test_study_clock_arithmetic() -> None:
     clock.started, clock.ended = {"a": 100.0, "b": 160.0}, {"a": 150.0, "b": 210.0}
     clock.results = {
         "a": [
-            {"epoch": 1, "time_train_s": 5.0, "time_eval_s": 1.0, "first_step_at": 112.0, "loop_start_at": 109.0,
-             "at": 119.0},
+            {
+                "epoch": 1,
+                "time_train_s": 5.0,
+                "time_eval_s": 1.0,
+                "first_step_at": 112.0,
+                "loop_start_at": 109.0,
+                "at": 119.0,
+            },
             {"epoch": 2, "time_train_s": 4.0, "time_eval_s": 1.0, "at": 126.0},
             {"final": True, "at": 140.0},
         ],

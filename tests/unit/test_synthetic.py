@@ -105,7 +105,7 @@ def test_lesion_intensity_follows_its_appearance(cohort: CohortPaths) -> None:
         for modality in ("t2", "flair"):
             img = _load(_case(cohort, case, modality))
             healthy = (img > 0) & ~lesion
-            assert sign * (img[lesion].mean() - 1.2 ** sign * img[healthy].mean()) > 0, (case, modality)
+            assert sign * (img[lesion].mean() - 1.2**sign * img[healthy].mean()) > 0, (case, modality)
             assert sign * (img[lesion].mean() - img[shell & (img > 0)].mean()) > 0, (case, modality)
 
 

@@ -62,7 +62,6 @@ class CropBox:
         return {"x0": self.x0, "y0": self.y0, "side": self.side, "shape": list(self.shape)}
 
 
-
 @dataclass(frozen=True)
 class SubjectSlices:
     """One subject's kept axial slices, each ``S x S`` with ``slice[i, j]`` ~ ``volume[x0 + i*k, y0 + j*k, z]``.
