@@ -17,7 +17,7 @@ from ray.tune import Callback
 from ray.tune.experiment import Trial
 
 from study.tracking.names import run_name, trial_number
-from trainables.metric_names import TEST_METRICS, VAL_METRICS, is_appearance_metric
+from trainables.metric_names import APPEARANCE_NAME, TEST_METRICS, VAL_METRICS, is_appearance_metric
 from trainables.objective import Objective
 
 JOURNAL = "trials.jsonl"
@@ -124,6 +124,9 @@ def write_trials_csv(rows: list[dict[str, Any]], path: Path) -> None:
 
 # Identifiers stay text: a trial id of eight hex digits can be all digits ("00412376" is not a number).
 ID_COLUMNS = ("trial_id", "mlflow_run_id", "run_name")
+# Each lesion appearance's champion is chosen on its val pixel AUROC (never on test); its test value is shown.
+APPEARANCE_CHOICE = "val_pixel_auroc_{}"
+APPEARANCE_SHOWN = "test_pixel_auroc_{}"
 
 
 def read_trials_csv(path: Path) -> list[dict[str, Any]]:
@@ -145,9 +148,43 @@ def best_by_family(rows: list[dict[str, Any]], objective: Objective) -> dict[str
     return {f: row for f, row in best.items() if row is not None}
 
 
+def appearances(rows: list[dict[str, Any]]) -> list[str]:
+    """The lesion appearances the rows were scored on (their ``val_pixel_auroc_<appearance>`` keys), sorted;
+    [] for a cohort that records none."""
+    prefix = APPEARANCE_CHOICE.format("")
+    names = {key[len(prefix) :] for row in rows for key in row if key.startswith(prefix)}
+    return sorted(name for name in names if APPEARANCE_NAME.match(name) and name != "all")  # not pixel_auroc_all
+
+
+def best_by_appearance(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """For each appearance, the completed trial best on its val pixel AUROC (NaN skipped; the baseline row is
+    never a champion); appearances no completed trial was scored on are left out."""
+    best = {a: best_trial(rows, Objective(APPEARANCE_CHOICE.format(a))) for a in appearances(rows)}
+    return {a: row for a, row in best.items() if row is not None}
+
+
+def appearance_champions(rows: list[dict[str, Any]], winner: dict[str, Any] | None) -> dict[str, dict[str, Any]]:
+    """best.json's ``by_appearance``: per appearance, the champion (its whole row, test values included), whether
+    it is the overall ``winner``, and each baseline row's test value on that appearance for reference."""
+    baselines = [r for r in rows if r["status"] == "baseline"]
+    return {
+        name: {
+            "chosen_on": APPEARANCE_CHOICE.format(name),
+            "best": row,
+            "is_winner": winner is not None and row["trial_id"] == winner["trial_id"],
+            "baseline": {str(b["family"]): b.get(APPEARANCE_SHOWN.format(name)) for b in baselines},
+        }
+        for name, row in best_by_appearance(rows).items()
+    }
+
+
 def write_best_json(rows: list[dict[str, Any]], objectives: list[Objective], path: Path) -> dict[str, Any]:
-    """best.json: per objective, the best trial overall and per family (chosen on val; test alongside)."""
+    """best.json: per objective, the best trial overall and per family; where the cohort records lesion
+    appearances, ``by_appearance`` too (see appearance_champions). Chosen on val; test alongside."""
     best = {o.metric: {"overall": best_trial(rows, o), "by_family": best_by_family(rows, o)} for o in objectives}
+    champions = appearance_champions(rows, best_trial(rows, objectives[0])) if objectives else {}
+    if champions:  # a cohort without appearances keeps best.json's keys as they were
+        best["by_appearance"] = champions
     path.write_text(json.dumps(best, indent=2, default=str))
     return best
 

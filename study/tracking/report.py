@@ -18,7 +18,11 @@ from mlflow.utils.mlflow_tags import MLFLOW_RUN_NOTE  # noqa: E402
 
 from study.config import StudyConfig  # noqa: E402
 from study.results import (  # noqa: E402
+    APPEARANCE_CHOICE,
+    APPEARANCE_SHOWN,
     TRIALS_CSV,
+    appearance_champions,
+    best_by_appearance,
     best_by_family,
     best_trial,
     format_cell,
@@ -97,7 +101,9 @@ def log_study_report(
 
 def summary_metrics(config: StudyConfig, rows: list[dict]) -> list[Metric]:
     """`best/<objective>` (the best value, chosen on val, as in best.json), the first objective's best per family
-    (`best_<family>/<metric>`, with its test values) and the threshold baseline (`threshold/<metric>`).
+    (`best_<family>/<metric>`, with its test values), each lesion appearance's champion (chosen on its val pixel
+    AUROC: `best_<appearance>/val_pixel_auroc` and `/test_pixel_auroc`, that appearance's values) and the
+    threshold baseline (`threshold/<metric>`).
 
     The `/` makes MLflow's chart view put these parent-run figures in sections of their own, apart from the
     trials' metrics, whose plain names (val_pixel_auroc, train_seconds, ...) it plots against each other.
@@ -110,6 +116,9 @@ def summary_metrics(config: StudyConfig, rows: list[dict]) -> list[Metric]:
     first = config.primary_objective
     for family, row in best_by_family(rows, first).items():
         values.update({f"best_{family}/{k}": row[k] for k in (first.metric, *TEST_SHOWN) if is_finite(row.get(k))})
+    for name, row in best_by_appearance(rows).items():  # best_<appearance>/: chosen on its val, its test beside
+        chosen = {"val_pixel_auroc": APPEARANCE_CHOICE.format(name), "test_pixel_auroc": APPEARANCE_SHOWN.format(name)}
+        values.update({f"best_{name}/{k}": row[key] for k, key in chosen.items() if is_finite(row.get(key))})
     for row in (r for r in rows if r["status"] == "baseline"):
         keys = (*config.objective_names, *TEST_SHOWN)
         values.update({f"{row['family']}/{k}": row[k] for k in keys if is_finite(row.get(k))})
@@ -136,6 +145,7 @@ def study_summary(config: StudyConfig, rows: list[dict], uri: str) -> str:
     columns = ["trial_id", "name", *config.objective_names, *TEST_SHOWN]
     best = [{"objective": o.metric, **r} for o in config.objectives if (r := best_trial(rows, o)) is not None]
     lines += ["## Best per objective (chosen on val)", "", *_table(best, ["objective", *columns]), ""]
+    lines += _appearance_section(rows, winner)
     title = "Pareto fronts" if len(config.objectives) > 1 else "Best trial"
     baseline = [{"front": "baseline", **r} for r in rows if r["status"] == "baseline"]
     front_rows = fronts(rows, config.objectives) + baseline
@@ -170,6 +180,30 @@ def _against_baseline(winner: dict, rows: list[dict], config: StudyConfig) -> li
         f" ({format_cell(r[objective.metric])}) than the winner."
         for r in better
     ] + ([""] if better else [])
+
+
+def _appearance_section(rows: list[dict], winner: dict | None) -> list[str]:
+    """Per lesion appearance, the trial best on its val pixel AUROC with its test value, the overall winner's and
+    the threshold row's test values beside it, and one line where the champions are not the winner; nothing for
+    a cohort without appearances."""
+    champions = appearance_champions(rows, winner)
+    if not champions:
+        return []
+    baselines = sorted({family for entry in champions.values() for family in entry["baseline"]})
+    head = ["appearance", "champion", "val pix AUROC", "test pix AUROC", "winner's test pix AUROC"]
+    lines = ["## Best per lesion appearance (chosen on val_pixel_auroc_<appearance>, never on test)", ""]
+    lines += ["| " + " | ".join([*head, *(f"{b} test pix AUROC" for b in baselines)]) + " |"]
+    lines.append("|" + "---|" * (len(head) + len(baselines)))
+    for name, entry in champions.items():
+        row, shown = entry["best"], APPEARANCE_SHOWN.format(name)
+        cells = [name, row_run_name(row), row.get(APPEARANCE_CHOICE.format(name)), row.get(shown)]
+        cells += [winner.get(shown) if winner else None, *(entry["baseline"].get(b) for b in baselines)]
+        lines.append("| " + " | ".join(c if isinstance(c, str) else format_cell(c) for c in cells) + " |")
+    others = [name for name, entry in champions.items() if not entry["is_winner"]]
+    if others and winner is not None:
+        note = f"The winner **{row_run_name(winner)}** is not the champion on {', '.join(others)}"
+        lines += ["", note + ": the families fail on different lesions."]
+    return lines + [""]
 
 
 def _table(rows: list[dict], columns: list[str]) -> list[str]:
