@@ -8,33 +8,32 @@ reach another Ray. Exit 0 when every port is free, 1 naming the taken ones (and 
 from __future__ import annotations
 
 import argparse
-import errno
-import socket
 import sys
 
 
-def taken(port: int) -> bool:
-    """Whether binding ``port`` on every address fails because something listens on it (any address).
+def _listeners(port: int) -> list:
+    """The TCP sockets listening on ``port``, on any address (psutil, a Ray dependency: no probe socket bound)."""
+    import psutil
 
-    SO_REUSEADDR, as Ray's servers set it, so a closed connection in TIME_WAIT does not count as taken."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind(("0.0.0.0", port))
-        except OSError as err:
-            if err.errno == errno.EADDRINUSE:
-                return True
-            raise
-    return False
+    return [
+        conn
+        for conn in psutil.net_connections(kind="tcp")
+        if conn.status == psutil.CONN_LISTEN and conn.laddr and conn.laddr.port == port
+    ]
+
+
+def taken(port: int) -> bool:
+    """Whether something listens on ``port`` (any address). A closed connection in TIME_WAIT does not count."""
+    return bool(_listeners(port))
 
 
 def holder(port: int) -> str:
     """' by pid N (name)' for the process listening on ``port``, when this user may see it; else ''."""
-    import psutil  # a Ray dependency
+    import psutil
 
     try:
-        for conn in psutil.net_connections(kind="tcp"):
-            if conn.status == psutil.CONN_LISTEN and conn.laddr and conn.laddr.port == port and conn.pid:
+        for conn in _listeners(port):
+            if conn.pid:
                 return f" by pid {conn.pid} ({psutil.Process(conn.pid).name()})"
     except psutil.Error:
         pass
