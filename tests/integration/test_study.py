@@ -195,8 +195,12 @@ def test_mlflow_shows_a_training_experiment_with_data_and_a_summary(smoke, tmp_p
     named = {run_id: name for run_id, name in names_csv.items() if name}  # the baseline's row has none
     assert named == {r.info.run_id: r.info.run_name for r in trial_runs}
     best = json.loads((outcome.study_dir / "best.json").read_text())
-    for metric, entry in best.items():
-        assert parent.data.metrics[f"best/{metric}"] == entry["overall"][metric]
+    for metric in config.objective_names:
+        assert parent.data.metrics[f"best/{metric}"] == best[metric]["overall"][metric]
+    for appearance, entry in best.get("by_appearance", {}).items():  # chosen on its val, its test logged
+        logged = parent.data.metrics.get(f"best_{appearance}/test_pixel_auroc")
+        expected = entry["best"][f"test_pixel_auroc_{appearance}"]  # NaN (not logged) where test has no such lesion
+        assert logged == expected if math.isfinite(expected) else logged is None, (appearance, logged, expected)
     (baseline,) = [r for r in outcome.rows if r["status"] == "baseline"]
     assert parent.data.metrics["threshold/val_pixel_auroc"] == baseline["val_pixel_auroc"]
     summary = Path(client.download_artifacts(outcome.parent_run_id, "summary.md", str(tmp_path))).read_text()
