@@ -88,27 +88,29 @@ class ExampleSlices:
 @dataclass
 class SplitRecord:
     """What one pass over a split keeps: the exact accumulator (its curves and values draw the figures), the
-    streamed one (its ``compute`` gives the numbers, the way val's are computed) and the example slices."""
+    streamed one where asked for (its ``compute`` gives the numbers, the way val's are computed; its histograms
+    take 16 MB per appearance group) and the example slices."""
 
     metrics: DetectionMetrics = field(default_factory=DetectionMetrics)
     examples: ExampleSlices = field(default_factory=ExampleSlices)
-    streamed: StreamingMetrics = field(default_factory=StreamingMetrics)
+    streamed: StreamingMetrics | None = None
 
 
 def collect(
     family: Family, nets: nn.ModuleDict, loader: Iterable, device: torch.device, n_examples: int = N_EXAMPLES,
-    threshold: float | None = None,
+    threshold: float | None = None, stream: bool = False,
 ) -> SplitRecord:  # fmt: skip
-    """Score every batch of ``loader`` once, feeding both metric accumulators (``threshold``: the streamed
-    ``dice``'s) and the example picker."""
+    """Score every batch of ``loader`` once, feeding the exact accumulator, with ``stream`` the streamed one too
+    (``threshold``: its ``dice``'s; a trial's test numbers), and the example picker."""
     appearances = appearances_of(loader)
-    record = SplitRecord(DetectionMetrics(appearances), ExampleSlices(n_examples),
-                         StreamingMetrics(appearances, threshold=threshold, device=device))  # fmt: skip
+    streamed = StreamingMetrics(appearances, threshold=threshold, device=device) if stream else None
+    record = SplitRecord(DetectionMetrics(appearances), ExampleSlices(n_examples), streamed)
     for batch in loader:
         image, brain, lesion = unpack_batch(batch)
         scores = family.score(nets, image.to(device, non_blocking=True))
         record.metrics.update_batch(scores, batch)
-        record.streamed.update_batch(scores, batch)
+        if streamed is not None:
+            streamed.update_batch(scores, batch)
         subject = batch.get("subject") if isinstance(batch, Mapping) else None
         record.examples.update(image, scores, brain, lesion, subject)
     return record

@@ -221,7 +221,7 @@ def _draw_figures(
 
     threshold = best.metrics.get("val_best_threshold")
     device = ray.train.torch.get_device()
-    record = collect(family, chosen, _eval_loader(cache_dir, "test", device), device, threshold=threshold)
+    record = collect(family, chosen, _eval_loader(cache_dir, "test", device), device, threshold=threshold, stream=True)
     test = record.streamed.compute()  # as val's: the exact accumulator's sorts only draw the curves
     try:
         render(record, test, out_dir, "test", threshold)

@@ -63,7 +63,9 @@ def test_one_pass_gives_the_metrics_of_evaluate(detector, tmp_path: Path) -> Non
     for key, value in reference.items():
         assert metrics[key] == pytest.approx(value, nan_ok=True), key
     assert len(paths) == 3
-    streamed = collect(family, nets, _loader(), CPU, threshold=0.8).streamed.compute()  # the trial's test numbers
+    streamed = collect(
+        family, nets, _loader(), CPU, threshold=0.8, stream=True
+    ).streamed.compute()  # the trial's test numbers
     gaps = differences(reference, streamed)
     del gaps["best_threshold"]  # an argmax (tests/unit/test_stream_metrics.py)
     assert max(gaps.values()) <= 1e-3, max(gaps, key=gaps.get)  # measured: 5.2e-4 (pixel_auprc, 60 lesion px)
