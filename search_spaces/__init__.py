@@ -29,11 +29,18 @@ def family_space(family: str) -> SpaceFn:
     return importlib.import_module(f"{__name__}.{family}").suggest
 
 
-class define_by_run:  # noqa: N801  (used like a function; a class so Tune can pickle the searcher)
-    """A define-by-run function for Ray's OptunaSearch over one or several families."""
+def suggest_image_size(trial: optuna.Trial, image_sizes: list[int]) -> None:
+    """Draw the slice side where the study lists several (data.image_size); with one, nothing is drawn."""
+    if len(image_sizes) > 1:
+        trial.suggest_categorical("image_size", list(image_sizes))
 
-    def __init__(self, families: list[str]) -> None:
+
+class define_by_run:  # noqa: N801  (used like a function; a class so Tune can pickle the searcher)
+    """A define-by-run function for Ray's OptunaSearch over one or several families (and image sizes)."""
+
+    def __init__(self, families: list[str], image_sizes: list[int] | None = None) -> None:
         self.families = list(families)
+        self.image_sizes = list(image_sizes or [])
 
     def __call__(self, trial: optuna.Trial) -> dict[str, Any]:
         if len(self.families) == 1:
@@ -43,4 +50,5 @@ class define_by_run:  # noqa: N801  (used like a function; a class so Tune can p
             family = trial.suggest_categorical("family", self.families)
             constants = {}
         constants.update(family_space(family)(trial) or {})
+        suggest_image_size(trial, self.image_sizes)
         return constants

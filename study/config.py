@@ -45,10 +45,17 @@ class DataConfig:
     lesion: str | None = None  # folder of lesion scans with segmentations; None = synthetic cohort
     root: str = "results/data"  # where the synthetic cohort and the slice cache live
     synthetic: SyntheticData = field(default_factory=SyntheticData)
-    image_size: int = 32  # slice side after resizing (32 as in the first paper; 64 and 128 work)
+    # slice side after resizing: 32 (the first paper), 64 or 128; several (e.g. [32, 64]) make the size a searched
+    # setting: each trial draws one and trains and is scored on that size's slice cache (one cache per size)
+    image_size: list[int] = field(default_factory=lambda: [32])
     modality: str = "t2"  # BraTS modality read for lesion subjects
     min_brain_fraction: float = 0.2  # keep slices whose brain covers at least this share of the crop
     split_seed: int = 0  # seed of the subject-level train/val/test split
+
+    @property
+    def reference_size(self) -> int:
+        """The first listed image size: the threshold baseline's, and a point's that names none."""
+        return self.image_size[0]
 
 
 @dataclass
@@ -211,9 +218,24 @@ def validate(config: StudyConfig) -> None:
             check_mix(config.data.synthetic.mix)
         except ValueError as err:
             fail("data.synthetic.mix", str(err))
-    if config.data.image_size not in (32, 64, 128):
-        fail("data.image_size", f"expected 32, 64 or 128, got {config.data.image_size}")
+    _check_sizes(config, fail)
     _check_locations(config, fail)
+
+
+IMAGE_SIZES = (32, 64, 128)  # powers of 2 the families' nets are built for (trainables/families/nets.py)
+
+
+def _check_sizes(config: StudyConfig, fail: Any) -> None:
+    """One or more distinct image sizes, each one the nets are built for; a point names only listed ones."""
+    sizes = config.data.image_size
+    if not sizes or len(set(sizes)) != len(sizes):
+        fail("data.image_size", f"expected one size or a list of distinct sizes, got {sizes}")
+    for size in sizes:
+        if size not in IMAGE_SIZES:
+            fail("data.image_size", f"expected 32, 64 or 128, got {size}")
+    for i, point in enumerate(config.points_to_evaluate):
+        if "image_size" in point and point["image_size"] not in sizes:
+            fail(f"points_to_evaluate[{i}].image_size", f"expected one of data.image_size {sizes}")
 
 
 def _check_locations(config: StudyConfig, fail: Any) -> None:

@@ -41,14 +41,23 @@ def synthetic_folder(config: StudyConfig) -> Path:
     return Path(config.data.root) / name
 
 
-def prepare_data(config: StudyConfig, cluster: ClusterStudy | None = None) -> tuple[Path, dict[str, Any]]:
-    """Build or reuse the slice cache; return its absolute folder and the preprocessing settings.
+def prepare_caches(config: StudyConfig, cluster: ClusterStudy | None = None) -> dict[int, tuple[Path, dict[str, Any]]]:
+    """Each image size's slice cache (prepare_data), in the order data.image_size lists them: the same cohort and
+    subject split at every size, so sizes are compared on the same subjects (each at its own masks' pixels)."""
+    return {size: prepare_data(config, cluster, size) for size in config.data.image_size}
+
+
+def prepare_data(
+    config: StudyConfig, cluster: ClusterStudy | None = None, image_size: int | None = None
+) -> tuple[Path, dict[str, Any]]:
+    """Build or reuse the slice cache at ``image_size`` (default: the first listed); return its absolute folder
+    and the preprocessing settings.
 
     With ``cluster``: the cache shared through S3 (trainables.data.shared_cache), in ``<cache_dir>/slice-cache``
     on this node; built from the bucket by Ray tasks and published once, else downloaded.
     """
     pre = PreprocessConfig(
-        image_size=config.data.image_size,
+        image_size=image_size or config.data.reference_size,
         modality=config.data.modality,
         min_brain_fraction=config.data.min_brain_fraction,
     )

@@ -50,9 +50,10 @@ def trial_row(trial_id: str, config: dict[str, Any], last: dict[str, Any], statu
 class TrialRecorder(Callback):
     """Tune callback writing each trial's row to the study folder as soon as the trial ends."""
 
-    def __init__(self, study_dir: Path, run_ids: dict[str, str]) -> None:
+    def __init__(self, study_dir: Path, run_ids: dict[str, str], reference_size: int) -> None:
         self.study_dir = study_dir
         self.run_ids = run_ids  # trial_id -> MLflow run id, shared with the MLflow callback
+        self.reference_size = reference_size  # the image size of trials that draw none (param_image_size)
         self.rows = load_rows(study_dir)
         self._started: dict[str, float] = {}
 
@@ -67,7 +68,8 @@ class TrialRecorder(Callback):
         self.record(trial, "failed", failure_reason(trial))
 
     def record(self, trial: Trial, status: str, reason: str = "") -> None:
-        row = trial_row(trial.trial_id, trial.config, trial.last_result or {}, status, reason)
+        config = {"image_size": self.reference_size, **trial.config}  # every row says its size
+        row = trial_row(trial.trial_id, config, trial.last_result or {}, status, reason)
         started = self._started.get(trial.trial_id)
         row["duration_s"] = round(time.monotonic() - started, 1) if started else None
         row["mlflow_run_id"] = self.run_ids.get(trial.trial_id, "")

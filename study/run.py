@@ -123,7 +123,7 @@ def run_study(
     from mlflow.entities import RunStatus
 
     from search_spaces import family_space
-    from study.data import prepare_data
+    from study.data import prepare_caches
     from study.tracking.baseline import baseline_row
     from study.tracking.datasets import split_inputs, study_cohort
     from study.tracking.runs import check_reachable, open_parent_run, tracking_uri
@@ -137,7 +137,7 @@ def run_study(
     started_ray = connect_ray(config, verbose)  # before the data: the slice cache is built by Ray tasks
     try:
         # bad data fails here: before the previous run's state is replaced, any MLflow run or any trial
-        cache_dir, preprocess = prepare_data(config, cluster)
+        caches = prepare_caches(config, cluster)  # one slice cache per image size
         if not resume:
             _fresh_state(config, study_dir, storage)
         print(f"study '{config.name}': {config.num_samples} trials of {', '.join(config.families)}", flush=True)
@@ -147,9 +147,11 @@ def run_study(
         client, parent_run_id = open_parent_run(config, space_source, previous)
         (study_dir / STATE_FILE).write_text(json.dumps({"parent_run_id": parent_run_id}))
         try:
-            inputs = split_inputs(study_cohort(config, cluster), cache_dir)  # the data every run records
-            baseline_row(study_dir, cache_dir, client, parent_run_id, inputs)
-            setup = trial_setup(config, cache_dir, preprocess, cluster, storage)
+            cohort = study_cohort(config, cluster)
+            inputs = {size: split_inputs(cohort, entry) for size, (entry, _) in caches.items()}  # what runs record
+            reference = config.data.reference_size  # the threshold baseline is scored at the first listed size
+            baseline_row(study_dir, caches[reference][0], client, parent_run_id, inputs[reference])
+            setup = trial_setup(config, caches, cluster, storage)
             rows = _tune(config, setup, parent_run_id, resume, verbose, inputs)
             outcome = _finish(config, rows, study_dir, client, parent_run_id, cluster)
         except BaseException as err:
@@ -238,7 +240,7 @@ def _tune(
     parent_run_id: str,
     resume: bool,
     verbose: bool,
-    inputs: list[DatasetInput],
+    inputs: dict[int, list[DatasetInput]],
 ) -> list[dict]:
     from study.progress import ProgressPrinter
     from study.results import TrialRecorder
@@ -246,7 +248,7 @@ def _tune(
     from study.tuning import fit, make_tuner
 
     run_ids: dict[str, str] = {}
-    recorder = TrialRecorder(config.study_dir.resolve(), run_ids)
+    recorder = TrialRecorder(config.study_dir.resolve(), run_ids, config.data.reference_size)
     callbacks = [
         MlflowTrialLogger(tracking_uri(config), parent_run_id, config.training.epochs, run_ids, inputs, setup.storage),
         recorder,

@@ -11,7 +11,7 @@ import optuna
 from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 from ray.tune.search.optuna import OptunaSearch
 
-from search_spaces import family_space
+from search_spaces import family_space, suggest_image_size
 from study.config import ConfigError, StudyConfig
 from study.trial import LOOP_KEYS
 from trainables.families import family_hparams
@@ -126,9 +126,12 @@ def completed_points(config: StudyConfig) -> list[dict[str, Any]]:
     for i, point in enumerate(config.points_to_evaluate):
         family = point.get("family", config.families[0])
         where = f"{config.source}: key 'points_to_evaluate[{i}]'"
-        answers = _PointTrial(point, {**LOOP_DEFAULTS, **family_hparams(family)}, where)
+        sizes = config.data.image_size
+        defaults = {**LOOP_DEFAULTS, **family_hparams(family), "image_size": config.data.reference_size}
+        answers = _PointTrial(point, defaults, where)
         family_space(family)(answers)
-        unused = sorted(set(point) - set(answers.params) - {"family"})
+        suggest_image_size(answers, sizes)
+        unused = sorted(set(point) - set(answers.params) - {"family"} - ({"image_size"} if len(sizes) == 1 else set()))
         if unused:
             raise ConfigError(f"{where}: {unused} not drawn by the space of '{family}' (search_spaces/{family}.py)")
         family_key = {"family": family} if len(config.families) > 1 else {}

@@ -27,7 +27,9 @@ class TrialSetup:
     """What every trial of a study shares; sent once to the trial processes by tune.with_parameters."""
 
     study: str  # study name, used to name each Train run
-    spec: TrialSpec  # the training loop's settings; run_trial sets each trial's family, hparams and loop keys
+    # the training loop's settings per image size (each size's slice cache); run_trial takes the trial's size
+    # (the first listed where the study searches none) and sets its family, hparams and loop keys
+    specs: dict[int, TrialSpec]
     storage: RayStorage  # where Ray Train keeps each trial's run and checkpoints (below its "train" part)
     workers: int  # DDP workers per trial
     cpus_per_worker: float  # logical CPUs per worker
@@ -42,7 +44,7 @@ def split_params(config: dict[str, Any]) -> tuple[str, dict[str, Any], dict[str,
     known = family_hparams(family)
     hparams = {k: v for k, v in config.items() if k in known}
     loop = {k: config[k] for k in LOOP_KEYS if k in config}
-    unused = sorted(set(config) - set(hparams) - set(loop) - {"family"})
+    unused = sorted(set(config) - set(hparams) - set(loop) - {"family", "image_size"})
     if unused:
         raise ValueError(f"search space of '{family}' sampled keys the family does not have: {unused}")
     return family, hparams, loop
@@ -52,7 +54,8 @@ def run_trial(config: dict[str, Any], setup: TrialSetup) -> None:
     """Tune function trainable: build the TorchTrainer for this trial and fit it."""
     entered = time.time()  # study.bench: the trial actor is up and has imported this module
     family, hparams, loop = split_params(config)
-    spec = replace(setup.spec, family=family, hparams=hparams, trial_entered_at=entered, **loop)
+    sized = setup.specs[config.get("image_size", next(iter(setup.specs)))]
+    spec = replace(sized, family=family, hparams=hparams, trial_entered_at=entered, **loop)
     _controller_environment(setup)
     trainer = TorchTrainer(
         train_loop_per_worker,

@@ -34,13 +34,30 @@ QUIET_LOGGERS = {"ray.tune": logging.WARNING, "ray.tune.utils.util": logging.ERR
 
 def trial_setup(
     config: StudyConfig,
-    cache_dir: Path,
-    preprocess: dict[str, Any],
+    caches: dict[int, tuple[Path, dict[str, Any]]],
     cluster: ClusterStudy | None = None,
     storage: RayStorage | None = None,
 ) -> TrialSetup:
-    """What every trial of the study shares."""
-    objective = config.primary_objective
+    """What every trial of the study shares; ``caches``: each image size's slice-cache entry and preprocessing."""
+    training = config.training
+    return TrialSetup(
+        study=config.name,
+        specs={
+            size: _size_spec(config, size, entry, preprocess, cluster) for size, (entry, preprocess) in caches.items()
+        },
+        storage=storage or ray_storage(config, cluster),
+        workers=training.workers_per_trial,
+        cpus_per_worker=training.cpus_per_worker,
+        gpus_per_worker=training.gpus_per_worker,
+        max_failures=training.max_failures,
+        worker_start_timeout_s=training.worker_start_timeout_s,
+    )
+
+
+def _size_spec(
+    config: StudyConfig, size: int, cache_dir: Path, preprocess: dict[str, Any], cluster: ClusterStudy | None
+) -> TrialSpec:
+    """The training loop's settings of a trial at one image size, on that size's slice cache."""
     training = config.training
     node_data = NodeData(
         cache_dir=str(cache_dir),
@@ -49,29 +66,19 @@ def trial_setup(
         split_seed=config.data.split_seed,
         cluster=cluster,
     )
-    spec = TrialSpec(
+    return TrialSpec(
         family="",  # each trial's own family, hyperparameters and loop keys: study.trial.run_trial sets them
         hparams={},
         cache_dir=str(cache_dir),
-        image_size=config.data.image_size,
+        image_size=size,
         epochs=training.epochs,
-        objective=objective,
+        objective=config.primary_objective,
         seed=config.seed,
         sync_batchnorm=training.sync_batchnorm,
         threads=training.threads_per_worker,
         precision=training.precision,
         preprocess=preprocess,
         node_data=node_data,
-    )
-    return TrialSetup(
-        study=config.name,
-        spec=spec,
-        storage=storage or ray_storage(config, cluster),
-        workers=training.workers_per_trial,
-        cpus_per_worker=training.cpus_per_worker,
-        gpus_per_worker=training.gpus_per_worker,
-        max_failures=training.max_failures,
-        worker_start_timeout_s=training.worker_start_timeout_s,
     )
 
 
@@ -130,7 +137,7 @@ def make_tuner(config: StudyConfig, setup: TrialSetup, callbacks: list[Callback]
     return tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(
-            search_alg=make_searcher(config, define_by_run(config.families)),
+            search_alg=make_searcher(config, define_by_run(config.families, config.data.image_size)),
             scheduler=make_scheduler(config),
             num_samples=config.num_samples,
             max_concurrent_trials=config.max_concurrent_trials,

@@ -110,7 +110,7 @@ def _draw_spaces(dry: DryRun) -> None:
     for family in dry.config.families:
         trial = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0)).ask()
         try:
-            define_by_run([family])(trial)
+            define_by_run([family], dry.config.data.image_size)(trial)
         except Exception as err:  # a broken space fails in many ways; name the family
             raise Problem(f"family '{family}': {type(err).__name__}: {err}") from err
         drawn.append(f"{family} ({len(trial.params)} params)")
@@ -270,8 +270,9 @@ def _print_plan(dry: DryRun) -> None:
         "trials": f"{config.num_samples}, at most {config.max_concurrent_trials} at once; sampler {config.sampler}; "
         f"objectives {objectives}",
         "families": ", ".join(config.families),
-        "training": f"{config.training.epochs} epochs per trial, {config.data.image_size}x{config.data.image_size} "
-        "slices",
+        "training": f"{config.training.epochs} epochs per trial, "
+        + " or ".join(f"{size}x{size}" for size in config.data.image_size)
+        + (" slices (searched)" if len(config.data.image_size) > 1 else " slices"),
         **dry.facts,
     }
     print("\nplan:")

@@ -14,6 +14,7 @@ from study.tracking.datasets import evaluation_inputs
 from study.tracking.models import log_baseline_model
 from study.tracking.runs import SOURCE_TAGS, TRIAL_ID_TAG, final_key
 from trainables.baseline import evaluate_untrained
+from trainables.data.cache import read_meta
 
 BASELINE_FAMILY = "threshold"
 BASELINE_ID = f"baseline-{BASELINE_FAMILY}"
@@ -27,7 +28,8 @@ def baseline_row(
     if done:
         return done[0]
     metrics = evaluate_untrained(BASELINE_FAMILY, cache_dir)
-    row = trial_row(BASELINE_ID, {"family": BASELINE_FAMILY}, metrics, "baseline")
+    size = int(read_meta(cache_dir)["preprocess"]["image_size"])
+    row = trial_row(BASELINE_ID, {"family": BASELINE_FAMILY, "image_size": size}, metrics, "baseline")
     parent = client.get_run(parent_run_id)
     experiment_id = parent.info.experiment_id
     tags = {MLFLOW_PARENT_RUN_ID: parent_run_id, TRIAL_ID_TAG: BASELINE_ID, "role": "baseline"}

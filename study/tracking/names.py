@@ -27,14 +27,15 @@ def trial_number(trial: Any) -> int | None:
 
 
 def run_name(number: int | None, config: dict[str, Any]) -> str:
-    """``03 caae λ=1.00 lr=0.0003``: the trial's number, its family and the one or two searched settings that
-    matter most (NAME_PARAMS; the first two settings of a family not listed). Every setting is in the run's
-    params and description."""
+    """``03 caae λ=1.00 lr=0.0003``: the trial's number, its family, its image size where the study searches it
+    (``03 dae 64px σ=1.40 res=16``) and the one or two searched settings that matter most (NAME_PARAMS; the first
+    two settings of a family not listed). Every setting is in the run's params and description."""
     family = config.get("family", "trial")
-    shown = NAME_PARAMS.get(family) or tuple((k, k) for k in sorted(config) if k != "family")[:2]
+    shown = NAME_PARAMS.get(family) or tuple((k, k) for k in sorted(config) if k not in ("family", "image_size"))[:2]
     settings = " ".join(f"{symbol}={_name_value(config[k])}" for k, symbol in shown if config.get(k) is not None)
     prefix = f"{number:02d} " if number is not None else ""
-    return f"{prefix}{family} {settings}".strip()[:RUN_NAME_LIMIT]
+    size = f" {int(float(config['image_size']))}px" if config.get("image_size") is not None else ""  # searched
+    return f"{prefix}{family}{size} {settings}".strip()[:RUN_NAME_LIMIT]
 
 
 def row_run_name(row: dict[str, Any]) -> str:

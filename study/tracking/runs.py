@@ -154,7 +154,7 @@ def _study_params(config: StudyConfig) -> dict[str, Any]:
         "num_samples": config.num_samples,
         "epochs": config.training.epochs,
         "workers_per_trial": config.training.workers_per_trial,
-        "image_size": config.data.image_size,
+        "image_size": ",".join(str(size) for size in config.data.image_size),
     }
 
 
@@ -181,7 +181,7 @@ class MlflowTrialLogger(Callback):
         parent_run_id: str,
         epochs: int,
         run_ids: dict[str, str],
-        inputs: list[DatasetInput],
+        inputs: dict[int, list[DatasetInput]],
         storage: Any = None,
     ) -> None:
         self.uri = uri
@@ -189,7 +189,9 @@ class MlflowTrialLogger(Callback):
         self.parent_run_id = parent_run_id
         self.epochs = epochs
         self.run_ids = run_ids  # trial_id -> MLflow run id, shared with the trial recorder
-        self.inputs = inputs  # the splits every trial trains and is scored on (study.tracking.datasets)
+        # per image size, the splits a trial at that size trains and is scored on (study.tracking.datasets); the
+        # first key is the size of trials that draw none
+        self.inputs = inputs
         self._client: MlflowClient | None = None
         self._settings_logged: set[str] = set()  # trial ids whose settings (workers) are logged as params
 
@@ -219,9 +221,10 @@ class MlflowTrialLogger(Callback):
         tags.update({k: v for k, v in parent.data.tags.items() if k in SOURCE_TAGS})  # the commit and config file
         run = self.client.create_run(parent.info.experiment_id, tags=tags)
         self.run_ids[trial.trial_id] = run.info.run_id
-        params = [Param(k, _text(v)) for k, v in sorted(trial.config.items())]
+        size = trial.config.get("image_size", next(iter(self.inputs)))
+        params = [Param(k, _text(v)) for k, v in sorted({"image_size": size, **trial.config}.items())]
         self.client.log_batch(run.info.run_id, params=params)
-        self.client.log_inputs(run.info.run_id, datasets=self.inputs)
+        self.client.log_inputs(run.info.run_id, datasets=self.inputs[size])
 
     def _existing_run(self, trial_id: str) -> str | None:
         experiment_id = self.client.get_run(self.parent_run_id).info.experiment_id

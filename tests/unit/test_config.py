@@ -56,6 +56,12 @@ def test_values_are_typed(tmp_path: Path) -> None:
         ("num_samples: zero\n", "key 'num_samples': expected int, got 'zero'"),
         ("training: {epochs: 0}\n", "key 'training.epochs': expected an integer >= 1"),
         ("data: {image_size: 48}\n", "key 'data.image_size': expected 32, 64 or 128"),
+        ("data: {image_size: [32, 48]}\n", "key 'data.image_size': expected 32, 64 or 128, got 48"),
+        ("data: {image_size: [64, 64]}\n", "key 'data.image_size': expected one size or a list of distinct"),
+        (
+            "data: {image_size: [32, 64]}\npoints_to_evaluate: [{image_size: 128}]\n",
+            "key 'points_to_evaluate[0].image_size': expected one of data.image_size [32, 64]",
+        ),
         ("data: {synthetic: {mix: {glowing: 1}}}\n", "key 'data.synthetic.mix': unknown lesion appearance 'glowing'"),
         ("data: {synthetic: {mix: {dark: -1}}}\n", "key 'data.synthetic.mix': lesion appearance 'dark'"),
         ("data: {healthy: /nope/hcp, lesion: /nope/brats}\n", "data folder '/nope/hcp' does not exist"),

@@ -56,3 +56,29 @@ def test_a_value_of_the_wrong_kind_or_an_unknown_choice_is_refused_by_name():
 def test_a_key_the_space_never_draws_is_refused():
     with pytest.raises(ConfigError, match=r"\['w_r'\] not drawn by the space of 'lran'"):
         _points(["lran"], {"use_rank": False, "w_r": 0.1})
+
+
+def test_a_searched_image_size_is_drawn_and_a_point_without_one_takes_the_first_listed():
+    config = StudyConfig(name="points", families=["vae"], points_to_evaluate=[{"image_size": 64}, {}])
+    config.data.image_size = [32, 64]
+    given, left_out = completed_points(config)
+    assert given["image_size"] == 64 and left_out["image_size"] == 32  # the reference size, as the baseline's
+    one_size = StudyConfig(name="points", families=["vae"], points_to_evaluate=[{"image_size": 32}])
+    (point,) = completed_points(one_size)  # one size: nothing drawn, the point's own size needs no key
+    assert "image_size" not in point
+
+
+def test_the_space_draws_a_size_only_where_the_study_lists_several():
+    import optuna
+
+    from search_spaces import define_by_run
+
+    drawn = set()
+    for seed in range(8):
+        trial = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed)).ask()
+        define_by_run(["vae"], [32, 64])(trial)
+        drawn.add(trial.params["image_size"])
+    assert drawn == {32, 64}
+    trial = optuna.create_study().ask()
+    define_by_run(["vae"], [32])(trial)
+    assert "image_size" not in trial.params

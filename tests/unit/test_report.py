@@ -55,6 +55,7 @@ def test_run_names_tell_trials_apart() -> None:
     assert run_name(3, caae) == "03 caae λ=1.00 lr=0.0003"
     assert run_name(4, {**caae, "latent_weight": 0.25}) == "04 caae λ=0.25 lr=0.0003"
     assert run_name(1, {"family": "dae", "noise_std": 1.4, "noise_res": 16}) == "01 dae σ=1.40 res=16"
+    assert run_name(5, {"family": "dae", "image_size": 64, "noise_std": 1.4}) == "05 dae 64px σ=1.40"  # searched
     assert run_name(12, {"family": "lran", "w_a": "5.0", "w_r": "0.05"}) == "12 lran w_a=5.00 w_r=0.05"
     assert run_name(None, {"family": "new", "b": 2, "a": 1, "c": 3}) == "new a=1 b=2"  # unknown family: 2 settings
     named = {"trial_id": "t1", "status": "completed", "run_name": "02 vae β=0.50 lr=0.001"}
