@@ -108,5 +108,6 @@ def test_the_readme_study_example_loads_and_resolves(tmp_path):
     (block,) = [b for b in re.findall(r"```yaml\n(.*?)```", readme, flags=re.S) if "points_to_evaluate" in b]
     path = tmp_path / "readme.yaml"
     path.write_text(block)
-    caae, dae, lran = completed_points(load_config(path))
+    caae, dae, lran, dae_64 = completed_points(load_config(path))
     assert (caae["latent_weight"], dae["channels"], dae["noise_std"], lran["use_rank"]) == (1.0, 16, 1.4, False)
+    assert (caae["image_size"], dae_64["image_size"]) == (32, 64)  # a point without a size takes the first listed
