@@ -274,7 +274,9 @@ class MlflowTrialLogger(Callback):
         """
         from study.tracking.models import log_trial_model  # local or S3 checkpoint, fetched with Ray's Checkpoint API
 
-        model_id = log_trial_model(self.client, run_id, result.get("checkpoint_path"), self.storage)
+        model_id = log_trial_model(self.client, run_id, result.get("checkpoint_path"), self.storage)  # once per run
+        if "best_epoch" in self.client.get_run(run_id).data.metrics:
+            return  # the same final record again (a trial restarted after it, or resumed): its values are logged
         step = int(result.get("best_epoch") or 0)
         values = {k: v for k, v in _numbers(result).items() if k not in SETTINGS and k not in EPOCH_ONLY}
         keys = {k: mlflow_key(k, final=True) for k in values}

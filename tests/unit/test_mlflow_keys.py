@@ -43,3 +43,33 @@ def test_final_keys_are_not_read_as_another_epoch() -> None:
 def test_objective_names_read_the_parent_param() -> None:
     assert objective_names("val_pixel_auroc:max,train_seconds:min") == ("val_pixel_auroc", "train_seconds")
     assert objective_names("") == ()
+
+
+def test_the_trial_logger_logs_grouped_keys_and_a_final_record_once(tmp_path) -> None:
+    """The Tune callback against a real SQLite store: per-epoch keys grouped, `workers` a param, and a final
+    record reported twice (a trial restarted after it) logged once."""
+    from mlflow.tracking import MlflowClient
+    from ray.tune.experiment import Trial
+
+    from study.tracking.runs import MlflowTrialLogger
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri)
+    experiment = client.create_experiment("keys", artifact_location=(tmp_path / "artifacts").as_uri())
+    parent = client.create_run(experiment).info.run_id
+    client.log_param(parent, "objectives", "val_pixel_auroc:max,val_slice_auroc:max")  # as open_parent_run logs
+    logger = MlflowTrialLogger(uri, parent, epochs=1, run_ids={}, inputs=[])
+    trial = Trial("keys", config={"family": "ae", "lr": 0.001}, stub=True)
+    logger.on_trial_start(0, [trial], trial)
+    epoch = {"epoch": 1, "val_pixel_auroc": 0.7, "val_dice": 0.2, "train_loss": 1.5, "workers": 2, "timestamp": 1}
+    logger.on_trial_result(0, [trial], trial, epoch)
+    final = {"final": True, "best_epoch": 1, "val_pixel_auroc": 0.7, "test_pixel_auroc": 0.6, "timestamp": 2}
+    for _ in range(2):
+        logger.on_trial_result(0, [trial], trial, final)
+    run = client.get_run(logger.run_ids[trial.trial_id])
+    assert set(run.data.metrics) == {
+        *("epoch", "1_objectives/val_pixel_auroc", "val/dice", "train/loss"),
+        *("best_epoch", "chosen/val_pixel_auroc", "test/pixel_auroc"),
+    }
+    assert run.data.params["workers"] == "2"
+    assert len(client.get_metric_history(run.info.run_id, "chosen/val_pixel_auroc")) == 1
