@@ -33,6 +33,7 @@ from study.tracking.keys import mlflow_key, objective_names
 DOCS = Path(__file__).resolve().parent
 TRAINING_VIEW = "workflowType=machine_learning"  # MLflow 3.17's UI picks GenAI or training views by this switch
 SHOWN_TEST = "test/pixel_auroc"  # beside the objectives' chosen values (study.tracking.keys names)
+HIDDEN_COLUMNS = ("Source",)  # shown by default in MLflow 3.17 ("python -m study.run" on every row): room for metrics
 EXPAND_RUN = 'button[data-component-id$="runnamecellrenderer.tsx_46"]'  # the +/- beside a parent run's name
 POPOVER = "[data-radix-popper-content-wrapper]"
 
@@ -137,16 +138,26 @@ def runs_view(browser: Browser, ui: str, experiment_id: str, columns: list[str],
     browser.run(f"{expand}.click()")
     time.sleep(2)
     browser.click_text("Columns")
-    for column in columns:
+    for column in (*columns, *HIDDEN_COLUMNS):  # each click toggles the column
         browser.click_text(column, POPOVER)
     browser.escape()
-    edge = browser.run(
-        """(() => { const cell = Array.from(document.querySelectorAll('.ag-header-cell'))
-             .find(e => e.innerText.trim() === 'Run Name').getBoundingClientRect();
-           return [cell.right - 2, cell.top + cell.height / 2]; })()"""
-    )
-    browser.drag(edge[0], edge[1], 200)  # room for run names such as "vae batch_size=64 kl_weight=0.05 ..."
+    for column in columns:  # full metric names: "chosen/val_pixel_auroc"
+        widen(browser, column, 90)
+    widen(browser, "Run Name", 120)  # room for run names such as "03 caae λ=1.00 lr=0.0003"
     browser.shot(path)
+
+
+def widen(browser: Browser, header: str, by: float) -> None:
+    """Drag the right edge of the runs table's column headed ``header`` ``by`` pixels to the right."""
+    edge = browser.run(
+        f"""(() => {{ const cell = Array.from(document.querySelectorAll('.ag-header-cell'))
+             .find(e => e.innerText.trim() === {json.dumps(header)});
+           if (!cell) return null; const box = cell.getBoundingClientRect();
+           return [box.right - 2, box.top + box.height / 2]; }})()"""
+    )
+    if edge is None:
+        raise RuntimeError(f"no runs-table column headed {header!r}")
+    browser.drag(edge[0], edge[1], by)
 
 
 def chart_view(browser: Browser, ui: str, experiment_id: str, path: Path) -> None:
@@ -183,8 +194,8 @@ def main() -> None:
     (parent,) = client.search_runs([experiment.experiment_id], "tags.role = 'study'", max_results=1)
     objectives = objective_names(parent.data.params["objectives"])
     plot = "pareto.png" if len(objectives) > 1 else "best_so_far.png"
-    columns = [mlflow_key(name, final=True) for name in objectives] + ["Models", SHOWN_TEST]
-    browser = Browser(1600, 560)
+    columns = [mlflow_key(name, final=True) for name in objectives] + [SHOWN_TEST]
+    browser = Browser(1900, 560)  # three metric columns (two objectives, a test metric) beside the run names
     try:
         experiment_id = experiment.experiment_id
         runs_view(browser, args.ui, experiment_id, columns, args.out / "mlflow_runs.png")
