@@ -1,9 +1,16 @@
 """Screenshots of a study in the MLflow UI, by headless Chromium driven over its DevTools pipe (stdlib only).
 
-    mlflow ui --backend-store-uri sqlite:///results/mlflow.db --host 127.0.0.1 --port 5000 &
-    python docs/screenshots.py --ui http://127.0.0.1:5000 --experiment-id 1 --parent-run-id RUN_ID
+The screenshots in docs/ are of the default study; to retake them after it has run (a fresh results/):
 
-Needs Chromium (Debian: apt-get install chromium). Writes docs/mlflow_runs.png and docs/mlflow_pareto.png.
+    python -m study.run                      # the default study: results/mlflow.db, experiment "default"
+    mlflow ui --backend-store-uri sqlite:///results/mlflow.db --host 127.0.0.1 --port 5000 &
+    python docs/screenshots.py --ui http://127.0.0.1:5000 --experiment default
+    kill %1                                  # the mlflow ui started above
+
+Needs Chromium (optional, not for the tests or CI; Debian: apt-get install chromium). Writes docs/mlflow_runs.png
+(the runs, unfolded, with the objectives' chosen values as columns), docs/mlflow_charts.png (the chart view:
+its first section, the objectives per epoch) and docs/mlflow_pareto.png (the parent's pareto.png, or
+best_so_far.png with one objective). The study's newest parent run is the one shown.
 """
 
 from __future__ import annotations
@@ -21,9 +28,12 @@ from typing import Any
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
+from study.tracking.keys import mlflow_key, objective_names
+
 DOCS = Path(__file__).resolve().parent
 TRAINING_VIEW = "workflowType=machine_learning"  # MLflow 3.17's UI picks GenAI or training views by this switch
-RUN_COLUMNS = ("Source", "Models", "val_pixel_auroc", "train_seconds", "test_pixel_auroc")  # toggled in Columns
+SHOWN_TEST = "test/pixel_auroc"  # beside the objectives' chosen values (study.tracking.keys names)
+HIDDEN_COLUMNS = ("Source",)  # shown by default in MLflow 3.17 ("python -m study.run" on every row): room for metrics
 EXPAND_RUN = 'button[data-component-id$="runnamecellrenderer.tsx_46"]'  # the +/- beside a parent run's name
 POPOVER = "[data-radix-popper-content-wrapper]"
 
@@ -119,23 +129,46 @@ class Browser:
         self.process.wait(timeout=30)
 
 
-def runs_view(browser: Browser, ui: str, experiment_id: str, path: Path) -> None:
-    """The experiment's runs: the study's parent expanded, the objectives and a test metric as columns."""
+def runs_view(browser: Browser, ui: str, experiment_id: str, columns: list[str], path: Path) -> None:
+    """The experiment's runs: the study's parent expanded, the objectives' chosen values and a test metric as
+    columns."""
     expand = f"document.querySelector({json.dumps(EXPAND_RUN)})"
     browser.open(f"{ui}/#/experiments/{experiment_id}/runs?{TRAINING_VIEW}", expand)
     browser.run("document.querySelectorAll('button[aria-label=Close]').forEach(b => b.click())")  # the assistant
     browser.run(f"{expand}.click()")
     time.sleep(2)
     browser.click_text("Columns")
-    for column in RUN_COLUMNS:
+    for column in (*columns, *HIDDEN_COLUMNS):  # each click toggles the column
         browser.click_text(column, POPOVER)
     browser.escape()
+    for column in columns:  # full metric names: "chosen/val_pixel_auroc"
+        widen(browser, column, 90)
+    widen(browser, "Run Name", 120)  # room for run names such as "03 caae λ=1.00 lr=0.0003"
+    browser.shot(path)
+
+
+def widen(browser: Browser, header: str, by: float) -> None:
+    """Drag the right edge of the runs table's column headed ``header`` ``by`` pixels to the right."""
     edge = browser.run(
-        """(() => { const cell = Array.from(document.querySelectorAll('.ag-header-cell'))
-             .find(e => e.innerText.trim() === 'Run Name').getBoundingClientRect();
-           return [cell.right - 2, cell.top + cell.height / 2]; })()"""
+        f"""(() => {{ const cell = Array.from(document.querySelectorAll('.ag-header-cell'))
+             .find(e => e.innerText.trim() === {json.dumps(header)});
+           if (!cell) return null; const box = cell.getBoundingClientRect();
+           return [box.right - 2, box.top + box.height / 2]; }})()"""
     )
-    browser.drag(edge[0], edge[1], 200)  # room for run names such as "vae batch_size=64 kl_weight=0.05 ..."
+    if edge is None:
+        raise RuntimeError(f"no runs-table column headed {header!r}")
+    browser.drag(edge[0], edge[1], by)
+
+
+def chart_view(browser: Browser, ui: str, experiment_id: str, path: Path) -> None:
+    """The chart view of the runs unfolded above: it opens on the objectives' per-epoch curves (1_objectives)."""
+    browser.open(
+        f"{ui}/#/experiments/{experiment_id}/runs?{TRAINING_VIEW}&compareRunsMode=CHART",
+        "document.querySelector('.js-plotly-plot')",
+        5,
+    )
+    browser.run("document.querySelectorAll('button[aria-label=Close]').forEach(b => b.click())")
+    time.sleep(1)
     browser.shot(path)
 
 
@@ -156,12 +189,18 @@ def main() -> None:
     args = parser.parse_args()
     client = MlflowClient(args.ui)
     experiment = client.get_experiment_by_name(args.experiment)
+    if experiment is None:
+        raise SystemExit(f"{args.ui}: no experiment named {args.experiment!r} (the study's name)")
     (parent,) = client.search_runs([experiment.experiment_id], "tags.role = 'study'", max_results=1)
-    plot = "pareto.png" if "," in parent.data.params["objectives"] else "best_so_far.png"
-    browser = Browser(1600, 560)
+    objectives = objective_names(parent.data.params["objectives"])
+    plot = "pareto.png" if len(objectives) > 1 else "best_so_far.png"
+    columns = [mlflow_key(name, final=True) for name in objectives] + [SHOWN_TEST]
+    browser = Browser(1900, 560)  # three metric columns (two objectives, a test metric) beside the run names
     try:
         experiment_id = experiment.experiment_id
-        runs_view(browser, args.ui, experiment_id, args.out / "mlflow_runs.png")
+        runs_view(browser, args.ui, experiment_id, columns, args.out / "mlflow_runs.png")
+        browser.send("Emulation.setDeviceMetricsOverride", width=1600, height=900, deviceScaleFactor=1, mobile=False)
+        chart_view(browser, args.ui, experiment_id, args.out / "mlflow_charts.png")
         browser.send("Emulation.setDeviceMetricsOverride", width=1200, height=740, deviceScaleFactor=1, mobile=False)
         run_artifact(browser, args.ui, experiment_id, parent.info.run_id, plot, args.out / "mlflow_pareto.png")
     finally:

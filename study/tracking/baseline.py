@@ -11,8 +11,9 @@ from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 
 from study.results import append_row, load_rows, trial_row
 from study.tracking.datasets import evaluation_inputs
+from study.tracking.keys import mlflow_key
 from study.tracking.models import log_baseline_model
-from study.tracking.runs import SOURCE_TAGS, TRIAL_ID_TAG, final_key
+from study.tracking.runs import SOURCE_TAGS, TRIAL_ID_TAG
 from trainables.baseline import evaluate_untrained
 from trainables.data.cache import read_meta
 
@@ -39,8 +40,8 @@ def baseline_row(
     client.log_inputs(run.info.run_id, datasets=evaluation_inputs(inputs))  # no training: val and test only
     model_id = log_baseline_model(client, run.info.run_id, BASELINE_FAMILY, cache_dir, metrics)  # models:/<id>
     finite = {k: v for k, v in metrics.items() if v == v}  # NaN where a split lacks a class
-    # under the keys of a trial's chosen checkpoint (chosen/val_*, test_*), logged against the model
-    values = [Metric(final_key(k), float(v), 0, 0, model_id=model_id) for k, v in finite.items()]
+    # under the keys of a trial's chosen checkpoint (chosen/val_*, test/*), logged against the model
+    values = [Metric(mlflow_key(k, final=True), float(v), 0, 0, model_id=model_id) for k, v in finite.items()]
     client.log_batch(run.info.run_id, metrics=values)
     client.set_terminated(run.info.run_id, RunStatus.to_string(RunStatus.FINISHED))
     row["mlflow_run_id"] = run.info.run_id

@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
 import re
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -70,21 +72,50 @@ def log_trial_model(
 def log_model_file(client: MlflowClient, run_id: str, model_pt: Path) -> str:
     """Log ``model_pt`` as the logged model ``model`` of the run ``run_id`` (``models:/<model_id>``); return its id.
 
+    Once per run: a run that already has its READY model (a trial restarted after its final record, which it
+    reports again, or a resumed study) keeps it and gets no second one.
     mlflow.pyfunc.log_model is fluent only (the active run, the global tracking URI): both are set for the call,
     and the run's status (ended by the fluent run) is put back, since the trial's callback ends it later.
     """
     import mlflow
-    from mlflow.tracking._tracking_service.utils import _use_tracking_uri  # the client's store, then the old one
 
     from trainables.mlflow_model import log_detector_model  # mlflow.pyfunc and torch: only when a model is logged
 
     run = client.get_run(run_id)
+    mine = f"source_run_id = '{run_id}' and name = '{MODEL_PATH}'"  # (MLflow 3.17 filters no logged model status)
+    for logged in client.search_logged_models([run.info.experiment_id], mine):
+        if logged.status == "READY":  # a failed attempt's PENDING or FAILED model is not the run's model
+            return logged.model_id
     quiet = contextlib.redirect_stdout(io.StringIO())  # the fluent run's end prints its URL when on a server
-    with quiet, _use_tracking_uri(client.tracking_uri), mlflow.start_run(run_id=run_id):
+    with quiet, global_tracking_uri(client.tracking_uri), mlflow.start_run(run_id=run_id):
         info = log_detector_model(model_pt, MODEL_PATH, tags={"run_name": run.info.run_name or run_id})
     client.update_run(run_id, status=run.info.status)
     client.set_tag(run_id, "model_uri", f"models:/{info.model_id}")
     return info.model_id
+
+
+@contextlib.contextmanager
+def global_tracking_uri(uri: str) -> Iterator[None]:
+    """MLflow's global (fluent) tracking URI set to ``uri`` for the block, then put back as it was.
+
+    mlflow.set_tracking_uri also sets (or, given None, unsets) the MLFLOW_TRACKING_URI environment variable, so
+    both the URI MLflow resolves and the user's variable are restored afterwards.
+    """
+    import mlflow
+    from mlflow.environment_variables import MLFLOW_TRACKING_URI
+
+    before, variable = mlflow.get_tracking_uri(), os.environ.get(MLFLOW_TRACKING_URI.name)
+    mlflow.set_tracking_uri(uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(None)  # back to MLflow's own resolution (the variable, else its default)
+        if variable is not None:
+            os.environ[MLFLOW_TRACKING_URI.name] = variable
+        if mlflow.get_tracking_uri() != before:  # it had been set in this process: set it again
+            mlflow.set_tracking_uri(before)
+            if variable is not None:
+                os.environ[MLFLOW_TRACKING_URI.name] = variable
 
 
 def logged_model_id(client: MlflowClient, run_id: str) -> str | None:
@@ -147,9 +178,7 @@ def _version_of(client: MlflowClient, name: str, run_id: str, model_id: str) -> 
         client.create_registered_model(name, description="Winners of the study, chosen on val")
     for version in client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'"):
         return str(version.version)
-    from mlflow.tracking._tracking_service.utils import _use_tracking_uri
-
-    with _use_tracking_uri(client.tracking_uri):  # MLflow resolves the models:/ source in the global store
+    with global_tracking_uri(client.tracking_uri):  # MLflow resolves the models:/ source in the global store
         version = client.create_model_version(name, f"models:/{model_id}", run_id=run_id, model_id=model_id)
     return str(version.version)
 

@@ -31,6 +31,7 @@ from ray.tune.experiment import Trial
 
 from study.config import StudyConfig
 from study.results import failure_reason
+from study.tracking.keys import mlflow_key, objective_names
 from study.tracking.names import RUN_NAME_LIMIT, run_name, trial_number
 from trainables.metric_names import is_reported_metric
 from trainables.val_maps import IMAGE_KEY, decode_png
@@ -41,7 +42,6 @@ TRIAL_ID_TAG = "trial_id"
 # pages by its own "GenAI | Model training" switch; README, "Reviewing a study in MLflow".)
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 EXPERIMENT_KIND = "custom_model_development"
-CHOSEN_PREFIX = "chosen/"  # the chosen checkpoint's val_* in MLflow (its own chart section, not another epoch)
 SETTINGS = ("workers",)  # reported by every epoch, logged as params: settings, not measurements
 EPOCH_ONLY = ("train_seconds",)  # a final record's copy of the last epoch's value, already on its curve
 PROJECT = Path(__file__).resolve().parents[2]  # the checkout holding study/ (its git commit is tagged)
@@ -194,6 +194,7 @@ class MlflowTrialLogger(Callback):
         self.inputs = inputs
         self._client: MlflowClient | None = None
         self._settings_logged: set[str] = set()  # trial ids whose settings (workers) are logged as params
+        self._objectives: tuple[str, ...] | None = None  # the study's objective names, read from the parent run
 
     @property
     def client(self) -> MlflowClient:
@@ -202,7 +203,15 @@ class MlflowTrialLogger(Callback):
         return self._client
 
     def __getstate__(self) -> dict[str, Any]:  # Tune pickles callbacks with its experiment state
-        return {**self.__dict__, "_client": None, "_settings_logged": set()}
+        return {**self.__dict__, "_client": None, "_settings_logged": set(), "_objectives": None}
+
+    @property
+    def objectives(self) -> tuple[str, ...]:
+        """The study's objectives (the parent run's ``objectives`` param): their curves get the first chart section."""
+        if self._objectives is None:
+            params = self.client.get_run(self.parent_run_id).data.params
+            self._objectives = objective_names(params.get("objectives", ""))
+        return self._objectives
 
     def on_trial_start(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
         run_id = self.run_ids.get(trial.trial_id) or self._existing_run(trial.trial_id)
@@ -240,7 +249,8 @@ class MlflowTrialLogger(Callback):
             self._log_final(run_id, result)
             return
         step = int(result.get("epoch", result.get("training_iteration", 0)))  # epoch metrics at step = epoch
-        metrics = [Metric(k, v, _millis(result), step) for k, v in _numbers(result).items() if k not in SETTINGS]
+        values = {k: v for k, v in _numbers(result).items() if k not in SETTINGS}
+        metrics = [Metric(mlflow_key(k, self.objectives), v, _millis(result), step) for k, v in values.items()]
         settings = [Param(k, _text(result[k])) for k in SETTINGS if k in result]
         if settings and trial.trial_id not in self._settings_logged:
             self._settings_logged.add(trial.trial_id)
@@ -261,16 +271,19 @@ class MlflowTrialLogger(Callback):
     def _log_final(self, run_id: str, result: dict) -> None:
         """The chosen checkpoint: its detector as a logged model, then its values logged against that model.
 
-        They are logged at the chosen epoch's step under their own keys (``chosen/val_*``, ``test_*``,
-        ``best_epoch``), so no per-epoch curve gains a step past the last epoch; trials.csv, Tune and best.json
-        keep DESIGN.md's names (val_*).
+        They are logged at the chosen epoch's step under their own keys (``chosen/val_*``, ``test/*``,
+        ``best_epoch``: study.tracking.keys), so no per-epoch curve gains a step past the last epoch; trials.csv,
+        Tune and best.json keep DESIGN.md's names (val_*, test_*).
         """
         from study.tracking.models import log_trial_model  # local or S3 checkpoint, fetched with Ray's Checkpoint API
 
-        model_id = log_trial_model(self.client, run_id, result.get("checkpoint_path"), self.storage)
+        model_id = log_trial_model(self.client, run_id, result.get("checkpoint_path"), self.storage)  # once per run
+        if "best_epoch" in self.client.get_run(run_id).data.metrics:
+            return  # the same final record again (a trial restarted after it, or resumed): its values are logged
         step = int(result.get("best_epoch") or 0)
         values = {k: v for k, v in _numbers(result).items() if k not in SETTINGS and k not in EPOCH_ONLY}
-        metrics = [Metric(final_key(k), v, _millis(result), step, model_id=model_id) for k, v in values.items()]
+        keys = {k: mlflow_key(k, final=True) for k in values}
+        metrics = [Metric(keys[k], v, _millis(result), step, model_id=model_id) for k, v in values.items()]
         self.client.log_batch(run_id, metrics=metrics)
 
     def on_trial_complete(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
@@ -293,11 +306,6 @@ def _description(trial_id: str, config: dict[str, Any]) -> str:
     """The run's description (its page's first text): the trial id and every setting."""
     settings = "\n".join(f"- `{k}` = `{_text(v)}`" for k, v in sorted(config.items()))
     return f"Trial `{trial_id}` ({trial_label(config)}).\n\nSettings:\n\n{settings}\n"
-
-
-def final_key(key: str) -> str:
-    """The MLflow key of a final record's value: the chosen checkpoint's val_* under ``chosen/``, others as named."""
-    return f"{CHOSEN_PREFIX}{key}" if key.startswith("val_") else key
 
 
 def _numbers(result: dict) -> dict[str, float]:

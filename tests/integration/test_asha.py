@@ -35,7 +35,7 @@ def test_asha_stops_weak_trials_and_keeps_them_off_the_front(
         run = client.get_run(row["mlflow_run_id"])
         assert run.data.tags["status"] == "stopped_early"
         assert [m.step for m in client.get_metric_history(run.info.run_id, "epoch")] == [1]
-        assert row["test_pixel_auroc"] is None and "test_pixel_auroc" not in run.data.metrics
+        assert row["test_pixel_auroc"] is None and "test/pixel_auroc" not in run.data.metrics
     for row in completed:
         steps = [m.step for m in client.get_metric_history(row["mlflow_run_id"], "epoch")]
         assert steps == [1, 2, 3] and 0.0 <= row["test_pixel_auroc"] <= 1.0

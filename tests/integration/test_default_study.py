@@ -69,7 +69,7 @@ def test_per_appearance_metrics_reach_mlflow(default_small) -> None:
     assert len(children) == config.num_samples + 1  # + the threshold row
     for child in children:
         for name in APPEARANCES:
-            wanted = {f"test_pixel_auroc_{name}", f"test_pixel_auprc_{name}", f"chosen/val_pixel_auroc_{name}"}
+            wanted = {f"test/pixel_auroc_{name}", f"test/pixel_auprc_{name}", f"chosen/val_pixel_auroc_{name}"}
             assert wanted <= set(child.data.metrics), (child.data.tags.get("role"), name)
 
 
@@ -96,8 +96,11 @@ def test_readme_walkthrough_matches_the_default_study(default_small) -> None:
         query = f"tags.mlflow.parentRunId = '{parent.info.run_id}' and {text}"
         found = {run.info.run_id for run in client.search_runs([parent.info.experiment_id], query)}
         assert found and found == {r["mlflow_run_id"] for r in rows if wanted(r)}, text
-    for row in rows:  # the scatter's axes
+    assert "**`1_objectives`**" in section  # the chart view's first section: the objectives per epoch
+    for row in rows:  # the scatter's axes; a trial's objective curves
         run = client.get_run(row["mlflow_run_id"])
         assert {f"chosen/{metric}" for metric in config.objective_names} <= set(run.data.metrics)
+        curves = {f"1_objectives/{metric}" for metric in config.objective_names}
+        assert row["status"] == "baseline" or curves <= set(run.data.metrics), row["trial_id"]
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
     assert {"pareto.png", "pareto.html", "pareto.csv", "trials.csv", "best.json"} <= artifacts

@@ -214,6 +214,9 @@ def test_mlflow_model_references(
     experiment = client.create_experiment("score", artifact_location=(tmp_path / "artifacts").as_uri())
     run_ids = [client.create_run(experiment).info.run_id for _ in range(2)]
     model_ids = [log_model_file(client, run_id, trained / "model.pt") for run_id in run_ids]
+    # once per run: a trial restarted after its final record (reported again) or resumed logs no second model
+    assert log_model_file(client, run_ids[0], trained / "model.pt") == model_ids[0]
+    assert len(client.search_logged_models([experiment], f"source_run_id = '{run_ids[0]}'")) == 1
     for run_id, model_id in zip(run_ids, model_ids, strict=True):
         logged = client.get_logged_model(model_id)  # an output of its run, with its signature
         assert logged.source_run_id == run_id and logged.name == "model" and logged.status == "READY"

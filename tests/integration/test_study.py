@@ -77,7 +77,7 @@ def test_two_ddp_workers_each_train_their_share(smoke) -> None:
         per_worker_batch = int(row["param_batch_size"]) // 2
         # DistributedSampler gives each worker floor(N/2) slices; each drops its last partial batch.
         expected = 2 * (train_size // 2 // per_worker_batch) * per_worker_batch
-        history = client.get_metric_history(run.info.run_id, "train_slices")
+        history = client.get_metric_history(run.info.run_id, "train/slices")
         assert [m.value for m in history] == [expected] * config.training.epochs
 
 
@@ -95,16 +95,17 @@ def test_mlflow_has_parent_and_child_runs_with_epoch_metrics(smoke) -> None:
         assert child.info.status == "FINISHED"
         assert child.data.tags["status"] == "completed"
         assert {"lr", "kl_weight", "latent_dim", "batch_size"} <= set(child.data.params)
-        history = {m.step: m.value for m in client.get_metric_history(child.info.run_id, "val_pixel_auroc")}
+        curve = client.get_metric_history(child.info.run_id, "1_objectives/val_pixel_auroc")  # the first section
+        history = {m.step: m.value for m in curve}
         assert sorted(history) == list(range(1, config.training.epochs + 1))  # real epochs only
         assert all(0.0 <= v <= 1.0 for v in history.values())
         best_epoch = int(child.data.metrics["best_epoch"])
         # the chosen checkpoint's val_* under its own key, at the step of the epoch it came from
         (chosen,) = client.get_metric_history(child.info.run_id, "chosen/val_pixel_auroc")
         assert chosen.step == best_epoch and chosen.value == history[best_epoch] == max(history.values())
-        assert 0.0 <= child.data.metrics["test_pixel_auroc"] <= 1.0
+        assert 0.0 <= child.data.metrics["test/pixel_auroc"] <= 1.0
         # test_* is scored once, after the epochs, with the checkpoint chosen on val
-        assert [m.step for m in client.get_metric_history(child.info.run_id, "test_pixel_auroc")] == [best_epoch]
+        assert [m.step for m in client.get_metric_history(child.info.run_id, "test/pixel_auroc")] == [best_epoch]
         for key in child.data.metrics:  # system/* are MLflow's 5 s samples, stepped by sample, not by epoch
             steps = [m.step for m in client.get_metric_history(child.info.run_id, key)]
             assert key.startswith("system/") or max(steps) <= config.training.epochs, (key, steps)
@@ -114,7 +115,9 @@ def test_mlflow_has_parent_and_child_runs_with_epoch_metrics(smoke) -> None:
         assert steps == list(range(1, config.training.epochs + 1)), images
         figures = {a.path for a in client.list_artifacts(child.info.run_id, "figures")}
         assert {"figures/test_roc.png", "figures/test_examples.png", "figures/test_histograms.png"} <= figures
-        assert math.isfinite(child.data.metrics["train_loss"])
+        assert math.isfinite(child.data.metrics["train/loss"])
+        # MLflow's keys are grouped by `/` (study.tracking.keys); only the step and best_epoch stay flat
+        assert {k for k in child.data.metrics if "/" not in k} == {"epoch", "best_epoch"}, sorted(child.data.metrics)
     artifacts = {a.path for a in client.list_artifacts(outcome.parent_run_id)}
     assert {"trials.csv", "best.json", "config.yaml", "search_space.py", "pareto.csv", "best_so_far.png"} <= artifacts
     assert "optuna_history_val_pixel_auroc.png" in artifacts
@@ -135,7 +138,7 @@ def test_every_run_has_one_logged_model_and_the_registry_points_at_it(smoke) -> 
         mlmodel = Model.load(str(Path(urlparse(logged.artifact_location).path) / "MLmodel"))
         assert mlmodel.model_id == logged.model_id and mlmodel.signature is not None
         on_model = {m.key: m.value for m in logged.metrics}
-        assert on_model["test_pixel_auroc"] == float(row["test_pixel_auroc"])
+        assert on_model["test/pixel_auroc"] == float(row["test_pixel_auroc"])
         assert on_model["chosen/val_pixel_auroc"] == float(row["val_pixel_auroc"])
     winner = json.loads((outcome.study_dir / "best.json").read_text())["val_pixel_auroc"]["overall"]
     (logged,) = client.search_logged_models([experiment_id], f"source_run_id = '{winner['mlflow_run_id']}'")
