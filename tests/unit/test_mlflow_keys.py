@@ -58,7 +58,7 @@ def test_the_trial_logger_logs_grouped_keys_and_a_final_record_once(tmp_path) ->
     experiment = client.create_experiment("keys", artifact_location=(tmp_path / "artifacts").as_uri())
     parent = client.create_run(experiment).info.run_id
     client.log_param(parent, "objectives", "val_pixel_auroc:max,val_slice_auroc:max")  # as open_parent_run logs
-    logger = MlflowTrialLogger(uri, parent, epochs=1, run_ids={}, inputs=[])
+    logger = MlflowTrialLogger(uri, parent, epochs=1, run_ids={}, inputs={32: []})  # one size, no data inputs
     trial = Trial("keys", config={"family": "ae", "lr": 0.001}, stub=True)
     logger.on_trial_start(0, [trial], trial)
     epoch = {"epoch": 1, "val_pixel_auroc": 0.7, "val_dice": 0.2, "train_loss": 1.5, "workers": 2, "timestamp": 1}
