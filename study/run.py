@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from study.cluster.block import (
     BOOTSTRAP_CONFIG,
+    ClusterStudy,
     cluster_settings,
     default_cluster_yaml,
     mlflow_ui_hint,
@@ -29,7 +30,7 @@ from study.cluster.storage import RayStorage, ray_storage
 from study.config import ConfigError, StudyConfig, load_config
 from study.tracking.runs import TrackingError
 from trainables.data.errors import DataError
-from trainables.data.s3 import ClusterStudy, StageError
+from trainables.data.s3 import StageError
 
 if TYPE_CHECKING:
     from mlflow.entities import DatasetInput
