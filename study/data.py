@@ -8,11 +8,11 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from study.cluster.block import ClusterStudy
 from study.config import StudyConfig
 from trainables.data.cache import SplitConfig, prepare_slice_cache
 from trainables.data.lesions import check_mix
 from trainables.data.preprocess import PreprocessConfig
-from trainables.data.s3 import ClusterStudy
 from trainables.data.synthetic import ensure_cohort
 
 
@@ -65,7 +65,7 @@ def prepare_data(
         from trainables.data.shared_cache import shared_slice_cache  # boto3 only on a cluster
 
         say = lambda message: print(message, flush=True)  # noqa: E731
-        shared = shared_slice_cache(cluster, pre, SplitConfig(seed=config.data.split_seed), cluster.cache_dir, say)
+        shared = shared_slice_cache(cluster.data, pre, SplitConfig(seed=config.data.split_seed), cluster.cache_dir, say)
         return shared.entry, asdict(pre)
     healthy, lesion = data_folders(config)
     cache = prepare_slice_cache(

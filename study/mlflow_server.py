@@ -21,8 +21,7 @@ import urllib.request
 from pathlib import Path
 from urllib.parse import urlparse
 
-from study.cluster.block import BOOTSTRAP_CONFIG, ClusterConfigError, read_study_block
-from trainables.data.s3 import ClusterStudy
+from study.cluster.block import BOOTSTRAP_CONFIG, ClusterConfigError, ClusterStudy, read_study_block
 
 DEFAULT_DIR = Path("~/mlflow")
 DEFAULT_PORT = 5000
@@ -91,8 +90,8 @@ def start(study: ClusterStudy, folder: Path) -> int:
     if study.mlflow_artifacts:
         command += ["--artifacts-destination", study.mlflow_artifacts]
     env = dict(os.environ)
-    if study.endpoint_url:  # artifacts on an S3-compatible store (MinIO, Ceph)
-        env.setdefault("MLFLOW_S3_ENDPOINT_URL", study.endpoint_url)
+    if study.data.endpoint_url:  # artifacts on an S3-compatible store (MinIO, Ceph)
+        env.setdefault("MLFLOW_S3_ENDPOINT_URL", study.data.endpoint_url)
     with open(folder / "server.log", "ab") as log:
         # Its own session: it outlives the shell that started it, and stop() ends its workers with it.
         proc = subprocess.Popen(command, stdout=log, stderr=log, env=env, start_new_session=True)

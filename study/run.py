@@ -18,22 +18,29 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import ray
+from mlflow.entities import DatasetInput, RunStatus
+from ray._private.services import find_bootstrap_address  # the reader ray.init itself uses for Ray's address file
+
+from search_spaces import family_space
 from study.cluster.block import (
     BOOTSTRAP_CONFIG,
+    ClusterStudy,
     cluster_settings,
     default_cluster_yaml,
     mlflow_ui_hint,
     read_study_block,
 )
+from study.cluster.dryrun import dry_run
 from study.cluster.storage import RayStorage, ray_storage
 from study.config import ConfigError, StudyConfig, load_config
-from study.tracking.runs import TrackingError
+from study.progress import ProgressPrinter
+from study.results import TrialRecorder, best_trial, format_table
+from study.tracking.runs import MlflowTrialLogger, TrackingError, check_reachable, open_parent_run, tracking_uri
 from trainables.data.errors import DataError
-from trainables.data.s3 import ClusterStudy, StageError
+from trainables.data.s3 import StageError
 
 if TYPE_CHECKING:
-    from mlflow.entities import DatasetInput
-
     from study.trial import TrialSetup
 
 SUMMARY_COLUMNS = (
@@ -100,8 +107,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     cluster_yaml = choose_cluster_yaml(args)
     if args.dry_run:
-        from study.cluster.dryrun import dry_run
-
         return dry_run(args.config, cluster_yaml)
     try:
         config = load_config(args.config)
@@ -120,13 +125,10 @@ def run_study(
     config: StudyConfig, resume: bool = False, verbose: bool = False, cluster: ClusterStudy | None = None
 ) -> StudyOutcome:
     """Run (or resume) the whole study: data, MLflow parent run, Tune over Train trials, results files."""
-    from mlflow.entities import RunStatus
-
-    from search_spaces import family_space
+    # torch comes with these (as with every local import below): --help and --dry-run do not load it
     from study.data import prepare_caches
     from study.tracking.baseline import baseline_row
     from study.tracking.datasets import split_inputs, study_cohort
-    from study.tracking.runs import check_reachable, open_parent_run, tracking_uri
     from study.tuning import trial_setup
 
     quiet_libraries(verbose)
@@ -160,8 +162,6 @@ def run_study(
             raise
     finally:
         if started_ray:  # a Ray this study started goes with it; an attached cluster stays up
-            import ray
-
             ray.shutdown()
     status = RunStatus.KILLED if outcome.interrupted else RunStatus.FINISHED
     client.set_terminated(parent_run_id, RunStatus.to_string(status))
@@ -180,7 +180,7 @@ def quiet_libraries(verbose: bool) -> None:
 
 def _resume_state(config: StudyConfig, study_dir: Path, storage: RayStorage) -> str:
     """For --resume: the parent run to continue (ConfigError, and nothing touched, when there is none)."""
-    from study.tuning import can_resume
+    from study.tuning import can_resume  # torch: see run_study
 
     state = study_dir / STATE_FILE
     if not (state.is_file() and can_resume(config, storage)):
@@ -207,8 +207,6 @@ def connect_ray(config: StudyConfig, verbose: bool) -> bool:
     ``address="auto"`` would find it too, wait for its CPUs and die with it. Token auth stays as it is set up.
     Returns True when this call started Ray (the study then shuts it down at its end).
     """
-    import ray
-
     if ray.is_initialized():
         return False
     address = config.ray_address or os.environ.get("RAY_ADDRESS")
@@ -229,8 +227,6 @@ def shared_ray_address() -> str | None:
     """The address the last ``ray start`` on this machine recorded (Ray's ``ray_current_cluster`` file), if any.
 
     Private ``ray.init()`` instances record none, which is what tells the two apart."""
-    from ray._private.services import find_bootstrap_address  # the reader ray.init itself uses for this file
-
     return find_bootstrap_address(None)
 
 
@@ -242,10 +238,7 @@ def _tune(
     verbose: bool,
     inputs: dict[int, list[DatasetInput]],
 ) -> list[dict]:
-    from study.progress import ProgressPrinter
-    from study.results import TrialRecorder
-    from study.tracking.runs import MlflowTrialLogger, tracking_uri
-    from study.tuning import fit, make_tuner
+    from study.tuning import fit, make_tuner  # torch: see run_study
 
     run_ids: dict[str, str] = {}
     recorder = TrialRecorder(config.study_dir.resolve(), run_ids, config.data.reference_size)
@@ -268,8 +261,7 @@ def _finish(
     parent_run_id: str,
     cluster: ClusterStudy | None = None,
 ) -> StudyOutcome:
-    from study.results import best_trial, format_table
-    from study.tracking.report import log_study_report, write_study_report
+    from study.tracking.report import log_study_report, write_study_report  # torch: see run_study
 
     files = write_study_report(config, rows, study_dir)
     log_study_report(client, parent_run_id, config, rows, files)
@@ -292,7 +284,7 @@ def _finish(
 
 def _register(config: StudyConfig, rows: list[dict], client: Any) -> None:
     """Register the winners in MLflow's Model Registry; a registry error is printed, the study's results stand."""
-    from study.tracking.models import register_winners, registered_model_name
+    from study.tracking.models import register_winners, registered_model_name  # torch: see run_study
 
     name = registered_model_name(config)
     try:

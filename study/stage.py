@@ -43,10 +43,10 @@ def main(argv: list[str] | None = None) -> int:
         study = read_study_block(args.cluster)
         options = {"concurrency": args.concurrency, "modality": args.modality}
         if args.upload is not None:
-            count = upload_cohort(study, args.upload, say, create_bucket=args.create_bucket, **options)
+            count = upload_cohort(study.data, args.upload, say, create_bucket=args.create_bucket, **options)
             print(f"uploaded {count} files in {time.monotonic() - start:.1f} s")
             return 0
-        staged = stage_dataset(study, args.cache or study.cache_dir, say, **options)
+        staged = stage_dataset(study.data, args.cache or study.cache_dir, say, **options)
     except (StageError, ClusterConfigError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

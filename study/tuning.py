@@ -13,12 +13,12 @@ from ray import tune
 from ray.tune import Callback
 
 from search_spaces import define_by_run
+from study.cluster.block import ClusterStudy
 from study.cluster.storage import RayStorage, ray_storage
 from study.config import StudyConfig
 from study.search import make_scheduler, make_searcher
 from study.trial import TrialSetup, run_trial
 from trainables.data.node_cache import NodeData
-from trainables.data.s3 import ClusterStudy
 from trainables.train_loop import TrialSpec
 
 HEAD_RESOURCE = "node:__internal_head__"  # a resource only Ray's head node has (1 of it)
@@ -64,7 +64,7 @@ def _size_spec(
         cache_root=str(cache_dir.parent),
         preprocess=preprocess,
         split_seed=config.data.split_seed,
-        cluster=cluster,
+        data=cluster.data if cluster is not None else None,
     )
     return TrialSpec(
         family="",  # each trial's own family, hyperparameters and loop keys: study.trial.run_trial sets them

@@ -92,13 +92,13 @@ def _shared(cohort: Path, work: Path) -> dict[str, Any]:
 
     from trainables.data.cache import SplitConfig
     from trainables.data.preprocess import PreprocessConfig
-    from trainables.data.s3 import ClusterStudy
+    from trainables.data.s3 import DataSource
     from trainables.data.shared_cache import fetch_shared, shared_slice_cache
     from trainables.data.staging import upload_cohort
 
     with environment(**CREDENTIALS), MotoServer() as url:
-        study = ClusterStudy(url, "us-east-1", "s3://bench-scale/data/hcp/", "s3://bench-scale/data/brats/",
-                             work / "unused", None, work / "cluster.yaml")  # fmt: skip
+        study = DataSource(url, "us-east-1", "s3://bench-scale/data/hcp/", "s3://bench-scale/data/brats/",
+                           work / "cluster.yaml")  # fmt: skip
         upload_cohort(study, cohort, create_bucket=True)
         raw = sum(p.stat().st_size for p in cohort.rglob("*") if p.is_file() and p.name != "cohort.json")
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)

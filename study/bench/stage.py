@@ -150,7 +150,7 @@ def run(plan: BenchPlan) -> dict[str, Any]:
     healthy, _ = data_folders(config)  # the synthetic cohort (generated once): DIR/hcp and DIR/brats
     cohort = healthy.parent
     with tempfile.TemporaryDirectory(prefix="bench-stage-") as tmp, environment(**CREDENTIALS), MotoServer() as url:
-        study = read_study_block(cluster_yaml(Path(tmp), url))
+        study = read_study_block(cluster_yaml(Path(tmp), url)).data
         upload_cohort(study, cohort, create_bucket=True)
         rates, last = _compare(study, url, Path(tmp), plan.stage_repeats)
         again = stage_dataset(study, last)

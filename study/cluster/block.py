@@ -3,7 +3,8 @@
 The block (see cluster/gpu.yaml) names the object store, the two dataset prefixes, the per-node cache
 folder, where Ray keeps checkpoints, and where MLflow and Optuna keep their records. Credentials never live
 there: boto3 finds them in the environment or the instance's role, databases in ~/.pgpass or PGPASSWORD.
-``trainables.data.s3`` opens the store the block names.
+``ClusterStudy`` holds the block; its ``data`` (``trainables.data.s3.DataSource``: where the cohorts and the
+published slice caches are) is all that travels to Train workers and build tasks: the head's own settings stay here.
 """
 
 from __future__ import annotations
@@ -17,13 +18,28 @@ from urllib.parse import urlparse
 import yaml
 
 from study.config import ConfigError, StudyConfig
-from trainables.data.s3 import DEFAULT_BACKEND_STORE, ClusterStudy, parse_s3_uri
+from trainables.data.s3 import DataSource, parse_s3_uri
 
 BOOTSTRAP_CONFIG = Path("~/ray_bootstrap_config.yaml")  # Ray's copy of the cluster YAML on a `ray up` head
 # The head's setup copies Ray's copy here, into the repository folder the head syncs to each worker: the workers
 # read the cluster YAML in use (whatever its name on the user's machine) from it. Made on the head only.
 IN_USE = ".cluster-in-use.yaml"
 BLOCK = "metadata.study"
+DEFAULT_BACKEND_STORE = "sqlite:///~/mlflow/mlflow.db"  # the head's MLflow server: on the head's disk
+
+
+@dataclass(frozen=True)
+class ClusterStudy:
+    """The ``metadata.study`` block of one cluster YAML, validated: read on the head (driver, MLflow server)."""
+
+    data: DataSource  # where the cohorts and the shared slice caches are: what workers receive
+    cache_dir: Path  # per-node folder the slice caches (and `study.stage`'s copies) go into
+    mlflow_tracking_uri: str | None  # tracking URI the driver logs to; None keeps the study config's
+    source: Path  # the YAML this came from, for messages
+    ray_storage: str | None = None  # Tune/Train state and checkpoints (s3://... or a shared folder); None: config's
+    optuna_storage: str | None = None  # Optuna RDB URL (sqlite, postgresql); None: the config's (SQLite on the head)
+    mlflow_backend_store: str = DEFAULT_BACKEND_STORE  # what the head's MLflow server keeps runs in
+    mlflow_artifacts: str | None = None  # where that server puts artifacts (s3://...); None: beside its store
 
 
 class ClusterConfigError(ConfigError):
@@ -47,11 +63,16 @@ def read_study_block(path: str | Path) -> ClusterStudy:
     endpoint = reader.text("storage.endpoint_url", required=False)
     if endpoint is not None and not endpoint.startswith(("http://", "https://")):
         reader.fail("storage.endpoint_url", f"expected an http:// or https:// URL, got {endpoint!r}")
-    return ClusterStudy(
+    data = DataSource(
         endpoint_url=endpoint,
         region=reader.text("storage.region", required=False),
         healthy_uri=reader.s3_uri("data.healthy"),
         lesion_uri=reader.s3_uri("data.lesion"),
+        source=path,
+        cache_uri=reader.s3_uri("cache_prefix", required=False),
+    )
+    return ClusterStudy(
+        data=data,
         cache_dir=Path(reader.text("cache_dir")).expanduser(),
         mlflow_tracking_uri=reader.text("mlflow.tracking_uri", required=False),
         source=path,
@@ -59,7 +80,6 @@ def read_study_block(path: str | Path) -> ClusterStudy:
         optuna_storage=reader.database("optuna_storage"),
         mlflow_backend_store=reader.database("mlflow.backend_store_uri") or DEFAULT_BACKEND_STORE,
         mlflow_artifacts=reader.s3_uri("mlflow.artifacts_destination", required=False),
-        cache_uri=reader.s3_uri("cache_prefix", required=False),
     )
 
 
@@ -152,24 +172,6 @@ def cluster_settings(config: StudyConfig, study: ClusterStudy) -> StudyConfig:
         ray_storage=study.ray_storage or config.ray_storage,
         optuna_storage=study.optuna_storage or config.optuna_storage,
     )
-
-
-def stage_cluster_data(config: StudyConfig, study: ClusterStudy, progress: Any = print) -> StudyConfig:
-    """Stage the cluster's datasets on this node; ``config`` with ``data.healthy``/``data.lesion`` reading them."""
-    from trainables.data.staging import stage_dataset  # boto3 is imported only when a cluster is used
-
-    staged = stage_dataset(study, study.cache_dir, progress=progress, modality=config.data.modality)
-    data = dataclasses.replace(config.data, healthy=str(staged.healthy_dir), lesion=str(staged.lesion_dir))
-    return dataclasses.replace(config, data=data)
-
-
-def apply_cluster(config: StudyConfig, cluster_yaml: str | Path, progress: Any = print) -> StudyConfig:
-    """Both of the above: the block's settings, and the data staged on this node (no MLflow probe: see run.py).
-
-    Raises ClusterConfigError or trainables.data.s3.StageError.
-    """
-    study = read_study_block(cluster_yaml)
-    return stage_cluster_data(cluster_settings(config, study), study, progress)
 
 
 def mlflow_ui_hint(tracking_uri: str, cluster_yaml: Path | None = None) -> str:

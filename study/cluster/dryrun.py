@@ -20,9 +20,9 @@ from typing import Any
 
 import yaml
 
-from study.cluster.block import ClusterConfigError, cluster_settings, read_study_block
+from study.cluster.block import ClusterConfigError, ClusterStudy, cluster_settings, read_study_block
 from study.config import ConfigError, StudyConfig, load_config
-from trainables.data.s3 import ClusterStudy, parse_s3_uri
+from trainables.data.s3 import parse_s3_uri
 
 HEAD = "head"  # how the plan names the trial process's place (trials_on_head)
 
@@ -126,16 +126,16 @@ def _check_data(dry: DryRun) -> None:
         return
     from trainables.data.s3 import StageError, check_buckets, list_prefix, s3_client
 
-    study = dry.cluster
-    uris = (study.healthy_uri, study.lesion_uri)
+    source = dry.cluster.data
+    uris = (source.healthy_uri, source.lesion_uri)
     try:
-        check_buckets(study, [parse_s3_uri(uri)[0] for uri in uris])
-        client = s3_client(study, probe=True)
-        listed = [(uri, list_prefix(client, study, uri)) for uri in uris]
+        check_buckets(source, [parse_s3_uri(uri)[0] for uri in uris])
+        client = s3_client(source, probe=True)
+        listed = [(uri, list_prefix(client, source, uri)) for uri in uris]
     except StageError as err:
         raise Problem(str(err)) from err
     sizes = ", ".join(f"{uri} ({len(objs)} files, {sum(o.size for o in objs) / 1e6:.1f} MB)" for uri, objs in listed)
-    dry.facts["data"] = f"{sizes} on {study.label}, staged into {study.cache_dir} on every node"
+    dry.facts["data"] = f"{sizes} on {source.label}, staged into {dry.cluster.cache_dir} on every node"
 
 
 def _check_mlflow(dry: DryRun) -> None:
@@ -229,7 +229,7 @@ def _probe(storage: Any, cluster: ClusterStudy | None) -> None:
     if cluster is not None:
         from trainables.data.s3 import s3_client
 
-        client = s3_client(cluster, probe=True)
+        client = s3_client(cluster.data, probe=True)
     else:  # ray_storage from the study config alone: boto3 reads AWS_ENDPOINT_URL, the profile or the role
         import boto3
 

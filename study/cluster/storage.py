@@ -15,8 +15,9 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
+from study.cluster.block import ClusterStudy
 from study.config import ConfigError, StudyConfig
-from trainables.data.s3 import ClusterStudy, parse_s3_uri
+from trainables.data.s3 import parse_s3_uri
 
 ENDPOINT_VARIABLES = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")  # as boto3 reads them, service-specific first
 REGION_VARIABLES = ("AWS_REGION", "AWS_DEFAULT_REGION")
@@ -97,12 +98,12 @@ def s3_filesystem(endpoint_url: str | None, region: str | None) -> Any:
 
 
 def _endpoint(cluster: ClusterStudy | None) -> str | None:
-    if cluster is not None and cluster.endpoint_url:
-        return cluster.endpoint_url
+    if cluster is not None and cluster.data.endpoint_url:
+        return cluster.data.endpoint_url
     return next((os.environ[name] for name in ENDPOINT_VARIABLES if os.environ.get(name)), None)
 
 
 def _region(cluster: ClusterStudy | None) -> str | None:
-    if cluster is not None and cluster.region:
-        return cluster.region
+    if cluster is not None and cluster.data.region:
+        return cluster.data.region
     return next((os.environ[name] for name in REGION_VARIABLES if os.environ.get(name)), None)

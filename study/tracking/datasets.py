@@ -21,10 +21,10 @@ from mlflow.entities import Dataset, DatasetInput, InputTag
 from mlflow.types import Schema, TensorSpec
 from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
+from study.cluster.block import ClusterStudy
 from study.config import StudyConfig
 from study.data import synthetic_folder
 from trainables.data.cache import SPLITS, read_meta
-from trainables.data.s3 import ClusterStudy
 from trainables.data.synthetic import GENERATOR_VERSION
 
 CONTEXTS = {"train": "training", "val": "validation", "test": "test"}  # MLflow's dataset contexts per split
@@ -43,7 +43,7 @@ class Cohort:
 def study_cohort(config: StudyConfig, cluster: ClusterStudy | None = None) -> Cohort:
     """The study's cohort: the cluster's S3 URIs, the configured folders, or the embedded synthetic one."""
     if cluster is not None:
-        healthy, lesion = cluster.healthy_uri, cluster.lesion_uri
+        healthy, lesion = cluster.data.healthy_uri, cluster.data.lesion_uri
     elif config.data.healthy is not None and config.data.lesion is not None:
         healthy, lesion = str(Path(config.data.healthy).resolve()), str(Path(config.data.lesion).resolve())
     else:

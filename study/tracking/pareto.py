@@ -12,16 +12,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")  # files only; no display on cluster heads or CI
-import matplotlib.pyplot as plt  # noqa: E402
-
-from study.results import best_trial, write_trials_csv  # noqa: E402
-from study.tracking.names import row_run_name  # noqa: E402
-from study.tracking.pareto_html import write_front_html  # noqa: E402
-from trainables.numbers import is_finite  # noqa: E402
-from trainables.objective import Objective  # noqa: E402
+from study.results import best_trial, write_trials_csv
+from study.tracking.names import row_run_name
+from study.tracking.pareto_html import write_front_html
+from study.tracking.plots import new_figure, save_figure
+from trainables.numbers import is_finite
+from trainables.objective import Objective
 
 
 def _oriented(row: dict[str, Any], objectives: list[Objective]) -> tuple[float, ...]:
@@ -125,7 +121,8 @@ def _staircase(
 def plot_front(view: FrontView, path: Path) -> Path:
     """pareto.png: trials by family, labelled by run name; the front's step line; each objective's winner
     starred; the threshold baseline as dotted reference lines; the legend outside the axes."""
-    fig, ax = plt.subplots(figsize=(10, 5))  # the legend's column beside the axes
+    fig = new_figure((10, 5))  # the legend's column beside the axes
+    ax = fig.subplots()
     for family in sorted({p["family"] for p in view.points if not p["stopped"]}):
         mine = [p for p in view.points if p["family"] == family and not p["stopped"]]
         ax.scatter([p["x"] for p in mine], [p["y"] for p in mine], label=family, alpha=0.8, zorder=3)
@@ -151,7 +148,7 @@ def plot_front(view: FrontView, path: Path) -> Path:
     ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0)  # never on a point
     completed = sum(not p["stopped"] for p in view.points)
     ax.set_title(f"Pareto front of {completed} completed trials", fontsize="medium")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_best_so_far(rows: list[dict[str, Any]], objective: Objective, path: Path) -> Path:
@@ -159,17 +156,11 @@ def plot_best_so_far(rows: list[dict[str, Any]], objective: Objective, path: Pat
     pool = candidates(rows, [objective])
     values = [r[objective.metric] for r in pool]
     best = [objective.best(values[: i + 1], float) for i in range(len(values))]
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig = new_figure((6, 4))
+    ax = fig.subplots()
     ax.plot(range(1, len(values) + 1), values, "o", alpha=0.6, label="trial")
     ax.plot(range(1, len(best) + 1), best, "-", label="best so far")
     ax.set_xlabel("completed trial")
     ax.set_ylabel(objective.metric)
     ax.legend()
-    return _save(fig, path)
-
-
-def _save(fig: plt.Figure, path: Path) -> Path:
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)

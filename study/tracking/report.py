@@ -2,22 +2,17 @@
 
 from __future__ import annotations
 
-import warnings
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
-import matplotlib
+import optuna
+from mlflow.entities import Metric, RunTag
+from mlflow.tracking import MlflowClient
+from mlflow.utils.mlflow_tags import MLFLOW_RUN_NOTE
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import optuna  # noqa: E402
-from mlflow.entities import Metric, RunTag  # noqa: E402
-from mlflow.tracking import MlflowClient  # noqa: E402
-from mlflow.utils.mlflow_tags import MLFLOW_RUN_NOTE  # noqa: E402
-
-from study.config import StudyConfig  # noqa: E402
-from study.results import (  # noqa: E402
+from study.config import StudyConfig
+from study.results import (
     APPEARANCE_CHOICE,
     APPEARANCE_SHOWN,
     TRIALS_CSV,
@@ -29,11 +24,12 @@ from study.results import (  # noqa: E402
     write_best_json,
     write_trials_csv,
 )
-from study.search import make_storage  # noqa: E402
-from study.tracking.names import row_run_name  # noqa: E402
-from study.tracking.pareto import fronts, write_pareto  # noqa: E402
-from study.tracking.runs import tracking_uri  # noqa: E402
-from trainables.numbers import is_finite  # noqa: E402
+from study.search import make_storage
+from study.tracking.names import row_run_name
+from study.tracking.pareto import fronts, write_pareto
+from study.tracking.plots import optuna_plots
+from study.tracking.runs import tracking_uri
+from trainables.numbers import is_finite
 
 SUMMARY = "summary.md"  # the parent run's summary, also shown as the run's description
 TEST_SHOWN = ("test_pixel_auroc", "test_slice_auroc")  # reported beside each chosen trial, never used to choose
@@ -44,40 +40,8 @@ def write_study_report(config: StudyConfig, rows: list[dict[str, Any]], study_di
     write_trials_csv(rows, study_dir / TRIALS_CSV)
     write_best_json(rows, config.objectives, study_dir / "best.json")
     files = [study_dir / TRIALS_CSV, study_dir / "best.json", *write_pareto(rows, config.objectives, study_dir)]
-    return files + optuna_plots(config, study_dir)
-
-
-def optuna_plots(config: StudyConfig, study_dir: Path) -> list[Path]:
-    """Optimisation history and parameter importances per objective, from the persisted Optuna study."""
     study = optuna.load_study(study_name=config.name, storage=make_storage(config))
-    if not any(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials):
-        return []
-    files = []
-    for index, name in enumerate(config.objective_names):
-        target = (lambda t, i=index: t.values[i]) if len(config.objectives) > 1 else None
-        for kind, plot in (("history", optuna.visualization.matplotlib.plot_optimization_history),
-                           ("importances", optuna.visualization.matplotlib.plot_param_importances)):  # fmt: skip
-            path = study_dir / f"optuna_{kind}_{name}.png"
-            if _plot(lambda p=plot, t=target, n=name: p(study, target=t, target_name=n), path):
-                files.append(path)
-    return files
-
-
-def _plot(draw: Any, path: Path) -> bool:
-    """Save an Optuna matplotlib plot; False (with a warning) where Optuna cannot draw it yet."""
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # Optuna marks its matplotlib plots experimental
-            axes = draw()
-    except (ValueError, RuntimeError) as err:  # e.g. importances need two or more completed trials
-        print(f"note: {path.name} not drawn: {err}")
-        return False
-    figure = axes.figure if hasattr(axes, "figure") else axes.flat[0].figure
-    figure.set_size_inches(7, 4.5)
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
-    return True
+    return files + optuna_plots(study, config.objectives, study_dir)
 
 
 def log_study_report(

@@ -149,7 +149,7 @@ def test_staging_killed_mid_download_resumes_with_only_the_missing_files(slow_s3
     cohort = _larger_cohort(tmp_path / "cohort", healthy=20)
     cluster_yaml = _cluster_yaml(tmp_path, slow_s3, "brain-interrupted")
     study = read_study_block(cluster_yaml)
-    total = upload_cohort(study, cohort, create_bucket=True)
+    total = upload_cohort(study.data, cohort, create_bucket=True)
     uploaded = [p for p in cohort.rglob("*") if p.is_file() and p.name != "cohort.json"]  # the generator's record stays
     originals = {p.relative_to(cohort): p.read_bytes() for p in uploaded}
     assert total == len(originals) == 20 + 2 * 3 + 1  # + the BraTS layout's appearance.csv
@@ -169,7 +169,7 @@ def test_staging_killed_mid_download_resumes_with_only_the_missing_files(slow_s3
     for path in complete:  # nothing under a final name is a partial file
         assert path.read_bytes() == originals[path.relative_to(cache)], path
 
-    again = stage_dataset(study, study.cache_dir)
+    again = stage_dataset(study.data, study.cache_dir)
     assert (again.downloaded_files, again.skipped_files) == (total - len(complete), len(complete))
     complete, partial = _files(cache)
     assert not partial  # the killed stager's temporary files are gone

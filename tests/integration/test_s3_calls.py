@@ -93,7 +93,7 @@ def site(s3_endpoint: str, tmp_path: Path) -> Path:
     path.write_text(yaml.safe_dump(raw))
     cohort = tmp_path / "cohort"
     generate_cohort(cohort, n_healthy=2, n_lesion=1, seed=0)
-    upload_cohort(read_study_block(path), cohort, create_bucket=True)
+    upload_cohort(read_study_block(path).data, cohort, create_bucket=True)
     return path
 
 
@@ -119,7 +119,7 @@ def test_a_workers_calls_are_allowed_by_its_policy(site: Path, recorded: Callabl
 
     recorded()  # the seeding above, with the user's credentials: not a node's
     study = read_study_block(site)
-    stage_dataset(study, tmp_path / "node-cache")
+    stage_dataset(study.data, tmp_path / "node-cache")
     storage = ray_storage(StudyConfig(name="smoke", ray_storage=study.ray_storage), study)
     context = StorageContext(storage.path("train"), "trial_0", storage_filesystem=storage.filesystem)
     local = tmp_path / "ckpt"

@@ -115,7 +115,7 @@ def _seeded_cluster_yaml(folder: Path, config_path: Path, endpoint: str, trackin
     path.write_text(json.dumps({"metadata": {"study": block}}))  # JSON is YAML
     healthy, lesion = data_folders(load_config(config_path))  # the synthetic cohort, generated once per session
     scans = len([*healthy.rglob("*.nii.gz"), *lesion.rglob("*.nii.gz")])
-    assert scans > 0 and upload_cohort(read_study_block(path), healthy.parent, create_bucket=True) >= scans
+    assert scans > 0 and upload_cohort(read_study_block(path).data, healthy.parent, create_bucket=True) >= scans
     return path, scans
 
 

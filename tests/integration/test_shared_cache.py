@@ -21,7 +21,7 @@ from ray.cluster_utils import Cluster
 from trainables.data.cache import SplitConfig, load_split, prepare_slice_cache
 from trainables.data.node_cache import NodeData
 from trainables.data.preprocess import PreprocessConfig
-from trainables.data.s3 import ClusterStudy, StageError, parse_s3_uri
+from trainables.data.s3 import DataSource, StageError, parse_s3_uri
 from trainables.data.shared_cache import MARKER, fetch_shared, shared_slice_cache
 from trainables.data.staging import upload_cohort
 from trainables.data.synthetic import generate_cohort
@@ -49,15 +49,13 @@ def two_nodes(s3_endpoint: str) -> Iterator[Cluster]:
         cluster.shutdown()
 
 
-def make_study(tmp_path: Path, endpoint: str, cohort: Path) -> ClusterStudy:
+def make_study(tmp_path: Path, endpoint: str, cohort: Path) -> DataSource:
     bucket = f"brain-{uuid.uuid4().hex[:10]}"
-    study = ClusterStudy(
+    study = DataSource(
         endpoint_url=endpoint,
         region="us-east-1",
         healthy_uri=f"s3://{bucket}/data/hcp/",
         lesion_uri=f"s3://{bucket}/data/brats/",
-        cache_dir=tmp_path / "unused",
-        mlflow_tracking_uri=None,
         source=tmp_path / "cluster.yaml",
     )
     upload_cohort(study, cohort, create_bucket=True)

@@ -16,11 +16,10 @@ from pathlib import Path
 import boto3
 import pytest
 
-from study.cluster.block import apply_cluster, read_study_block
-from study.config import StudyConfig
+from study.cluster.block import read_study_block
 from study.stage import main
 from trainables.data.layouts import discover_subjects
-from trainables.data.s3 import ClusterStudy, StageError, check_buckets
+from trainables.data.s3 import DataSource, StageError, check_buckets
 from trainables.data.staging import MANIFEST, stage_dataset, upload_cohort
 from trainables.data.synthetic import generate_cohort
 
@@ -49,9 +48,9 @@ def write_cluster_yaml(folder: Path, s3_endpoint: str, bucket: str, lesion: str 
 
 
 @pytest.fixture
-def seeded(tmp_path: Path, s3_endpoint: str, cohort: Path) -> ClusterStudy:
+def seeded(tmp_path: Path, s3_endpoint: str, cohort: Path) -> DataSource:
     """A fresh bucket seeded from the cohort with upload_cohort (the --upload path)."""
-    study = read_study_block(write_cluster_yaml(tmp_path, s3_endpoint, f"brain-{uuid.uuid4().hex[:10]}"))
+    study = read_study_block(write_cluster_yaml(tmp_path, s3_endpoint, f"brain-{uuid.uuid4().hex[:10]}")).data
     assert upload_cohort(study, cohort, create_bucket=True) == N_FILES
     return study
 
@@ -60,7 +59,7 @@ def cached_files(cache: Path) -> list[Path]:
     return sorted(p for p in cache.rglob("*") if p.is_file() and not p.name.startswith("."))
 
 
-def test_stage_mirrors_the_bucket_layout(seeded: ClusterStudy, cohort: Path, tmp_path: Path) -> None:
+def test_stage_mirrors_the_bucket_layout(seeded: DataSource, cohort: Path, tmp_path: Path) -> None:
     lines: list[str] = []
     staged = stage_dataset(seeded, tmp_path / "node", progress=lines.append)
     bucket = seeded.healthy_uri.split("/")[2]
@@ -79,13 +78,13 @@ def test_stage_mirrors_the_bucket_layout(seeded: ClusterStudy, cohort: Path, tmp
     assert any("MB/s" in line and f"{N_FILES}/{N_FILES} files" in line for line in lines)
 
 
-def test_second_stage_downloads_nothing(seeded: ClusterStudy, tmp_path: Path) -> None:
+def test_second_stage_downloads_nothing(seeded: DataSource, tmp_path: Path) -> None:
     stage_dataset(seeded, tmp_path / "node")
     again = stage_dataset(seeded, tmp_path / "node")
     assert (again.downloaded_files, again.downloaded_bytes, again.skipped_files) == (0, 0, N_FILES)
 
 
-def test_truncated_file_is_fetched_again(seeded: ClusterStudy, tmp_path: Path) -> None:
+def test_truncated_file_is_fetched_again(seeded: DataSource, tmp_path: Path) -> None:
     staged = stage_dataset(seeded, tmp_path / "node")
     victim = next(staged.lesion_dir.rglob("*_seg.nii.gz"))
     good = victim.read_bytes()
@@ -95,7 +94,7 @@ def test_truncated_file_is_fetched_again(seeded: ClusterStudy, tmp_path: Path) -
     assert victim.read_bytes() == good
 
 
-def test_leftover_partial_download_is_removed(seeded: ClusterStudy, tmp_path: Path) -> None:
+def test_leftover_partial_download_is_removed(seeded: DataSource, tmp_path: Path) -> None:
     staged = stage_dataset(seeded, tmp_path / "node")
     leftover = staged.healthy_dir / "100000" / "T1w" / ".T2w_acpc_dc_restore_brain.nii.gz.0badc0de.part"
     leftover.write_bytes(b"half a scan")  # as a killed stager would leave it
@@ -103,7 +102,7 @@ def test_leftover_partial_download_is_removed(seeded: ClusterStudy, tmp_path: Pa
     assert not leftover.exists()
 
 
-def test_object_removed_from_bucket_is_pruned(seeded: ClusterStudy, s3_endpoint: str, tmp_path: Path) -> None:
+def test_object_removed_from_bucket_is_pruned(seeded: DataSource, s3_endpoint: str, tmp_path: Path) -> None:
     staged = stage_dataset(seeded, tmp_path / "node")
     bucket = seeded.healthy_uri.split("/")[2]
     s3 = boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1")
@@ -113,11 +112,11 @@ def test_object_removed_from_bucket_is_pruned(seeded: ClusterStudy, s3_endpoint:
     assert len(cached_files(tmp_path / "node")) == N_FILES - 1
 
 
-def test_upload_again_sends_nothing(seeded: ClusterStudy, cohort: Path) -> None:
+def test_upload_again_sends_nothing(seeded: DataSource, cohort: Path) -> None:
     assert upload_cohort(seeded, cohort) == 0
 
 
-def test_concurrent_stagers_on_one_node_download_once(seeded: ClusterStudy, tmp_path: Path) -> None:
+def test_concurrent_stagers_on_one_node_download_once(seeded: DataSource, tmp_path: Path) -> None:
     results = []
     threads = [threading.Thread(target=lambda: results.append(stage_dataset(seeded, tmp_path / "node"))) for _ in "ab"]
     for thread in threads:
@@ -128,15 +127,15 @@ def test_concurrent_stagers_on_one_node_download_once(seeded: ClusterStudy, tmp_
 
 
 def test_missing_bucket_is_named(tmp_path: Path, s3_endpoint: str) -> None:
-    study = read_study_block(write_cluster_yaml(tmp_path, s3_endpoint, "no-such-bucket-here"))
+    study = read_study_block(write_cluster_yaml(tmp_path, s3_endpoint, "no-such-bucket-here")).data
     with pytest.raises(StageError, match=r"bucket 'no-such-bucket-here'.*no such bucket") as info:
         stage_dataset(study, tmp_path / "node")
     assert s3_endpoint in str(info.value)
 
 
-def test_empty_prefix_is_named(seeded: ClusterStudy, tmp_path: Path, s3_endpoint: str) -> None:
+def test_empty_prefix_is_named(seeded: DataSource, tmp_path: Path, s3_endpoint: str) -> None:
     bucket = seeded.healthy_uri.split("/")[2]
-    study = read_study_block(write_cluster_yaml(tmp_path, s3_endpoint, bucket, lesion="brats2091/"))
+    study = read_study_block(write_cluster_yaml(tmp_path, s3_endpoint, bucket, lesion="brats2091/")).data
     with pytest.raises(StageError, match=rf"bucket '{bucket}', prefix 'brats2091/': no objects"):
         stage_dataset(study, tmp_path / "node")
 
@@ -145,7 +144,7 @@ def test_unreachable_endpoint_fails_fast(tmp_path: Path, aws_env: None) -> None:
     with socket.socket() as probe:  # a port that was free a moment ago: nothing listens there
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    study = read_study_block(write_cluster_yaml(tmp_path, f"http://127.0.0.1:{port}", "brain-mri"))
+    study = read_study_block(write_cluster_yaml(tmp_path, f"http://127.0.0.1:{port}", "brain-mri")).data
     start = time.monotonic()
     with pytest.raises(StageError, match=rf"http://127.0.0.1:{port}.*cannot reach the endpoint"):
         stage_dataset(study, tmp_path / "node")
@@ -170,7 +169,7 @@ def moto_checks_signatures(s3_endpoint: str) -> Iterator[None]:
 
 
 def test_wrong_credentials_are_rejected(
-    seeded: ClusterStudy, tmp_path: Path, s3_endpoint: str, monkeypatch: pytest.MonkeyPatch
+    seeded: DataSource, tmp_path: Path, s3_endpoint: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     iam = boto3.client("iam", endpoint_url=s3_endpoint, region_name="us-east-1")
     user = f"stager-{uuid.uuid4().hex[:6]}"
@@ -193,7 +192,7 @@ def test_wrong_credentials_are_rejected(
 
 
 def test_a_rotated_key_keeps_working_in_one_process(
-    seeded: ClusterStudy, tmp_path: Path, s3_endpoint: str, monkeypatch: pytest.MonkeyPatch
+    seeded: DataSource, tmp_path: Path, s3_endpoint: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """One boto3 session serves the whole process, yet a key rotated between two stagings is picked up: in
     the environment, then in the shared credentials file. The old key is deleted in IAM, so a session that
@@ -253,23 +252,23 @@ def iam_key_signed_by(endpoint: str, user: str, key: dict) -> dict:
     return signed.create_access_key(UserName=user)["AccessKey"]
 
 
-def test_unrecognised_layout_is_named(seeded: ClusterStudy, tmp_path: Path, s3_endpoint: str) -> None:
+def test_unrecognised_layout_is_named(seeded: DataSource, tmp_path: Path, s3_endpoint: str) -> None:
     bucket = seeded.healthy_uri.split("/")[2]
     s3 = boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1")
     s3.put_object(Bucket=bucket, Key="notes/readme.txt", Body=b"not a scan")
-    study = read_study_block(write_cluster_yaml(tmp_path, s3_endpoint, bucket, lesion="notes/"))
+    study = read_study_block(write_cluster_yaml(tmp_path, s3_endpoint, bucket, lesion="notes/")).data
     with pytest.raises(StageError, match=rf"s3://{bucket}/notes/ \(local .*\): layout not recognised"):
         stage_dataset(study, tmp_path / "node")
 
 
-def test_upload_refuses_a_folder_without_a_known_layout(seeded: ClusterStudy, tmp_path: Path) -> None:
+def test_upload_refuses_a_folder_without_a_known_layout(seeded: DataSource, tmp_path: Path) -> None:
     (tmp_path / "mess" / "hcp").mkdir(parents=True)
     (tmp_path / "mess" / "brats").mkdir()
     with pytest.raises(StageError, match="layout not recognised"):
         upload_cohort(seeded, tmp_path / "mess")
 
 
-def test_cli_stages_and_reports(seeded: ClusterStudy, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_cli_stages_and_reports(seeded: DataSource, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     assert main(["--cluster", str(seeded.source), "--cache", str(tmp_path / "cli"), "--concurrency", "2"]) == 0
     out = capsys.readouterr().out
     assert f"downloaded {N_FILES}/{N_FILES} files" in out and "MB/s" in out
@@ -282,15 +281,7 @@ def test_cli_error_exit_code(tmp_path: Path, s3_endpoint: str, capsys: pytest.Ca
     assert "no such bucket" in capsys.readouterr().err
 
 
-def test_apply_cluster_points_the_study_at_the_staged_data(seeded: ClusterStudy) -> None:
-    config = apply_cluster(StudyConfig(), seeded.source, progress=lambda message: None)
-    assert Path(config.data.healthy) == (seeded.cache_dir / seeded.healthy_uri[5:]).resolve()
-    assert Path(config.data.lesion) == (seeded.cache_dir / seeded.lesion_uri[5:]).resolve()
-    assert config.mlflow.tracking_uri == "http://127.0.0.1:5999"
-    assert StudyConfig().data.healthy is None  # the input config is left alone
-
-
-def test_each_node_of_a_ray_cluster_stages_once(seeded: ClusterStudy, tmp_path: Path) -> None:
+def test_each_node_of_a_ray_cluster_stages_once(seeded: DataSource, tmp_path: Path) -> None:
     """Two raylets on this machine; a task pinned to each stages into that node's own cache folder."""
     import ray
     from ray.cluster_utils import Cluster
@@ -303,7 +294,7 @@ def test_each_node_of_a_ray_cluster_stages_once(seeded: ClusterStudy, tmp_path: 
     try:
         nodes = [node["NodeID"] for node in ray.nodes() if node["Alive"]]
         assert len(nodes) == 2
-        stage = ray.remote(num_cpus=0)(stage_dataset)  # a task per node, as trials' setup would run it
+        stage = ray.remote(num_cpus=0)(stage_dataset)  # a task per node, as `study.stage --cluster` by hand on each
 
         def on_each_node() -> dict[str, object]:
             refs = {

@@ -80,9 +80,9 @@ def cluster_yaml(tmp_path: Path, **extra: str) -> Path:
 
 
 def test_shared_cache_prefix_defaults_beside_the_data(tmp_path: Path) -> None:
-    assert read_study_block(cluster_yaml(tmp_path)).shared_cache_uri == "s3://bucket/cohorts/slice-cache/"
+    assert read_study_block(cluster_yaml(tmp_path)).data.shared_cache_uri == "s3://bucket/cohorts/slice-cache/"
     chosen = read_study_block(cluster_yaml(tmp_path, cache_prefix="s3://other/caches"))
-    assert chosen.shared_cache_uri == "s3://other/caches"
+    assert chosen.data.shared_cache_uri == "s3://other/caches"
     with pytest.raises(ClusterConfigError, match="cache_prefix"):
         read_study_block(cluster_yaml(tmp_path, cache_prefix="/local/folder"))
 

@@ -50,9 +50,9 @@ def test_ray_accepts_the_cluster_yaml(path: Path) -> None:
 @pytest.mark.parametrize("path", CLUSTER_YAMLS, ids=lambda p: p.name)
 def test_study_block_has_every_key(path: Path) -> None:
     study = read_study_block(path)
-    for uri in (study.healthy_uri, study.lesion_uri):
+    for uri in (study.data.healthy_uri, study.data.lesion_uri):
         assert uri.startswith("s3://") and parse_s3_uri(uri)[1]
-    assert study.region and study.cache_dir and study.mlflow_tracking_uri
+    assert study.data.region and study.cache_dir and study.mlflow_tracking_uri
     block = yaml.safe_load(path.read_text())["metadata"]["study"]
     assert set(block) >= {"storage", "data", "cache_dir", "mlflow"}
 
@@ -124,7 +124,7 @@ def test_a_renamed_copy_is_the_yaml_in_use(tmp_path: Path, monkeypatch: pytest.M
     bootstrap.write_text(json.dumps(ray_validate(site)))
     for command in site["head_setup_commands"]:
         subprocess.run(["bash", "-c", command], check=True, env={"HOME": str(tmp_path), "PATH": "/usr/bin:/bin"})
-    assert read_study_block(repo / IN_USE).healthy_uri == "s3://site-bucket/hcp/"  # the site's, not local.yaml's
+    assert read_study_block(repo / IN_USE).data.healthy_uri == "s3://site-bucket/hcp/"  # the site's, not local.yaml's
     monkeypatch.chdir(repo)
     assert "ray attach cluster/site.yaml --port-forward 5000" in mlflow_ui_hint("http://127.0.0.1:5000", bootstrap)
 
@@ -192,7 +192,7 @@ def test_gpu_yaml_has_cpu_head_and_autoscaling_gpu_workers() -> None:
 def test_local_yaml_names_its_machines_and_store() -> None:
     raw = yaml.safe_load((CLUSTER_DIR / "local.yaml").read_text())
     assert raw["provider"]["type"] == "local" and raw["provider"]["head_ip"] and raw["provider"]["worker_ips"]
-    assert read_study_block(CLUSTER_DIR / "local.yaml").endpoint_url.startswith("http")
+    assert read_study_block(CLUSTER_DIR / "local.yaml").data.endpoint_url.startswith("http")
 
 
 def test_ray_validator_is_real() -> None:
@@ -222,8 +222,8 @@ def block(**changes: Any) -> dict[str, Any]:
 
 def test_read_study_block(tmp_path: Path) -> None:
     study = read_study_block(write(tmp_path, block()))
-    assert study.endpoint_url == "http://127.0.0.1:9000" and study.region == "us-east-1"
-    assert (study.healthy_uri, study.lesion_uri) == ("s3://brain-mri/hcp", "s3://brain-mri/brats/")
+    assert study.data.endpoint_url == "http://127.0.0.1:9000" and study.data.region == "us-east-1"
+    assert (study.data.healthy_uri, study.data.lesion_uri) == ("s3://brain-mri/hcp", "s3://brain-mri/brats/")
     assert study.cache_dir == Path.home() / "study-cache"  # expanded on the node that reads it
     assert study.mlflow_tracking_uri == "http://127.0.0.1:5000"
     assert study.source == tmp_path / "cluster.yaml"
@@ -231,8 +231,8 @@ def test_read_study_block(tmp_path: Path) -> None:
 
 def test_optional_keys_may_be_left_out(tmp_path: Path) -> None:
     study = read_study_block(write(tmp_path, block(storage={}, mlflow=None)))
-    assert (study.endpoint_url, study.region, study.mlflow_tracking_uri) == (None, None, None)
-    assert study.label == "AWS S3 (default region)"
+    assert (study.data.endpoint_url, study.data.region, study.mlflow_tracking_uri) == (None, None, None)
+    assert study.data.label == "AWS S3 (default region)"
 
 
 @pytest.mark.parametrize(

@@ -7,11 +7,12 @@ from pathlib import Path
 
 import pytest
 
+from study.cluster.block import ClusterStudy
 from study.config import StudyConfig
 from study.tracking.datasets import evaluation_inputs, split_inputs, study_cohort
 from trainables.data.cache import SplitConfig, prepare_slice_cache, read_meta
 from trainables.data.preprocess import PreprocessConfig
-from trainables.data.s3 import ClusterStudy
+from trainables.data.s3 import DataSource
 from trainables.data.synthetic import GENERATOR_VERSION, ensure_cohort
 
 HEALTHY, LESION = 6, 4  # the cohort tests/unit/test_splits.py builds too (shared through pytest's base folder)
@@ -74,7 +75,8 @@ def test_cohort_names_synthetic_settings_or_s3_uris(cache: Path, tmp_path: Path)
     assert synthetic.generator == {"template": "MNI152 (nilearn)", "version": GENERATOR_VERSION, **settings}
     profile = json.loads(split_inputs(synthetic, cache)[0].dataset.profile)
     assert profile["synthetic"] == synthetic.generator
-    cluster = ClusterStudy(None, None, "s3://brain-mri/hcp/", "s3://brain-mri/brats2019/", tmp_path, None, tmp_path)
+    source = DataSource(None, None, "s3://brain-mri/hcp/", "s3://brain-mri/brats2019/", tmp_path)
+    cluster = ClusterStudy(source, tmp_path, None, tmp_path)
     remote = study_cohort(config, cluster)
     assert (remote.label, remote.healthy, remote.generator) == ("hcp+brats2019", "s3://brain-mri/hcp/", None)
     test = split_inputs(remote, cache)[2].dataset

@@ -55,7 +55,7 @@ READ = [BLOCK["data"]["healthy"], BLOCK["data"]["lesion"]]
 WRITE = {"head": [BLOCK["ray_storage"], BLOCK["mlflow"]["artifacts_destination"]], "worker": [BLOCK["ray_storage"]]}
 # The shared slice cache (trainables.data.shared_cache): the driver on the head lists, reads and publishes it
 # (uploads, then the COMPLETE marker; it never deletes), every node's first Train worker lists and reads it.
-SHARED_CACHE = read_study_block(ROOT / "cluster" / "gpu.yaml").shared_cache_uri
+SHARED_CACHE = read_study_block(ROOT / "cluster" / "gpu.yaml").data.shared_cache_uri
 PUBLISH = {"s3:GetObject", "s3:PutObject", "s3:AbortMultipartUpload"}
 BUCKETS = {prefix(uri)[0] for uri in READ + WRITE["head"]}
 

@@ -1,6 +1,6 @@
 """Named presets (each family's published settings, declared once in its module) resolve to exactly what the study
 YAMLs and the reproduction ran before presets existed: tests/unit/pinned/published_settings.json holds those values,
-written from `completed_points(load_config(path))` and `trainables.reproduce_runs.RUNS` at b9aa24e."""
+written from `completed_points(load_config(path))` and `trainables.reproduce.runs.RUNS` at b9aa24e."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ from trainables.families import (
     searchable_family_names,
 )
 from trainables.families.registry import family_class
-from trainables.reproduce_runs import RUNS
+from trainables.reproduce.runs import RUNS
 
 PINNED = json.loads((Path(__file__).parent / "pinned" / "published_settings.json").read_text())
 

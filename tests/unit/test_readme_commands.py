@@ -108,7 +108,7 @@ def test_every_cluster_yaml_named_exists_and_reads() -> None:
     named = set(re.findall(r"cluster/[\w.-]+\.yaml", " ".join(ALL_LINES)))
     assert {"cluster/gpu.yaml", "cluster/local.yaml"} <= named
     for path in named:
-        assert read_study_block(ROOT / path).healthy_uri.startswith("s3://")
+        assert read_study_block(ROOT / path).data.healthy_uri.startswith("s3://")
 
 
 def test_every_policy_file_named_exists_and_parses() -> None:
@@ -146,10 +146,11 @@ def test_iam_as_ray_documents_it() -> None:
     worker = json.loads((iam / "worker-policy.json").read_text())["Statement"]
     passes = [s for s in head if s["Action"] == "iam:PassRole"]
     assert len(passes) == 1 and passes[0]["Resource"].endswith(":role/lesion-study-worker")
-    study = read_study_block(ROOT / "cluster" / "gpu.yaml")
+    cluster = read_study_block(ROOT / "cluster" / "gpu.yaml")
+    study = cluster.data
     bucket = study.healthy_uri.split("/")[2]
     data = [f"arn:aws:s3:::{bucket}/{uri.split('/', 3)[3]}*" for uri in (study.healthy_uri, study.lesion_uri)]
-    storage = f"arn:aws:s3:::{bucket}/{study.ray_storage.split('/', 3)[3]}*"
+    storage = f"arn:aws:s3:::{bucket}/{cluster.ray_storage.split('/', 3)[3]}*"
     shared_cache = f"arn:aws:s3:::{bucket}/{study.shared_cache_uri.split('/', 3)[3]}*"  # read by every node
 
     def allowed(statements: list[dict], action: str) -> set[str]:

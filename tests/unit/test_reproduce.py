@@ -1,4 +1,4 @@
-"""The reproduction's own parts (trainables/reproduce*.py): bootstrap, budget and stop rule, conventions, tables."""
+"""The reproduction's own parts (trainables/reproduce/): bootstrap, budget and stop rule, conventions, tables."""
 
 from pathlib import Path
 
@@ -9,10 +9,10 @@ from sklearn.metrics import roc_auc_score
 
 from trainables.families import create_family
 from trainables.families.losses import l2_recon, l2_squared_recon
-from trainables.reproduce import Budget, Conventions, _stop_reason, with_background
-from trainables.reproduce_bootstrap import _counts_by_subject, bootstrap_auroc, weighted_auroc
-from trainables.reproduce_runs import RUNS
-from trainables.reproduce_table import _paper1, gather, stop_label
+from trainables.reproduce.bootstrap import _counts_by_subject, bootstrap_auroc, weighted_auroc
+from trainables.reproduce.runs import RUNS
+from trainables.reproduce.table import _paper1, gather, stop_label
+from trainables.reproduce.train import Budget, Conventions, _stop_reason, with_background
 
 COMMITTED = Path(__file__).resolve().parents[2] / "results" / "reproduce"
 

@@ -116,7 +116,7 @@ def test_reproduce_yaml_matches_the_reproduce_script():
     defaults with each run's overrides."""
     import yaml
 
-    from trainables.reproduce_runs import RUNS
+    from trainables.reproduce.runs import RUNS
 
     named = yaml.safe_load(Path("study/configs/reproduce.yaml").read_text())["points_to_evaluate"]
     assert named == [r.preset for r in RUNS if r.family != "threshold"]

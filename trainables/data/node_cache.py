@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from trainables.data.s3 import ClusterStudy
+from trainables.data.s3 import DataSource
 
 
 @dataclass(frozen=True)
@@ -23,14 +23,14 @@ class NodeData:
     cache_root: str  # where a node builds its own entry (the same relative settings as the driver's)
     preprocess: dict[str, Any]  # PreprocessConfig fields
     split_seed: int  # SplitConfig seed: same subjects, same splits on every node
-    cluster: ClusterStudy | None = None  # the cluster's S3 block; None when the data is local
+    data: DataSource | None = None  # where the driver published the cache (S3); None when the data is local
 
     def __call__(self) -> str:
         if (Path(self.cache_dir) / "meta.json").is_file():
             return self.cache_dir
-        if self.cluster is None:
+        if self.data is None:
             raise FileNotFoundError(f"{self.cache_dir}: slice cache not on this node and no cluster storage to stage")
         from trainables.data.shared_cache import fetch_shared  # boto3 only where the cache is fetched
 
         # the entry's folder name is its content key, under which the driver published it
-        return str(fetch_shared(self.cluster, Path(self.cache_dir).name, Path(self.cache_root)).entry)
+        return str(fetch_shared(self.data, Path(self.cache_dir).name, Path(self.cache_root)).entry)

@@ -1,6 +1,6 @@
-"""The S3-compatible store a cluster study reads its datasets from: the validated ``metadata.study`` block
-(``ClusterStudy``, read from a cluster YAML by ``study.cluster.block``), one boto3 client per call on one session per
-process, and the first calls that fail fast with the cause in words.
+"""The S3-compatible store a cluster study reads its datasets from: where the data is (``DataSource``, built from the
+cluster YAML's block by ``study.cluster.block``), one boto3 client per call on one session per process, and the
+first calls that fail fast with the cause in words.
 
 Credentials never live in the YAML: boto3 finds them in the environment or the instance's role.
 """
@@ -14,26 +14,24 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-DEFAULT_BACKEND_STORE = "sqlite:///~/mlflow/mlflow.db"  # the head's MLflow server: on the head's disk
 DEFAULT_CONCURRENCY = 8  # parallel transfers per node
 CREDENTIAL_CODES = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "ExpiredToken", "403"}
 
 
 @dataclass(frozen=True)
-class ClusterStudy:
-    """The ``metadata.study`` block of one cluster YAML, validated."""
+class DataSource:
+    """Where a cluster study's data is read: the two cohorts and the published slice caches on one S3 store.
+
+    All a Train worker or a build task needs, built on the driver from the cluster YAML's block
+    (``study.cluster.block.ClusterStudy.data``); the head's settings (MLflow, Optuna, Ray storage) stay there.
+    Credentials are not part of it: boto3's standard chain finds them on each node.
+    """
 
     endpoint_url: str | None  # S3-compatible endpoint (MinIO, Ceph); None = AWS S3
     region: str | None  # S3 region; None lets boto3 decide (environment, profile)
     healthy_uri: str  # s3://bucket/prefix/ of the healthy cohort (HCP, BraTS or manifest layout)
     lesion_uri: str  # s3://bucket/prefix/ of the lesion cohort (BraTS layout)
-    cache_dir: Path  # per-node folder the data is staged into, shared by every trial on that node
-    mlflow_tracking_uri: str | None  # tracking URI the driver logs to; None keeps the study config's
-    source: Path  # the YAML this came from, for messages
-    ray_storage: str | None = None  # Tune/Train state and checkpoints (s3://... or a shared folder); None: config's
-    optuna_storage: str | None = None  # Optuna RDB URL (sqlite, postgresql); None: the config's (SQLite on the head)
-    mlflow_backend_store: str = DEFAULT_BACKEND_STORE  # what the head's MLflow server keeps runs in
-    mlflow_artifacts: str | None = None  # where that server puts artifacts (s3://...); None: beside its store
+    source: Path  # the cluster YAML these settings came from, for messages
     cache_uri: str | None = None  # s3://... the shared slice caches live under; None: slice-cache/ beside the data
 
     @property
@@ -66,7 +64,7 @@ def parse_s3_uri(uri: str) -> tuple[str, str]:
     return bucket, f"{prefix}/" if prefix else ""
 
 
-def s3_client(study: ClusterStudy, probe: bool = False, concurrency: int = DEFAULT_CONCURRENCY) -> Any:
+def s3_client(data: DataSource, probe: bool = False, concurrency: int = DEFAULT_CONCURRENCY) -> Any:
     """A boto3 S3 client for the study's store. ``probe`` fails fast: short timeouts and a single attempt."""
     from botocore.config import Config
 
@@ -75,8 +73,8 @@ def s3_client(study: ClusterStudy, probe: bool = False, concurrency: int = DEFAU
     else:
         retries = {"mode": "standard", "total_max_attempts": 5}
         config = Config(connect_timeout=10, read_timeout=60, retries=retries, max_pool_connections=concurrency + 2)
-    region = study.region
-    if study.endpoint_url is not None:
+    region = data.region
+    if data.endpoint_url is not None:
         # MinIO/Ceph serve buckets as paths, not as DNS names; SigV4 still needs some region. Their S3 APIs may
         # not know the CRC checksums botocore adds to every request by default: send and check them only when
         # an operation requires it
@@ -84,7 +82,7 @@ def s3_client(study: ClusterStudy, probe: bool = False, concurrency: int = DEFAU
         config = config.merge(Config(s3={"addressing_style": "path"}, **checksums))
         region = region or "us-east-1"
     with _SESSION_LOCK:  # a session is not thread-safe; the clients it makes are
-        return _session().client("s3", endpoint_url=study.endpoint_url, region_name=region, config=config)
+        return _session().client("s3", endpoint_url=data.endpoint_url, region_name=region, config=config)
 
 
 _SESSION_LOCK = threading.Lock()
@@ -168,15 +166,15 @@ def explain_error(err: Exception, where: str) -> StageError:
     return StageError(f"{where}: {why}")
 
 
-def check_buckets(study: ClusterStudy, buckets: Iterable[str], create: bool = False) -> None:
+def check_buckets(data: DataSource, buckets: Iterable[str], create: bool = False) -> None:
     """The first calls to the store, failing fast: each bucket exists (or is created) and the keys may use it."""
     from botocore.exceptions import BotoCoreError, ClientError
 
-    client = s3_client(study, probe=True)
+    client = s3_client(data, probe=True)
     # AWS wants the region named when creating a bucket anywhere but us-east-1
-    location = {"LocationConstraint": study.region} if study.region not in (None, "us-east-1") else None
+    location = {"LocationConstraint": data.region} if data.region not in (None, "us-east-1") else None
     for bucket in sorted(set(buckets)):
-        where = f"{study.label}, bucket '{bucket}' (from {study.source})"
+        where = f"{data.label}, bucket '{bucket}' (from {data.source})"
         try:
             try:
                 client.head_bucket(Bucket=bucket)
@@ -190,12 +188,12 @@ def check_buckets(study: ClusterStudy, buckets: Iterable[str], create: bool = Fa
             raise explain_error(err, where) from err
 
 
-def list_prefix(client: Any, study: ClusterStudy, uri: str, allow_empty: bool = False) -> list[RemoteObject]:
+def list_prefix(client: Any, data: DataSource, uri: str, allow_empty: bool = False) -> list[RemoteObject]:
     """Every object under ``uri`` (paginated), skipping folder markers; StageError if there are none."""
     from botocore.exceptions import BotoCoreError, ClientError
 
     bucket, prefix = parse_s3_uri(uri)
-    where = f"{study.label}, bucket '{bucket}', prefix '{prefix}'"
+    where = f"{data.label}, bucket '{bucket}', prefix '{prefix}'"
     objects = []
     try:
         for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
@@ -205,5 +203,5 @@ def list_prefix(client: Any, study: ClusterStudy, uri: str, allow_empty: bool = 
     except (BotoCoreError, ClientError) as err:
         raise explain_error(err, where) from err
     if not objects and not allow_empty:
-        raise StageError(f"{where}: no objects under this prefix (a typo in {study.source}, or not uploaded yet?)")
+        raise StageError(f"{where}: no objects under this prefix (a typo in {data.source}, or not uploaded yet?)")
     return objects

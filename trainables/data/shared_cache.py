@@ -32,7 +32,7 @@ from trainables.data.layouts import SubjectRecord
 from trainables.data.locks import node_lock
 from trainables.data.preprocess import PreprocessConfig
 from trainables.data.s3 import (
-    ClusterStudy,
+    DataSource,
     RemoteObject,
     StageError,
     check_buckets,
@@ -58,7 +58,7 @@ class SharedCache:
 class S3Fetch:
     """Downloads one subject's objects in the task that preprocesses it; paths are ``<listing>/<bucket>/<key>``."""
 
-    study: ClusterStudy
+    data: DataSource
     listing: str  # the driver's listing folder: a record path's part below it is ``<bucket>/<key>``
     objects: Any  # {"bucket/key": RemoteObject}, or a Ray ObjectRef to that dict (sent once, not per task)
 
@@ -73,7 +73,7 @@ class S3Fetch:
     def __call__(self, record: SubjectRecord, workdir: Path) -> SubjectRecord:
         files = {f.name: f for f in dataclasses.fields(record) if f.name in ("image", "lesion_mask", "brain_mask")}
         remote = {name: self._object(getattr(record, name)) for name in files if getattr(record, name) is not None}
-        _download(s3_client(self.study), workdir, list(remote.values()), len(remote), lambda obj: None)
+        _download(s3_client(self.data), workdir, list(remote.values()), len(remote), lambda obj: None)
         local = {name: local_path(workdir, obj.bucket, obj.key) for name, obj in remote.items()}
         return dataclasses.replace(record, **local)
 
@@ -81,15 +81,15 @@ class S3Fetch:
         return "s3://" + Path(path).relative_to(self.listing).as_posix()
 
 
-def _entry_uri(study: ClusterStudy, key: str) -> tuple[str, str]:
+def _entry_uri(data: DataSource, key: str) -> tuple[str, str]:
     """(bucket, prefix ending in /) of one published entry."""
-    bucket, prefix = parse_s3_uri(study.shared_cache_uri)
+    bucket, prefix = parse_s3_uri(data.shared_cache_uri)
     return bucket, f"{prefix}{key}/"
 
 
-def _listing(client: Any, study: ClusterStudy, folder: Path) -> dict[str, RemoteObject]:
+def _listing(client: Any, data: DataSource, folder: Path) -> dict[str, RemoteObject]:
     """Mirror both cohorts' object names as empty files under ``folder`` (``.csv`` files with their content)."""
-    objects = {o.id: o for uri in (study.healthy_uri, study.lesion_uri) for o in list_prefix(client, study, uri)}
+    objects = {o.id: o for uri in (data.healthy_uri, data.lesion_uri) for o in list_prefix(client, data, uri)}
     read = [o for o in objects.values() if o.key.endswith(READ_SUFFIXES)]
     _download(client, folder, read, 8, lambda obj: None)
     for obj in objects.values():
@@ -116,32 +116,32 @@ def shared_key(healthy, lesion, objects, listing: Path, pre: PreprocessConfig, s
 
 
 def shared_slice_cache(
-    study: ClusterStudy, pre: PreprocessConfig, split: SplitConfig, cache_root: Path, progress: Progress | None = None
+    data: DataSource, pre: PreprocessConfig, split: SplitConfig, cache_root: Path, progress: Progress | None = None
 ) -> SharedCache:
     """This node's copy of the study's slice cache: here already, downloaded when published, else built and
     published. Raises StageError (the store) or DataError (the data), naming the object or file."""
     say = progress or (lambda message: None)
     cache_root = Path(cache_root).expanduser().resolve()
     cache_root.mkdir(parents=True, exist_ok=True)
-    client = s3_client(study)
-    buckets = [parse_s3_uri(u)[0] for u in (study.healthy_uri, study.lesion_uri, study.shared_cache_uri)]
-    check_buckets(study, buckets)
+    client = s3_client(data)
+    buckets = [parse_s3_uri(u)[0] for u in (data.healthy_uri, data.lesion_uri, data.shared_cache_uri)]
+    check_buckets(data, buckets)
     listing = Path(tempfile.mkdtemp(prefix=".listing-", dir=cache_root))
     try:
-        objects = _listing(client, study, listing)
-        healthy_dir, lesion_dir = (listing.joinpath(*parse_s3_uri(u)) for u in (study.healthy_uri, study.lesion_uri))
+        objects = _listing(client, data, listing)
+        healthy_dir, lesion_dir = (listing.joinpath(*parse_s3_uri(u)) for u in (data.healthy_uri, data.lesion_uri))
         healthy, lesion = _discover(healthy_dir, lesion_dir, pre.modality)
         appearance = read_appearances(lesion_dir, [r.subject_id for r in lesion])
         key = shared_key(healthy, lesion, objects, listing, pre, split, appearance)
         with node_lock(cache_root / f"{key}.shared.lock", f"waiting for another process on slice cache {key}", say):
-            if _published(client, study, key):  # a local entry not yet published is published below
-                fetched = fetch_shared(study, key, cache_root, say)
+            if _published(client, data, key):  # a local entry not yet published is published below
+                fetched = fetch_shared(data, key, cache_root, say)
                 return SharedCache(fetched.entry, key, False, fetched.downloaded_bytes)
             ids = [r.subject_id for r in healthy], [r.subject_id for r in lesion]
             assignment = assign_splits(*ids, split, appearance)
-            fetch = S3Fetch(study, str(listing), _shareable(objects))
+            fetch = S3Fetch(data, str(listing), _shareable(objects))
             entry = build_entry(cache_root, key, healthy, lesion, assignment, pre, split, appearance, say, fetch)
-            publish(client, study, entry, key, say)
+            publish(client, data, entry, key, say)
             return SharedCache(entry, key, True, 0)
     finally:
         shutil.rmtree(listing, ignore_errors=True)
@@ -154,16 +154,14 @@ def _shareable(objects: dict[str, RemoteObject]) -> Any:
     return ray.put(objects) if ray.is_initialized() else objects
 
 
-def _published(client: Any, study: ClusterStudy, key: str) -> bool:
-    bucket, prefix = _entry_uri(study, key)
-    return any(
-        o.key == prefix + MARKER for o in list_prefix(client, study, f"s3://{bucket}/{prefix}", allow_empty=True)
-    )
+def _published(client: Any, data: DataSource, key: str) -> bool:
+    bucket, prefix = _entry_uri(data, key)
+    return any(o.key == prefix + MARKER for o in list_prefix(client, data, f"s3://{bucket}/{prefix}", allow_empty=True))
 
 
-def publish(client: Any, study: ClusterStudy, entry: Path, key: str, say: Progress) -> None:
+def publish(client: Any, data: DataSource, entry: Path, key: str, say: Progress) -> None:
     """Upload every file of ``entry`` to ``<cache prefix>/<key>/``, then the marker that makes it usable."""
-    bucket, prefix = _entry_uri(study, key)
+    bucket, prefix = _entry_uri(data, key)
     files = sorted(p for p in entry.rglob("*") if p.is_file())
     sizes = {p.relative_to(entry).as_posix(): p.stat().st_size for p in files}
     say(f"publishing slice cache {key} to s3://{bucket}/{prefix}")
@@ -177,7 +175,7 @@ class Fetched:
     downloaded_bytes: int
 
 
-def fetch_shared(study: ClusterStudy, key: str, cache_root: Path, progress: Progress | None = None) -> Fetched:
+def fetch_shared(data: DataSource, key: str, cache_root: Path, progress: Progress | None = None) -> Fetched:
     """This node's copy of the published entry ``key`` (downloaded once per node, under a node lock).
 
     StageError when the entry is not published completely (no marker, or files missing against it).
@@ -190,10 +188,10 @@ def fetch_shared(study: ClusterStudy, key: str, cache_root: Path, progress: Prog
         if (entry / "meta.json").is_file():
             say(f"reusing slice cache {entry}")
             return Fetched(entry, 0)
-        client = s3_client(study)
-        bucket, prefix = _entry_uri(study, key)
+        client = s3_client(data)
+        bucket, prefix = _entry_uri(data, key)
         where = f"s3://{bucket}/{prefix}"
-        remote = {o.key[len(prefix) :]: o for o in list_prefix(client, study, where, allow_empty=True)}
+        remote = {o.key[len(prefix) :]: o for o in list_prefix(client, data, where, allow_empty=True)}
         if MARKER not in remote:
             raise StageError(f"{where}: slice cache {key} is not published completely (no {MARKER} marker)")
         expected = json.loads(client.get_object(Bucket=bucket, Key=prefix + MARKER)["Body"].read())["files"]

@@ -1,8 +1,11 @@
-"""S3-compatible storage <-> a node's local data cache: staging the two cohorts into the cache (on the driver's
-node, and on every other node by its first Train worker) and seeding the bucket from local folders.
+"""S3-compatible storage <-> a node's local folder: a mirror of the two raw cohorts (``stage_dataset``), the
+bucket seeded from local folders (``upload_cohort``), and the transfers both use (the shared slice cache's too).
 
-Objects keep the bucket's layout under ``<cache>/<bucket>/<key>``, so the staged folders are the dataset
-folders the study reads. ``python -m study.stage`` is the command line.
+Objects keep the bucket's layout under ``<cache>/<bucket>/<key>``, so the staged folders are dataset folders.
+A study never stages the raw cohorts onto a node: its Ray tasks fetch one subject each to build the slice cache,
+and every node gets that cache from ``trainables.data.shared_cache.fetch_shared``, the one function that brings
+a slice cache onto a node (the driver's ``shared_slice_cache`` and a worker's ``NodeData`` both call it).
+``stage_dataset`` is what ``python -m study.stage --cluster`` runs, by hand, to look at the data on a node.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from trainables.data.layouts import discover_subjects
 from trainables.data.locks import node_lock
 from trainables.data.s3 import (
     DEFAULT_CONCURRENCY,
-    ClusterStudy,
+    DataSource,
     RemoteObject,
     StageError,
     check_buckets,
@@ -249,7 +252,7 @@ def _check_layout(folder: Path, uri: str, modality: str, lesion: bool) -> None:
 
 
 def stage_dataset(
-    study: ClusterStudy,
+    data: DataSource,
     cache_dir: Path,
     progress: Progress | None = None,
     *,
@@ -268,13 +271,13 @@ def stage_dataset(
     say = progress or (lambda message: None)
     cache_dir = Path(cache_dir).expanduser().resolve()
     cache_dir.mkdir(parents=True, exist_ok=True)
-    uris = {"healthy": study.healthy_uri, "lesion": study.lesion_uri}
+    uris = {"healthy": data.healthy_uri, "lesion": data.lesion_uri}
     dirs = {role: cache_dir.joinpath(*parse_s3_uri(uri)) for role, uri in uris.items()}
-    say(f"staging {' and '.join(uris.values())} from {study.label} into {cache_dir}")
+    say(f"staging {' and '.join(uris.values())} from {data.label} into {cache_dir}")
     with node_lock(cache_dir / LOCK, f"waiting for another process staging into {cache_dir}", say):
-        check_buckets(study, [parse_s3_uri(uri)[0] for uri in uris.values()])
-        client = s3_client(study, concurrency=concurrency)
-        objects = [o for uri in uris.values() for o in list_prefix(client, study, uri)]
+        check_buckets(data, [parse_s3_uri(uri)[0] for uri in uris.values()])
+        client = s3_client(data, concurrency=concurrency)
+        objects = [o for uri in uris.values() for o in list_prefix(client, data, uri)]
         nbytes, fetched, skipped, manifest = _sync(client, cache_dir, objects, concurrency, say)
         prefixes = {"/".join(parse_s3_uri(uri)) for uri in uris.values()}
         _prune(cache_dir, prefixes, {o.id for o in objects}, manifest)
@@ -300,10 +303,10 @@ def _cohort_dir(folder: Path, role: str) -> Path:
     raise StageError(f"{folder}: --upload needs a sub-folder {' or '.join(COHORT_DIRS[role])}/ for the {role} cohort")
 
 
-def _upload_plan(client: Any, study: ClusterStudy, local: Path, uri: str) -> list[tuple[Path, str, str]]:
+def _upload_plan(client: Any, data: DataSource, local: Path, uri: str) -> list[tuple[Path, str, str]]:
     """(file, bucket, key) for every visible file under ``local`` not already in the bucket unchanged."""
     bucket, prefix = parse_s3_uri(uri)
-    remote = {o.key: o for o in list_prefix(client, study, uri, allow_empty=True)}
+    remote = {o.key: o for o in list_prefix(client, data, uri, allow_empty=True)}
     plan = []
     for path in sorted(p for p in local.rglob("*") if p.is_file()):
         rel = path.relative_to(local)
@@ -317,7 +320,7 @@ def _upload_plan(client: Any, study: ClusterStudy, local: Path, uri: str) -> lis
 
 
 def upload_cohort(
-    study: ClusterStudy,
+    data: DataSource,
     folder: Path,
     progress: Progress | None = None,
     *,
@@ -332,14 +335,14 @@ def upload_cohort(
 
     say = progress or (lambda message: None)
     folder = Path(folder).expanduser()
-    uris = {"healthy": study.healthy_uri, "lesion": study.lesion_uri}
+    uris = {"healthy": data.healthy_uri, "lesion": data.lesion_uri}
     sources = {role: (_cohort_dir(folder, role), uri) for role, uri in uris.items()}
     for role, (local, uri) in sources.items():
         _check_layout(local, uri, modality, lesion=role == "lesion")  # refuse before anything is sent
-    check_buckets(study, [parse_s3_uri(uri)[0] for _, uri in sources.values()], create=create_bucket)
-    client = s3_client(study, concurrency=concurrency)
-    plan = [item for local, uri in sources.values() for item in _upload_plan(client, study, local, uri)]
-    say(f"uploading {len(plan)} files to {study.label}")
+    check_buckets(data, [parse_s3_uri(uri)[0] for _, uri in sources.values()], create=create_bucket)
+    client = s3_client(data, concurrency=concurrency)
+    plan = [item for local, uri in sources.values() for item in _upload_plan(client, data, local, uri)]
+    say(f"uploading {len(plan)} files to {data.label}")
     upload_files(client, plan, concurrency, say)
     return len(plan)
 

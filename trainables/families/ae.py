@@ -2,7 +2,7 @@
 
 Its whole objective is ``||x - x'||_2`` per image, batch mean. It has no latent consistency term (the
 constrained AAE's lambda, trainables/families/caae.py): the reproduction trains "ae" as this plain baseline
-(trainables/reproduce_runs.py, study/configs/reproduce.yaml), and what the term adds is what the constrained
+(trainables/reproduce/runs.py, study/configs/reproduce.yaml), and what the term adds is what the constrained
 AAE's own lambda answers (0 is the AAE), as the AAE against this AE answers what the critic adds.
 """
 

@@ -50,7 +50,7 @@ class Family(abc.ABC):
       ``build`` may return an empty ModuleDict, ``optimizers`` ``{}``, and ``train_step`` ``{"loss": 0.0}``.
     - ``presets`` names the family's published settings: preset name -> ``Hparams`` overrides of the defaults,
       each value with its source. Study YAMLs name them (``caae/paper-lambda-1.0``) in ``points_to_evaluate``
-      and the reproduction's runs are built from them (trainables/reproduce_runs.py). Declared on the class
+      and the reproduction's runs are built from them (trainables/reproduce/runs.py). Declared on the class
       itself: a subclass does not inherit its parent's published settings.
     """
 

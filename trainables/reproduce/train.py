@@ -26,11 +26,11 @@ runs; default -3.5 as its official preprocessing) and ``--recon-norm`` (the AAE 
 its ``recon_norm`` default, the official code's unsquared norm, or ``squared``, the paper's text). Each run's
 JSON records its budget, background and hparams, every loss term's mean per epoch (``losses``), the pixel
 metrics per lesion appearance (``<metric>_<appearance>``), and a subject-level bootstrap interval of the
-tables' AUROCs (``bootstrap``, trainables/reproduce_bootstrap.py).
+tables' AUROCs (``bootstrap``, trainables/reproduce/bootstrap.py).
 
 Every finished run is written at once to ``OUT/runs/<run>-seed<k>.json`` (so a cut run loses only the
 run in progress, and seeds may run as parallel processes); ``--table-only`` (or the end of a training
-command) gathers them into ``OUT/results.json`` and ``OUT/table.md`` (trainables/reproduce_table.py).
+command) gathers them into ``OUT/results.json`` and ``OUT/table.md`` (trainables/reproduce/table.py).
 Metrics are computed twice per split: on lesion subjects only (as the first paper's tables) and pooled
 with the held-out healthy subjects (as the study reports them). Without ``--cache`` the embedded synthetic
 cohort (24 healthy, 12 lesion subjects, seed 0; the study's default) is generated under ``--data-root``.
@@ -63,9 +63,9 @@ from trainables.epoch import NonFiniteLossError, train_epoch
 from trainables.families import Family, Scores, create_family
 from trainables.metrics import DetectionMetrics, unpack_batch
 from trainables.objective import Objective
-from trainables.reproduce_bootstrap import SubjectValues
-from trainables.reproduce_runs import LESION, POOLED, RUNS, Run
-from trainables.reproduce_table import write_tables
+from trainables.reproduce.bootstrap import SubjectValues
+from trainables.reproduce.runs import LESION, POOLED, RUNS, Run
+from trainables.reproduce.table import write_tables
 
 Say = Callable[[str], None]
 CPU = torch.device("cpu")
@@ -342,7 +342,3 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_table:
         say(write_tables(args.out, cache, args, argv if argv is not None else sys.argv[1:]))
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,5 +1,5 @@
-"""The reproduction's runs and metric sets, shared by the training command (trainables/reproduce.py) and its
-tables (trainables/reproduce_table.py), so neither imports the other's module for them. Each run is a family's
+"""The reproduction's runs and metric sets, shared by the training command (trainables/reproduce/train.py) and its
+tables (trainables/reproduce/table.py), so neither imports the other's module for them. Each run is a family's
 named preset (its published setting, declared in its module: trainables/families/<family>.py ``presets``);
 study/configs/reproduce.yaml names the same presets, in this order (tests/unit/test_search_spaces.py)."""
 

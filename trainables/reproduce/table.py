@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from trainables.data.cache import read_meta
-from trainables.reproduce_runs import LESION, POOLED, RUNS
+from trainables.reproduce.runs import LESION, POOLED, RUNS
 
 # Published numbers (docs/design.md). First paper: pixel AUROC and overlap % on BraTS 2015 T2 (Tables 1, 2).
 PAPER1_AUROC = {"vae": 0.897, "aae": 0.885, "caae_0.5": 0.906, "caae_1.0": 0.923}

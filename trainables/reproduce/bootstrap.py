@@ -1,4 +1,4 @@
-"""Subject-level bootstrap intervals of an AUROC, for the reproduction's tables (trainables/reproduce.py).
+"""Subject-level bootstrap intervals of an AUROC, for the reproduction's tables (trainables/reproduce/train.py).
 
 The seeds' standard deviation measures training noise only; the test split is one fixed draw of a few subjects
 (6 lesion subjects in the default cohort). Resampling subjects with replacement, and recomputing the AUROC on
