@@ -15,7 +15,9 @@ After each epoch val is scored and the best epoch kept by the paper's own measur
 pixel AUROC on lesion subjects (its tables use BraTS, lesion subjects only), the second paper's slice
 AUROC. Test is scored once, with those weights; Dice thresholds come from val. The papers chose their
 models on test; this never does. ``--no-early-stop`` trains every one of ``--max-epochs`` epochs (the papers'
-fixed budgets; the first paper's official code: 300) and scores the final model on test too (``test_final``).
+fixed budgets; the first paper's official code: 300) and scores the final model on test too (``test_final``);
+``--steps N`` does the same for exactly N auto-encoder steps (batches; the issue's budget unit, its last epoch
+possibly partial; the run's JSON records ``budget.max_steps``).
 The first paper's full budget, one command (expected time: results/reproduce/table.md, "The papers' budget"):
 
     python -m trainables.reproduce --out results/reproduce/full300 --only vae,aae,caae_0.5,caae_1.0 \
@@ -47,6 +49,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -79,11 +82,21 @@ class Budget:
     deadline: float | None = None  # wall clock (time.time()) after which no further epoch starts
     batch_size: int = 64  # both papers
     early_stop: bool = True  # False: train every one of max_epochs epochs (the papers' fixed budgets)
+    max_steps: int | None = None  # exactly this many auto-encoder steps (batches), no plateau stop; max_epochs unused
+
+    def __post_init__(self) -> None:
+        if self.max_steps is not None and (self.max_steps < 1 or self.early_stop):
+            raise ValueError(f"Budget: max_steps must be >= 1 and without early stopping; got {self}")
 
     def record(self) -> dict[str, Any]:
         """What a run's JSON keeps of its budget."""
-        keys = ("max_epochs", "min_epochs", "patience", "batch_size", "early_stop")
+        keys = ("max_epochs", "min_epochs", "patience", "batch_size", "early_stop", "max_steps")
         return {key: getattr(self, key) for key in keys}
+
+    def epochs(self, steps_per_epoch: int) -> int:
+        """The run's length in epochs (the families' schedules, e.g. the AAE's warm-up share, are fractions of
+        it): max_epochs, or the epochs that max_steps starts (the last one may be partial)."""
+        return self.max_epochs if self.max_steps is None else math.ceil(self.max_steps / max(steps_per_epoch, 1))
 
 
 # The first paper's official preprocessing (normalize_data.py) sets the background outside the brain to -3.5
@@ -189,10 +202,13 @@ def score_split(
     }
 
 
-def _stop_reason(budget: Budget, epoch: int, best_epoch: int) -> str | None:
-    """Why training stops after ``epoch`` (None: it goes on). A run that trained every epoch of its cap is
-    ``max_epochs`` even where the plateau rule would also have fired then."""
-    if epoch >= budget.max_epochs:
+def _stop_reason(budget: Budget, epoch: int, best_epoch: int, steps: int = 0) -> str | None:
+    """Why training stops after ``epoch`` with ``steps`` trained (None: it goes on). A run that trained every epoch
+    of its cap is ``max_epochs`` even where the plateau rule would also have fired then."""
+    if budget.max_steps is not None:
+        if steps >= budget.max_steps:
+            return "max_steps"
+    elif epoch >= budget.max_epochs:
         return "max_epochs"
     if budget.early_stop and epoch >= budget.min_epochs and epoch - best_epoch >= budget.patience:
         return "plateau"
@@ -218,10 +234,12 @@ def fit(
     chooser = Objective(metric, "max")  # the papers' measures are AUROCs: larger is better
     best: dict[str, Any] = {"epoch": 0, "score": math.nan, "val": None, "weights": None}
     history, losses_per_epoch, steps, stopped, epoch, val = [], [], 0, None, 0, {}
+    epochs = budget.epochs(len(train))
     while stopped is None:
         epoch += 1
-        family.set_epoch(epoch - 1, budget.max_epochs)
-        losses = train_epoch(family, nets, opts, train, CPU, epoch - 1)
+        family.set_epoch(epoch - 1, epochs)
+        batches = train if budget.max_steps is None else islice(train, budget.max_steps - steps)  # last: partial
+        losses = train_epoch(family, nets, opts, batches, CPU, epoch - 1)
         steps += losses.steps
         losses_per_epoch.append({key: round(value, 5) for key, value in losses.means.items()})
         val = score_split(scorers, nets, cache, "val", background=background)["main"]
@@ -230,7 +248,7 @@ def fit(
         say(f"  {run.key} seed {seed} epoch {epoch}: loss {losses.means['loss']:.4f}, val {part} {metric} {score:.4f}")
         if best["weights"] is None or chooser.better(score, best["score"]):
             best = {"epoch": epoch, "score": score, "val": val, "weights": copy.deepcopy(nets.state_dict())}
-        stopped = _stop_reason(budget, epoch, best["epoch"])
+        stopped = _stop_reason(budget, epoch, best["epoch"], steps)
     final = None if best["epoch"] == epoch else {"weights": copy.deepcopy(nets.state_dict()), "val": val}
     nets.load_state_dict(best["weights"])
     return {"best_epoch": best["epoch"], "epochs": epoch, "steps": steps, "stopped": stopped, "val": best["val"],
@@ -293,6 +311,9 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--no-early-stop", action="store_true",
                         help="train every --max-epochs epoch (no plateau stop); the final and the val-chosen "
                              "model are both scored on test")  # fmt: skip
+    parser.add_argument("--steps", type=int,
+                        help="train exactly this many auto-encoder steps (batches; its last epoch may be partial), no "
+                             "plateau stop; final and val-chosen model both scored; replaces --max-epochs")  # fmt: skip
     parser.add_argument("--background", type=float, default=OFFICIAL_BACKGROUND,
                         help="image value outside the brain for the first paper's runs (vae, aae, caae, ae; "
                              "default -3.5, its official normalize_data.py; the study's slices, the other runs "
@@ -322,7 +343,7 @@ def main(argv: list[str] | None = None) -> int:
     runs_dir = args.out / "runs"
     runs_dir.mkdir(parents=True, exist_ok=True)
     budget = Budget(args.max_epochs, args.min_epochs, args.patience, _deadline(args.deadline), args.batch_size,
-                    early_stop=not args.no_early_stop)  # fmt: skip
+                    early_stop=not (args.no_early_stop or args.steps is not None), max_steps=args.steps)  # fmt: skip
     conv = Conventions(args.background, args.recon_norm)
     runs = [r for r in RUNS if not args.only or r.key in args.only.split(",")]
     for seed in [] if args.table_only else [int(s) for s in args.seeds.split(",")]:
