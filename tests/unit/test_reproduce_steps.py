@@ -1,6 +1,6 @@
 """The reproduction's step budget (``--steps N``): exactly N auto-encoder steps, the last epoch partial, no plateau
 stop, the final and the val-chosen model both reported, the budget in the run's JSON. One real cAAE run on a tiny
-cohort through the command line."""
+cohort through the command line; the recon_norm table (trainables/reproduce_recon_norm.py) of such records."""
 
 from __future__ import annotations
 
@@ -15,6 +15,8 @@ from trainables.data.dataset import SliceDataset
 from trainables.data.preprocess import PreprocessConfig
 from trainables.data.synthetic import generate_cohort
 from trainables.reproduce import Budget, _stop_reason, main
+from trainables.reproduce_recon_norm import final_auroc, summary, term_ratio
+from trainables.reproduce_recon_norm import main as recon_norm_main
 
 BATCH = 16
 
@@ -54,3 +56,32 @@ def test_steps_trains_exactly_n_steps_and_reports_both_models(cache: Path, tmp_p
     # the final model is scored on test where it is not the val-chosen one (else it is the chosen one)
     assert ("test_final" in record) == (record["best_epoch"] != record["epochs"])
     assert math.isfinite(record["test"]["lesion"]["pixel_auroc"])
+
+
+def _record(seed: int, chosen: float, final: float | None, latent_weight: float) -> dict:
+    """A run record as trainables.reproduce writes it, reduced to what the recon_norm table reads."""
+    record = {"seed": seed, "hparams": {"latent_weight": latent_weight}, "best_epoch": 1 if final else 2, "epochs": 2,
+              "steps": 28, "budget": {"max_steps": 28}, "test": {"lesion": {"pixel_auroc": chosen}},
+              "losses": [{"recon": 90.0, "latent": 1.0}, {"recon": 80.0, "latent": 2.0}]}  # fmt: skip
+    if final is not None:
+        record["test_final"] = {"lesion": {"pixel_auroc": final}}
+    return record
+
+
+def test_recon_norm_table_reads_final_model_and_last_epoch_balance(tmp_path: Path):
+    rows = {"l2": [(0.6, 0.5), (0.7, None)], "squared": [(0.8, 0.9), (0.4, None)]}
+    for norm, seeds in rows.items():
+        (tmp_path / norm / "runs").mkdir(parents=True)
+        for seed, (chosen, final) in enumerate(seeds):
+            path = tmp_path / norm / "runs" / f"caae_0.5-seed{seed}.json"
+            path.write_text(json.dumps(_record(seed, chosen, final, 0.5)))
+    chosen_is_final = _record(1, 0.7, None, 0.5)
+    assert final_auroc(chosen_is_final) == 0.7 and final_auroc(_record(0, 0.6, 0.5, 0.5)) == 0.5
+    assert term_ratio(chosen_is_final) == pytest.approx(0.5 * 2.0 / 80.0)  # the last epoch's terms
+    lines = summary(tmp_path)
+    row = "| caae_0.5 | l2 | 0.650 ± 0.071 (n=2) | 0.600 ± 0.141 (n=2) | 0.013 ± 0.000 (n=2) | 28 steps (2 ep) |"
+    assert row in lines
+    assert not any(line.startswith("| caae_1.0") for line in lines)  # no runs, no row
+    assert "| caae_0.5 | squared | 0 | 0.800 (1) | 0.900 | 0.013 | 80.00 | 2.000 |" in lines
+    with pytest.raises(SystemExit, match="no runs folder"):
+        recon_norm_main([str(tmp_path / "elsewhere")])
