@@ -7,7 +7,7 @@ into one markdown table:
 
 Per lambda and norm: test pixel AUROC on lesion subjects (the first paper's measure) of the val-chosen and of the
 final model, mean ± sd over seeds; the balance of the two terms at the last epoch, ``lambda * latent / recon``
-(the epoch means of the terms the family's train_step returns); the budget each seed trained. Then per seed.
+in percent (the epoch means of the terms the family's train_step returns); the budget each seed trained. Then per seed.
 """
 
 from __future__ import annotations
@@ -30,9 +30,9 @@ def final_auroc(record: dict) -> float:
 
 
 def term_ratio(record: dict) -> float:
-    """``lambda * latent / recon`` of the last epoch's mean terms: the weight of lambda's term in the objective."""
+    """``lambda * latent / recon`` of the last epoch's mean terms, in percent: the weight of lambda's term."""
     last = record["losses"][-1]
-    return record["hparams"]["latent_weight"] * last["latent"] / last["recon"]
+    return 100 * record["hparams"]["latent_weight"] * last["latent"] / last["recon"]
 
 
 def _rows(root: Path) -> list[tuple[str, str, str, dict]]:
@@ -56,7 +56,7 @@ def summary(root: Path) -> list[str]:
     """The table per lambda and norm, then per seed (markdown lines)."""
     rows = _rows(root)
     lines = ["| run | recon_norm | test pixel AUROC, val-chosen | test pixel AUROC, final | "
-             "lambda·latent / recon, last epoch | budget |", "|---|---|---|---|---|---|"]  # fmt: skip
+             "lambda·latent / recon %, last epoch | budget |", "|---|---|---|---|---|---|"]  # fmt: skip
     for key in RUN_KEYS:
         for norm in NORMS:
             records = [r for k, n, _, r in rows if (k, n) == (key, norm)]
@@ -64,13 +64,13 @@ def summary(root: Path) -> list[str]:
                 continue
             chosen = [r["test"][LESION]["pixel_auroc"] for r in records]
             lines.append(f"| {key} | {norm} | {cell(chosen)} | {cell([final_auroc(r) for r in records])} | "
-                         f"{cell([term_ratio(r) for r in records])} | {_budget(records)} |")  # fmt: skip
-    lines += ["", "| run | recon_norm | seed | val-chosen (epoch) | final | lambda·latent / recon | recon | latent |",
+                         f"{cell([term_ratio(r) for r in records], 2)} | {_budget(records)} |")  # fmt: skip
+    lines += ["", "| run | recon_norm | seed | val-chosen (epoch) | final | lambda·latent / recon % | recon | latent |",
               "|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for key, norm, seed, r in rows:
         last, chosen = r["losses"][-1], r["test"][LESION]["pixel_auroc"]
         lines.append(f"| {key} | {norm} | {seed} | {chosen:.3f} ({r['best_epoch']}) | {final_auroc(r):.3f} | "
-                     f"{term_ratio(r):.3f} | {last['recon']:.2f} | {last['latent']:.3f} |")  # fmt: skip
+                     f"{term_ratio(r):.2f} | {last['recon']:.2f} | {last['latent']:.3f} |")  # fmt: skip
     return lines
 
 

@@ -77,11 +77,11 @@ def test_recon_norm_table_reads_final_model_and_last_epoch_balance(tmp_path: Pat
             path.write_text(json.dumps(_record(seed, chosen, final, 0.5)))
     chosen_is_final = _record(1, 0.7, None, 0.5)
     assert final_auroc(chosen_is_final) == 0.7 and final_auroc(_record(0, 0.6, 0.5, 0.5)) == 0.5
-    assert term_ratio(chosen_is_final) == pytest.approx(0.5 * 2.0 / 80.0)  # the last epoch's terms
+    assert term_ratio(chosen_is_final) == pytest.approx(100 * 0.5 * 2.0 / 80.0)  # the last epoch's terms
     lines = summary(tmp_path)
-    row = "| caae_0.5 | l2 | 0.650 ± 0.071 (n=2) | 0.600 ± 0.141 (n=2) | 0.013 ± 0.000 (n=2) | 28 steps (2 ep) |"
+    row = "| caae_0.5 | l2 | 0.650 ± 0.071 (n=2) | 0.600 ± 0.141 (n=2) | 1.25 ± 0.00 (n=2) | 28 steps (2 ep) |"
     assert row in lines
     assert not any(line.startswith("| caae_1.0") for line in lines)  # no runs, no row
-    assert "| caae_0.5 | squared | 0 | 0.800 (1) | 0.900 | 0.013 | 80.00 | 2.000 |" in lines
+    assert "| caae_0.5 | squared | 0 | 0.800 (1) | 0.900 | 1.25 | 80.00 | 2.000 |" in lines
     with pytest.raises(SystemExit, match="no runs folder"):
         recon_norm_main([str(tmp_path / "elsewhere")])
