@@ -1,6 +1,6 @@
 """The reproduction's step budget (``--steps N``): exactly N auto-encoder steps, the last epoch partial, no plateau
 stop, the final and the val-chosen model both reported, the budget in the run's JSON. One real cAAE run on a tiny
-cohort through the command line; the recon_norm table (trainables/reproduce_recon_norm.py) of such records."""
+cohort through the command line; the recon_norm table (trainables/reproduce/recon_norm.py) of such records."""
 
 from __future__ import annotations
 
@@ -14,9 +14,9 @@ from trainables.data.cache import SplitConfig, prepare_slice_cache
 from trainables.data.dataset import SliceDataset
 from trainables.data.preprocess import PreprocessConfig
 from trainables.data.synthetic import generate_cohort
-from trainables.reproduce import Budget, _stop_reason, main
-from trainables.reproduce_recon_norm import final_auroc, summary, term_ratio
-from trainables.reproduce_recon_norm import main as recon_norm_main
+from trainables.reproduce.recon_norm import final_auroc, summary, term_ratio
+from trainables.reproduce.recon_norm import main as recon_norm_main
+from trainables.reproduce.train import Budget, _stop_reason, main
 
 BATCH = 16
 

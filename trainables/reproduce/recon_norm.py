@@ -3,7 +3,7 @@ unsquared (``l2``, the official code) and squared (``squared``, the paper's text
 ``python -m trainables.reproduce --out ROOT/<norm> --recon-norm <norm> ...``; gathered from ROOT/<norm>/runs/*.json
 into one markdown table:
 
-    python -m trainables.reproduce_recon_norm results/reproduce/recon_norm --out results/reproduce/recon_norm.md
+    python -m trainables.reproduce.recon_norm results/reproduce/recon_norm --out results/reproduce/recon_norm.md
 
 Per lambda and norm: test pixel AUROC on lesion subjects (the first paper's measure) of the val-chosen and of the
 final model, mean ± sd over seeds; the balance of the two terms at the last epoch, ``lambda * latent / recon``
@@ -16,8 +16,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from trainables.reproduce_runs import LESION
-from trainables.reproduce_table import cell, gather
+from trainables.reproduce.runs import LESION
+from trainables.reproduce.table import cell, gather
 
 NORMS = ("l2", "squared")
 RUN_KEYS = ("caae_0.5", "caae_1.0")
@@ -75,14 +75,14 @@ def summary(root: Path) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    prog, about = "python -m trainables.reproduce_recon_norm", __doc__.split("\n")[0]
+    prog, about = "python -m trainables.reproduce.recon_norm", __doc__.split("\n")[0]
     parser = argparse.ArgumentParser(prog=prog, description=about)
     parser.add_argument("root", type=Path, help="folder holding l2/runs/ and squared/runs/")
     parser.add_argument("--out", type=Path, help="markdown file to write (default: print)")
     args = parser.parse_args(argv)
     missing = [str(args.root / norm / "runs") for norm in NORMS if not (args.root / norm / "runs").is_dir()]
     if missing:
-        raise SystemExit(f"reproduce_recon_norm: no runs folder at {', '.join(missing)}")
+        raise SystemExit(f"trainables.reproduce.recon_norm: no runs folder at {', '.join(missing)}")
     text = "\n".join(summary(args.root)) + "\n"
     if args.out:
         args.out.write_text(text)
