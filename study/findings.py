@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {study_dir / TRIALS_CSV} not found: run python -m study.run first", file=sys.stderr)
         return 2
     rows = read_trials_csv(study_dir / TRIALS_CSV)
-    rows.sort(key=lambda r: (r["status"] != "baseline", str(r["trial_id"])))
+    rows.sort(key=lambda r: (r["status"] != "baseline", row_run_name(r)))  # the threshold, then trials in order
     appearances = sorted({k.rsplit("_", 1)[1] for r in rows for k in r if k.startswith("test_pixel_auroc_")} - {"all"})
     pareto = read_trials_csv(study_dir / "pareto.csv") if (study_dir / "pareto.csv").is_file() else []
     front = {str(r["trial_id"]) for r in pareto if r["front"] == "overall"}
