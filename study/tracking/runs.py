@@ -225,13 +225,14 @@ class MlflowTrialLogger(Callback):
         family = trial.config.get("family", "")
         name = run_name(trial_number(trial), trial.config)
         tags.update({MLFLOW_RUN_NAME: name, "family": family, "status": "running"})
-        tags[MLFLOW_RUN_NOTE] = _description(trial.trial_id, trial.config)
+        size = trial.config.get("image_size", next(iter(self.inputs)))
+        settings = {"image_size": size, **trial.config}  # what the trial trains with, its size included
+        tags[MLFLOW_RUN_NOTE] = _description(trial.trial_id, settings)
         parent = self.client.get_run(self.parent_run_id)
         tags.update({k: v for k, v in parent.data.tags.items() if k in SOURCE_TAGS})  # the commit and config file
         run = self.client.create_run(parent.info.experiment_id, tags=tags)
         self.run_ids[trial.trial_id] = run.info.run_id
-        size = trial.config.get("image_size", next(iter(self.inputs)))
-        params = [Param(k, _text(v)) for k, v in sorted({"image_size": size, **trial.config}.items())]
+        params = [Param(k, _text(v)) for k, v in sorted(settings.items())]
         self.client.log_batch(run.info.run_id, params=params)
         self.client.log_inputs(run.info.run_id, datasets=self.inputs[size])
 

@@ -47,7 +47,7 @@ def _untrained(config_path: Path, hparams: dict, seed: int) -> dict[str, float]:
     cache_dir, _ = prepare_data(config)  # the cache the study built
     torch.manual_seed(seed)  # as the training loop does before building the nets
     family = create_family("vae", hparams)
-    nets = family.build(config.data.image_size).eval()
+    nets = family.build(config.data.reference_size).eval()
     loader = DataLoader(SliceDataset(Path(cache_dir), "test"), batch_size=256, shuffle=False)
     with torch.no_grad():
         return evaluate(family, nets, loader, torch.device("cpu"))

@@ -151,8 +151,8 @@ def test_checkpoint_is_a_usable_detector(smoke) -> None:
     models = sorted((outcome.study_dir / "train").rglob("model.pt"))
     assert len(models) == config.num_samples  # num_to_keep=1: one checkpoint per trial
     family, nets, record = load_model(models[0])
-    assert record["family"] == "vae" and record["image_size"] == config.data.image_size
-    assert record["preprocess"]["image_size"] == config.data.image_size
+    assert record["family"] == "vae" and record["image_size"] == config.data.reference_size
+    assert record["preprocess"]["image_size"] == config.data.reference_size
     assert 1 <= record["epoch"] <= config.training.epochs
     x = torch.randn(3, 1, 32, 32)
     scores = family.score(nets, x)
