@@ -15,7 +15,7 @@ from typing import Any
 from study.results import best_trial, write_trials_csv
 from study.tracking.names import row_run_name
 from study.tracking.pareto_html import write_front_html
-from study.tracking.plots import new_figure, save_figure
+from study.tracking.plots import best_so_far_figure, new_figure, save_figure
 from trainables.numbers import is_finite
 from trainables.objective import Objective
 
@@ -155,12 +155,5 @@ def plot_best_so_far(rows: list[dict[str, Any]], objective: Objective, path: Pat
     """The objective of each completed trial in finishing order, and the best so far."""
     pool = candidates(rows, [objective])
     values = [r[objective.metric] for r in pool]
-    best = [objective.best(values[: i + 1], float) for i in range(len(values))]
-    fig = new_figure((6, 4))
-    ax = fig.subplots()
-    ax.plot(range(1, len(values) + 1), values, "o", alpha=0.6, label="trial")
-    ax.plot(range(1, len(best) + 1), best, "-", label="best so far")
-    ax.set_xlabel("completed trial")
-    ax.set_ylabel(objective.metric)
-    ax.legend()
-    return save_figure(fig, path)
+    xs = list(range(1, len(values) + 1))
+    return save_figure(best_so_far_figure(xs, values, objective, (6, 4), "completed trial", "trial"), path)

@@ -39,19 +39,27 @@ def completed(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
     return study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
 
 
+def best_so_far_figure(
+    xs: list[int], values: list[float], objective: Objective, size: tuple[float, float], xlabel: str, label: str
+) -> Figure:
+    """Each value at its x (a point, ``label``) and the best so far by ``objective`` (a line)."""
+    best = [objective.best(values[: i + 1], float) for i in range(len(values))]
+    figure = new_figure(size)
+    ax = figure.subplots()
+    ax.plot(xs, values, "o", alpha=0.6, label=label)
+    ax.plot(xs, best, "-", label="best so far")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(objective.metric)
+    ax.legend()
+    return figure
+
+
 def history_figure(study: optuna.Study, objective: Objective, index: int) -> Figure:
     """Each completed trial's value of objective ``index`` by trial number, and the best so far."""
     trials = completed(study)
     numbers, values = [t.number for t in trials], [t.values[index] for t in trials]
-    best = [objective.best(values[: i + 1], float) for i in range(len(values))]
-    figure = new_figure(SIZE_INCHES)
-    ax = figure.subplots()
-    ax.plot(numbers, values, "o", alpha=0.6, label=objective.metric)
-    ax.plot(numbers, best, "-", label="best so far")
-    ax.set_xlabel("trial")
-    ax.set_ylabel(objective.metric)
-    ax.set_title("Optimization history", fontsize="medium")
-    ax.legend()
+    figure = best_so_far_figure(numbers, values, objective, SIZE_INCHES, "trial", objective.metric)
+    figure.axes[0].set_title("Optimization history", fontsize="medium")
     return figure
 
 
