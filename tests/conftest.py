@@ -48,6 +48,35 @@ def study_on_local_ray() -> Callable[[Any], Any]:
     return _run_on_local_ray
 
 
+def _run_smoke_study(tmp: Path, data_root: Path, edit: Callable[[str], str] = lambda text: text) -> tuple[Any, Any]:
+    """(config, outcome) of study/configs/smoke.yaml (its text passed through ``edit``) run on a local Ray, with
+    results and MLflow under ``tmp``, the cohort under ``data_root``; what it printed in ``tmp/console.txt``."""
+    import contextlib
+    import io
+
+    from study.config import load_config
+
+    path = tmp / "smoke.yaml"
+    path.write_text(edit((Path(__file__).parents[1] / "study/configs/smoke.yaml").read_text()))
+    config = load_config(path)
+    config.results_dir = str(tmp / "results")
+    config.data.root = str(data_root)
+    config.mlflow.tracking_uri = f"sqlite:///{tmp / 'mlflow.db'}"
+    console = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(console):
+            outcome = _run_on_local_ray(config)
+    finally:
+        (tmp / "console.txt").write_text(console.getvalue())
+    return config, outcome
+
+
+@pytest.fixture(scope="session")
+def smoke_study() -> Callable[..., tuple[Any, Any]]:
+    """Runs the smoke study, optionally edited, into a temporary folder (see _run_smoke_study)."""
+    return _run_smoke_study
+
+
 @pytest.fixture(scope="session")
 def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One synthetic cohort and slice cache per test session, shared by the study tests."""

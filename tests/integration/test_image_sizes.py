@@ -3,8 +3,6 @@ and scored on its own size's slice cache, the size in trials.csv, MLflow params,
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -14,28 +12,20 @@ import pytest
 from mlflow.models import Model
 from mlflow.tracking import MlflowClient
 
-from study.config import load_config
 from study.data import prepare_caches
 from study.results import read_trials_csv
 from trainables.data.cache import read_meta
 
 
 @pytest.fixture(scope="module")
-def sized(tmp_path_factory: pytest.TempPathFactory, data_root: Path, study_on_local_ray: Callable):
+def sized(tmp_path_factory: pytest.TempPathFactory, data_root: Path, smoke_study: Callable):
     """The smoke study over sizes 32 and 64, its two points one at each size (the first listed is the reference)."""
-    tmp = tmp_path_factory.mktemp("sizes")
-    text = (Path(__file__).parents[2] / "study/configs/smoke.yaml").read_text()
-    text = text.replace("image_size: 32", "image_size: [32, 64]")
-    text += "points_to_evaluate:\n  - {family: vae, image_size: 64}\n  - {family: vae, image_size: 32}\n"
-    path = tmp / "sizes.yaml"
-    path.write_text(text)
-    config = load_config(path)
-    config.results_dir = str(tmp / "results")
-    config.data.root = str(data_root)
-    config.mlflow.tracking_uri = f"sqlite:///{tmp / 'mlflow.db'}"
-    with contextlib.redirect_stdout(io.StringIO()):
-        outcome = study_on_local_ray(config)
-    return config, outcome
+
+    def over_two_sizes(text: str) -> str:
+        text = text.replace("image_size: 32", "image_size: [32, 64]")
+        return text + "points_to_evaluate:\n  - {family: vae, image_size: 64}\n  - {family: vae, image_size: 32}\n"
+
+    return smoke_study(tmp_path_factory.mktemp("sizes"), data_root, over_two_sizes)
 
 
 def test_each_trial_trains_at_its_size_on_that_sizes_cache(sized) -> None:

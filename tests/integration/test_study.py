@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
 import csv
-import io
 import json
 import math
 import re
@@ -16,7 +14,6 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from study.config import load_config
 from study.data import prepare_data
 from study.results import read_trials_csv
 from trainables.checkpoint import load_model
@@ -24,23 +21,9 @@ from trainables.data.dataset import SliceDataset
 
 
 @pytest.fixture(scope="module")
-def smoke(tmp_path_factory: pytest.TempPathFactory, data_root: Path, study_on_local_ray: Callable):
-    """Run the smoke study once for every test in this module."""
-    tmp = tmp_path_factory.mktemp("smoke")
-    config_text = (Path(__file__).parents[2] / "study/configs/smoke.yaml").read_text()
-    config_path = tmp / "smoke.yaml"
-    config_path.write_text(config_text)
-    config = load_config(config_path)
-    config.results_dir = str(tmp / "results")
-    config.data.root = str(data_root)
-    config.mlflow.tracking_uri = f"sqlite:///{tmp / 'mlflow.db'}"
-    console = io.StringIO()  # what the study prints, read back by test_console_is_quiet
-    try:
-        with contextlib.redirect_stdout(console):
-            outcome = study_on_local_ray(config)
-    finally:
-        (tmp / "console.txt").write_text(console.getvalue())
-    return config, outcome
+def smoke(tmp_path_factory: pytest.TempPathFactory, data_root: Path, smoke_study: Callable):
+    """Run the smoke study once for every test in this module (its console read back by test_console_is_quiet)."""
+    return smoke_study(tmp_path_factory.mktemp("smoke"), data_root)
 
 
 def test_trials_csv_has_every_trial_with_metrics(smoke) -> None:
