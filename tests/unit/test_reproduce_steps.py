@@ -58,13 +58,17 @@ def test_steps_trains_exactly_n_steps_and_reports_both_models(cache: Path, tmp_p
     assert math.isfinite(record["test"]["lesion"]["pixel_auroc"])
 
 
-def _record(seed: int, chosen: float, final: float | None, latent_weight: float) -> dict:
-    """A run record as trainables.reproduce writes it, reduced to what the recon_norm table reads."""
+def _record(seed: int, chosen: float, final: float | None, latent_weight: float, bright: bool = False) -> dict:
+    """A run record as trainables.reproduce writes it, reduced to what the recon_norm table reads; ``bright``: with
+    the bright-lesion subjects' AUROC (chosen + 0.1, final + 0.1), as runs since per-appearance metrics record it."""
     record = {"seed": seed, "hparams": {"latent_weight": latent_weight}, "best_epoch": 1 if final else 2, "epochs": 2,
               "steps": 28, "budget": {"max_steps": 28}, "test": {"lesion": {"pixel_auroc": chosen}},
               "losses": [{"recon": 90.0, "latent": 1.0}, {"recon": 80.0, "latent": 2.0}]}  # fmt: skip
     if final is not None:
         record["test_final"] = {"lesion": {"pixel_auroc": final}}
+    if bright:
+        for name in ("test", "test_final") if final is not None else ("test",):
+            record[name]["lesion"]["pixel_auroc_bright"] = record[name]["lesion"]["pixel_auroc"] + 0.1
     return record
 
 
@@ -74,13 +78,21 @@ def test_recon_norm_table_reads_final_model_and_last_epoch_balance(tmp_path: Pat
         (tmp_path / norm / "runs").mkdir(parents=True)
         for seed, (chosen, final) in enumerate(seeds):
             path = tmp_path / norm / "runs" / f"caae_0.5-seed{seed}.json"
-            path.write_text(json.dumps(_record(seed, chosen, final, 0.5)))
+            path.write_text(json.dumps(_record(seed, chosen, final, 0.5, bright=norm == "squared")))
     chosen_is_final = _record(1, 0.7, None, 0.5)
     assert final_auroc(chosen_is_final) == 0.7 and final_auroc(_record(0, 0.6, 0.5, 0.5)) == 0.5
     assert term_ratio(chosen_is_final) == pytest.approx(100 * 0.5 * 2.0 / 80.0)  # the last epoch's terms
     lines = summary(tmp_path)
-    row = "| caae_0.5 | l2 | 0.650 ± 0.071 (n=2) | 0.600 ± 0.141 (n=2) | 1.25 ± 0.00 (n=2) | 28 steps (2 ep) |"
+    row = (
+        "| caae_0.5 | l2 | 0.650 ± 0.071 (n=2) | 0.600 ± 0.141 (n=2) | not recorded | not recorded | 1.25 ± 0.00 (n=2) "
+        "| 28 steps (2 ep) |"
+    )
     assert row in lines
+    # bright only: val-chosen 0.9 and 0.5, final 1.0 (seed 0's final model) and 0.5 (seed 1's is its chosen one)
+    assert (
+        "| caae_0.5 | squared | 0.600 ± 0.283 (n=2) | 0.650 ± 0.354 (n=2) | 0.700 ± 0.283 (n=2) | 0.750 ± 0.354 (n=2) |"
+        in "".join(lines)
+    )
     assert not any(line.startswith("| caae_1.0") for line in lines)  # no runs, no row
     assert "| caae_0.5 | squared | 0 | 0.800 (1) | 0.900 | 1.25 | 80.00 | 2.000 |" in lines
     with pytest.raises(SystemExit, match="no runs folder"):

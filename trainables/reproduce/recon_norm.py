@@ -7,7 +7,8 @@ into one markdown table:
 
 Per lambda and norm: test pixel AUROC on lesion subjects (the first paper's measure) of the val-chosen and of the
 final model, mean ± sd over seeds; the balance of the two terms at the last epoch, ``lambda * latent / recon``
-in percent (the epoch means of the terms the family's train_step returns); the budget each seed trained. Then per seed.
+in percent (the epoch means of the terms the family's train_step returns); the same two AUROCs on the bright-lesion
+subjects only (the first paper's BraTS-T2-like appearance); the budget each seed trained. Then per seed.
 """
 
 from __future__ import annotations
@@ -23,10 +24,16 @@ NORMS = ("l2", "squared")
 RUN_KEYS = ("caae_0.5", "caae_1.0")
 
 
-def final_auroc(record: dict) -> float:
-    """Test pixel AUROC of the last epoch's model (``test`` where the last epoch is the val-chosen one)."""
+def final_auroc(record: dict, metric: str = "pixel_auroc") -> float | None:
+    """Test ``metric`` of the last epoch's model (``test`` where the last epoch is the val-chosen one); None where
+    the run did not record it (runs before per-appearance metrics lack ``pixel_auroc_bright``)."""
     final = record.get("test_final") if record["best_epoch"] != record["epochs"] else record["test"]
-    return final[LESION]["pixel_auroc"]
+    return final[LESION].get(metric)
+
+
+def _bright_cell(values: list[float | None]) -> str:
+    """``cell`` of the bright-lesion subjects' AUROC, or "not recorded" unless every seed has it."""
+    return "not recorded" if any(v is None for v in values) else cell(values)  # type: ignore[arg-type]
 
 
 def term_ratio(record: dict) -> float:
@@ -55,15 +62,18 @@ def _budget(records: list[dict]) -> str:
 def summary(root: Path) -> list[str]:
     """The table per lambda and norm, then per seed (markdown lines)."""
     rows = _rows(root)
-    lines = ["| run | recon_norm | test pixel AUROC, val-chosen | test pixel AUROC, final | "
-             "lambda·latent / recon %, last epoch | budget |", "|---|---|---|---|---|---|"]  # fmt: skip
+    lines = ["| run | recon_norm | test pixel AUROC, val-chosen | test pixel AUROC, final | bright only, val-chosen | "
+             "bright only, final | lambda·latent / recon %, last epoch | budget |", "|---" * 8 + "|"]  # fmt: skip
     for key in RUN_KEYS:
         for norm in NORMS:
             records = [r for k, n, _, r in rows if (k, n) == (key, norm)]
             if not records:
                 continue
             chosen = [r["test"][LESION]["pixel_auroc"] for r in records]
+            bright = [r["test"][LESION].get("pixel_auroc_bright") for r in records]
+            bright_final = [final_auroc(r, "pixel_auroc_bright") for r in records]
             lines.append(f"| {key} | {norm} | {cell(chosen)} | {cell([final_auroc(r) for r in records])} | "
+                         f"{_bright_cell(bright)} | {_bright_cell(bright_final)} | "
                          f"{cell([term_ratio(r) for r in records], 2)} | {_budget(records)} |")  # fmt: skip
     lines += ["", "| run | recon_norm | seed | val-chosen (epoch) | final | lambda·latent / recon % | recon | latent |",
               "|---|---|---|---|---|---|---|---|"]  # fmt: skip

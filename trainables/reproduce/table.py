@@ -273,14 +273,18 @@ def _header(cache: Path, args: argparse.Namespace, argv: list[str], results: dic
 
 
 def _conventions(results: dict) -> str:
-    """The backgrounds and reconstruction norms the runs recorded (runs before those records: background 0, the
-    AAE family's default unsquared norm)."""
-    backgrounds = sorted({r.get("background", 0.0) for seeds in results.values() for r in seeds.values()})
+    """The backgrounds the first paper's runs and the reconstruction norms the AAE family's runs recorded (runs
+    before those records: background 0, the AAE family's default unsquared norm); every other run sees 0."""
+    by_background: dict[float, list[str]] = {}
+    for key in (*PAPER1_AUROC, "ae"):
+        for value in sorted({r.get("background", 0.0) for r in results.get(key, {}).values()}):
+            by_background.setdefault(value, []).append(key)
+    backgrounds = "; ".join(f"{value:g} ({', '.join(keys)})" for value, keys in sorted(by_background.items()))
     norms = sorted({r.get("hparams", {}).get("recon_norm", "l2") for key in ("aae", "caae_0.5", "caae_1.0")
                     for r in results.get(key, {}).values()})  # fmt: skip
-    return (f"background outside the brain {', '.join(f'{b:g}' for b in backgrounds)} (first-paper runs; "
-            f"others 0); AAE-family reconstruction term {', '.join(norms)} (l2 = the official code's unsquared "
-            "per-image norm; squared = the paper's text); docs/decisions.md")  # fmt: skip
+    return (f"background outside the brain {backgrounds or 'not recorded'}, every other run 0; AAE-family "
+            f"reconstruction term {', '.join(norms)} (l2 = the official code's unsquared per-image norm; "
+            "squared = the paper's text); docs/decisions.md")  # fmt: skip
 
 
 def write_tables(out: Path, cache: Path, args: argparse.Namespace, argv: list[str]) -> str:
