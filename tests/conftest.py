@@ -83,6 +83,20 @@ def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("data")
 
 
+@pytest.fixture(scope="session")
+def tiny_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 6-healthy, 3-lesion synthetic cohort's 32x32 slice cache, read-only, for tests that train a few steps
+    outside a study (the reproduction's command, the train loop's pieces)."""
+    from trainables.data.cache import SplitConfig, prepare_slice_cache
+    from trainables.data.preprocess import PreprocessConfig
+    from trainables.data.synthetic import generate_cohort
+
+    root = tmp_path_factory.mktemp("tiny")
+    generate_cohort(root / "cohort", n_healthy=6, n_lesion=3, seed=0)
+    return prepare_slice_cache(root / "cohort" / "hcp", root / "cohort" / "brats", root / "cache",
+                               PreprocessConfig(), SplitConfig())  # fmt: skip
+
+
 @pytest.fixture
 def write_config(tmp_path: Path, data_root: Path) -> Callable[..., Path]:
     """Write a smoke-sized study YAML with results and MLflow under tmp_path; keyword overrides merge in."""

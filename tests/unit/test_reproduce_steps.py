@@ -10,10 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from trainables.data.cache import SplitConfig, prepare_slice_cache
 from trainables.data.dataset import SliceDataset
-from trainables.data.preprocess import PreprocessConfig
-from trainables.data.synthetic import generate_cohort
 from trainables.reproduce.recon_norm import final_auroc, summary, term_ratio
 from trainables.reproduce.recon_norm import main as recon_norm_main
 from trainables.reproduce.train import Budget, _stop_reason, main
@@ -22,11 +19,8 @@ BATCH = 16
 
 
 @pytest.fixture(scope="module")
-def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("steps")
-    generate_cohort(root / "cohort", n_healthy=6, n_lesion=3, seed=0)
-    return prepare_slice_cache(root / "cohort" / "hcp", root / "cohort" / "brats", root / "cache",
-                               PreprocessConfig(), SplitConfig())  # fmt: skip
+def cache(tiny_cache: Path) -> Path:
+    return tiny_cache
 
 
 def test_step_budget_rule():

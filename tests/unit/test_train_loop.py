@@ -14,10 +14,7 @@ import torch
 import torch.multiprocessing as mp
 from gloo_kit import join_group, leave_group, run_ranks
 
-from trainables.data.cache import SplitConfig, prepare_slice_cache
 from trainables.data.dataset import TRAIN_FIELDS, ShardBatches, SliceDataset, slice_loader
-from trainables.data.preprocess import PreprocessConfig
-from trainables.data.synthetic import generate_cohort
 from trainables.epoch import EpochLosses, NonFiniteLossError, train_epoch
 from trainables.families import create_family
 from trainables.metrics import evaluate
@@ -28,11 +25,8 @@ CPU = torch.device("cpu")
 
 
 @pytest.fixture(scope="module")
-def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("loop")
-    generate_cohort(root / "cohort", n_healthy=6, n_lesion=3, seed=0)
-    return prepare_slice_cache(root / "cohort" / "hcp", root / "cohort" / "brats", root / "cache",
-                               PreprocessConfig(), SplitConfig())  # fmt: skip
+def cache(tiny_cache: Path) -> Path:
+    return tiny_cache
 
 
 def _rank_main(rank: int, world: int, store: str, cache: str, out: dict) -> None:
