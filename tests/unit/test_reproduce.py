@@ -92,5 +92,9 @@ def test_recon_norm_default_is_the_official_unsquared_norm():
 def test_committed_table_has_the_papers_table2_bright_column_and_budgets():
     rows = "\n".join(_paper1(gather(COMMITTED)))
     assert "| vae | 0.424 / " in rows  # Table 2's paper mu beside ours
-    assert "bright only" in rows and "not recorded" in rows  # the committed runs predate per-appearance metrics
+    assert "bright only" in rows
+    for key in ("vae", "aae", "caae_0.5", "caae_1.0"):  # the committed first-paper runs record the bright subjects
+        row = next(line for line in rows.splitlines() if line.startswith(f"| {key} | "))
+        bright = row.split(" | ")[4]
+        assert bright.endswith("(n=3)") and "not recorded" not in row, row
     assert "ep, " in rows and " st, " in rows

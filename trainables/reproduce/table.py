@@ -228,9 +228,9 @@ def _full_budget(results: dict) -> list[str]:
              "4,200 auto-encoder steps, 4,200 generator steps and 14 x (280 x 20 + 20 x 200) = 134,400 critic steps, "
              "plus 300 val passes (572 slices); the VAE and AE take 4,200 steps. A GPU's time is therefore "
              "4,200 t_ae + 134,400 t_critic + 4,200 t_gen + 300 t_val, none of which has been measured (no GPU was "
-             "lent). The CPU time per epoch these runs measured (1 torch thread, a loaded 2-core machine, two or "
-             "three runs side by side; wall time / epochs, val and test passes included, so runs stopped early, "
-             "whose test pass is shared by fewer epochs, read high), and 300 times it:", "",
+             "lent). The CPU time per epoch these runs measured (1 torch thread, a 2-core machine, two or three runs "
+             "side by side, as the reading says; wall time / epochs, val and test passes included, so runs stopped "
+             "early, whose test pass is shared by fewer epochs, read high), and 300 times it:", "",
              "| run | seconds per epoch (min-max over seeds) | 300 epochs, hours per seed (CPU) |",
              "|---|---|---|"]  # fmt: skip
     for key in PAPER1_AUROC:
