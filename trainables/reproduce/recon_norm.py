@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 from trainables.reproduce.runs import LESION
-from trainables.reproduce.table import cell, gather
+from trainables.reproduce.table import NOT_RECORDED, cell, gather
 
 NORMS = ("l2", "squared")
 RUN_KEYS = ("caae_0.5", "caae_1.0")
@@ -33,7 +33,7 @@ def final_auroc(record: dict, metric: str = "pixel_auroc") -> float | None:
 
 def _bright_cell(values: list[float | None]) -> str:
     """``cell`` of the bright-lesion subjects' AUROC, or "not recorded" unless every seed has it."""
-    return "not recorded" if any(v is None for v in values) else cell(values)  # type: ignore[arg-type]
+    return NOT_RECORDED if any(v is None for v in values) else cell(values)  # type: ignore[arg-type]
 
 
 def term_ratio(record: dict) -> float:
